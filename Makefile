@@ -1,0 +1,37 @@
+# lorakit set-up lives here: `make demo` and `make test` build .venv on a fresh machine.
+#
+# torch goes in first, and as the CPU build: installed later as a dependency it would
+# be a multi-GB CUDA build on a machine that has no GPU. On a GPU machine, run
+# `make install TORCH='torch'` (or install your CUDA torch into .venv first).
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.lorakit-installed
+THREADS ?= 1
+
+.PHONY: install demo test bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install "$(TORCH)"
+	$(PIP) install -e '.[all,dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/lorakit demo --all --out reports/demo --threads $(THREADS)
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/lorakit bench --suite all --out reports/bench --threads $(THREADS)
+
+lint: install
+	$(BIN)/ruff check core plugins domains benchmarks tests
+
+clean:
+	rm -rf $(VENV) reports *.egg-info

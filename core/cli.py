@@ -1,0 +1,262 @@
+"""The `lorakit` command.
+
+    lorakit plugins                                  installed plugins, and how to add the rest
+    lorakit <plugin> fit|validate|test|predict ...   that plugin's LightningCLI (--help: every option)
+    lorakit <plugin> demo [--out DIR]                its embedded default, end to end
+    lorakit demo --all [--out DIR]                   every installed plugin's demo + an index page
+    lorakit bench --suite NAME|all --out DIR         benchmark suites: results.json, report.md, PNGs
+    lorakit adapter inspect|merge|export-peft ...    work on adapter files
+
+Errors that lorakit raises on purpose (bad input, wrong base model) are printed as
+one line, `lorakit: error: ...`, with exit status 2; anything else is a bug and
+keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import LoraKitError
+from .registry import Plugin, bench_suites, get_plugin, plugins, resolve
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+
+
+# --- lorakit plugins -------------------------------------------------------------------
+def cmd_plugins(_args) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="lorakit plugins")
+    for col in ("name", "summary", "installed", "to install"):
+        table.add_column(col)
+    for plugin in plugins().values():
+        ok = plugin.installed
+        table.add_row(plugin.name, plugin.summary, "yes" if ok else "no",
+                      "" if ok else escape(plugin.install_hint))
+    Console(width=160).print(table)
+    return 0
+
+
+# --- lorakit <plugin> ... ----------------------------------------------------------------
+def run_lightning_cli(plugin: Plugin, argv: list[str]):
+    """`lorakit <plugin> fit ...`: LightningCLI with the plugin's default config."""
+    from lightning.pytorch.cli import LightningCLI
+
+    module_cls, data_cls = plugin.load("module"), plugin.load("datamodule")
+    defaults = {cmd: {"default_config_files": [plugin.default_config],
+                      "prog": f"lorakit {plugin.name} {cmd}"} for cmd in LIGHTNING_COMMANDS}
+    defaults["description"] = f"lorakit {plugin.name}: {plugin.summary}"
+    return LightningCLI(module_cls, data_cls, args=argv, parser_kwargs=defaults,
+                        save_config_kwargs={"overwrite": True})
+
+
+def run_plugin_demo(plugin: Plugin, out: Path, threads: int) -> dict:
+    set_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    return plugin.load("demo")(out, threads=threads) or {}
+
+
+def cmd_plugin(name: str, argv: list[str]) -> int:
+    plugin = get_plugin(name)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        threads = _pop_threads(argv)
+        set_threads(threads)
+        run_lightning_cli(plugin, argv)
+        return 0
+    if argv and argv[0] == "demo":
+        p = argparse.ArgumentParser(prog=f"lorakit {name} demo",
+                                    description=f"Run {name}'s embedded default end to end.")
+        p.add_argument("--out", type=Path, default=Path("reports") / name,
+                       help="report folder (default: reports/<plugin>)")
+        p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+        a = p.parse_args(argv[1:])
+        figures = run_plugin_demo(plugin, a.out, a.threads)
+        print(json.dumps(figures, indent=2, default=str))
+        print(f"report: {a.out / 'report.md'}")
+        return 0
+    if argv and argv[0] in plugin.commands:
+        return resolve(plugin.commands[argv[0]])(argv[1:]) or 0
+    commands = ", ".join((*LIGHTNING_COMMANDS, "demo", *plugin.commands))
+    print(f"usage: lorakit {name} {{{commands}}} [--help]\n\n{plugin.summary}")
+    return 0 if argv and argv[0] in ("-h", "--help") else 2
+
+
+def _pop_threads(argv: list[str]) -> int | None:
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            value = argv[i + 1]
+            del argv[i:i + 2]
+            return int(value)
+        if a.startswith("--threads="):
+            del argv[i]
+            return int(a.split("=", 1)[1])
+    return None
+
+
+# --- lorakit demo --all ------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    from .report_index import write_index
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    found = plugins()
+    names = list(found) if args.all or not args.names else args.names
+    entries = []
+    for name in names:
+        plugin = found.get(name) or get_plugin(name)
+        if not plugin.installed:
+            entries.append({"name": name, "status": f"skipped: {plugin.install_hint}"})
+            continue
+        print(f"== demo: {name}", flush=True)
+        figures = run_plugin_demo(plugin, out / name, args.threads)
+        entries.append({"name": name, "status": "ok", "report": f"{name}/report.md",
+                        "figures": figures})
+    if args.all or not args.names:
+        print("== benchmark: core", flush=True)
+        from .bench import run_suite
+        result = run_suite("core", out / "core-benchmark", threads=args.threads, quick=args.quick)
+        entries.append({"name": "core benchmark", "status": "ok",
+                        "report": "core-benchmark/report.md", "figures": result["figures"]})
+    index = write_index(out, entries)
+    print(f"index: {index}")
+    return 0
+
+
+# --- lorakit bench -----------------------------------------------------------------------
+def cmd_bench(args) -> int:
+    from .bench import run_suite
+
+    suites = bench_suites()
+    names = sorted(suites) if args.suite == "all" else [args.suite]
+    for name in names:
+        if name not in suites:
+            raise LoraKitError(f"no benchmark suite {name!r}; available: {', '.join(sorted(suites))}")
+        out = args.out / name if args.suite == "all" else args.out
+        result = run_suite(name, out, threads=args.threads, quick=args.quick)
+        print(json.dumps(result["figures"], indent=2))
+        print(f"report: {out / 'report.md'}")
+    return 0
+
+
+# --- lorakit adapter ---------------------------------------------------------------------
+def cmd_adapter_inspect(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .adapter_file import read_adapter
+    from .adapter_inspect import describe
+
+    meta, tensors = read_adapter(args.file)
+    info = describe(meta, tensors, tol=args.tol)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    console = Console(width=140)
+    head = Table(title=f"adapter {args.file}", show_header=False)
+    for key in ("method", "rank", "alpha", "scale", "rslora", "targets", "modules_to_save",
+                "lorakit_version", "base_fingerprint", "parameters", "file_bytes"):
+        head.add_row(key, str(info[key]))
+    for key, value in info["extra"].items():
+        head.add_row(f"extra.{key}", str(value))
+    console.print(head)
+    mods = Table(title="per module")
+    for col in ("module", "shape (out x in)", "rank", "effective rank", "sparsity"):
+        mods.add_column(col)
+    for row in info["modules"]:
+        mods.add_row(row["module"], "x".join(map(str, row["shape"])), str(row["rank"]),
+                     str(row["effective_rank"]), f"{row['sparsity']:.1%}")
+    console.print(mods)
+    return 0
+
+
+def cmd_adapter_merge(args) -> int:
+    from .merge_file import merge_into_state_file
+
+    n = merge_into_state_file(args.adapter, args.base, args.out, prefix=args.prefix)
+    print(f"merged {n} matrices into {args.out}")
+    return 0
+
+
+def cmd_adapter_export(args) -> int:
+    from .peft_interop import export_peft
+
+    out = export_peft(args.file, args.out_dir)
+    print(f"PEFT adapter written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    names = ", ".join(plugins()) or "none installed"
+    parser = argparse.ArgumentParser(
+        prog="lorakit",
+        description="One LoRA core, many domains. Plugins: " + names + ". "
+                    "`lorakit <plugin> --help` for a plugin's commands.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="list installed plugins")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("demo", help="run plugin demos and write one report folder with an index")
+    p.add_argument("names", nargs="*", help="plugins to run (default: all installed)")
+    p.add_argument("--all", action="store_true", help="every installed plugin, plus the core benchmark")
+    p.add_argument("--out", type=Path, default=Path("reports/demo"), help="report folder")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--quick", action="store_true", help="a smaller core benchmark")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="run benchmark suites")
+    p.add_argument("--suite", required=True, help="suite name, or 'all'")
+    p.add_argument("--out", type=Path, default=Path("reports/bench"), help="output folder")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("adapter", help="inspect, merge or export adapter files")
+    asub = p.add_subparsers(dest="adapter_command", metavar="ACTION", required=True)
+    q = asub.add_parser("inspect", help="metadata, parameter count, per-module rank and sparsity")
+    q.add_argument("file", type=Path)
+    q.add_argument("--tol", type=float, default=1e-3, help="|lambda| at or below this counts as zero")
+    q.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    q.set_defaults(func=cmd_adapter_inspect)
+    q = asub.add_parser("merge", help="fold an adapter into a base state-dict file (.safetensors)")
+    q.add_argument("adapter", type=Path, help="lorakit adapter file")
+    q.add_argument("base", type=Path, help="base weights as .safetensors (e.g. model.safetensors)")
+    q.add_argument("out", type=Path, help="merged weights to write (.safetensors)")
+    q.add_argument("--prefix", default="", help="prefix of the module paths in the base file")
+    q.set_defaults(func=cmd_adapter_merge)
+    q = asub.add_parser("export-peft", help="write a PEFT adapter folder")
+    q.add_argument("file", type=Path)
+    q.add_argument("out_dir", type=Path)
+    q.set_defaults(func=cmd_adapter_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        reserved = {"plugins", "demo", "bench", "adapter", "-h", "--help"}
+        if argv and argv[0] not in reserved and not argv[0].startswith("-"):
+            return cmd_plugin(argv[0], argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
+        return args.func(args)
+    except LoraKitError as err:
+        print(f"lorakit: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

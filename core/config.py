@@ -1,0 +1,70 @@
+"""`LoRAConfig`: the one typed description of an adapter.
+
+Every field carries its help text in `metadata`, so the README, `--help` of the
+CLIs and validation all read from one place (the PEFT `LoraConfig` habit).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from .errors import LoraKitError
+
+Method = Literal["lora", "s2lora"]
+Init = Literal["kaiming", "gaussian"]
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = field(default=8, metadata={"help": "Rank r of the update B·A."})
+    alpha: float = field(default=16.0, metadata={
+        "help": "Scaling numerator: the update is multiplied by alpha/r "
+                "(Hu et al. 2021, sec. 4.1), or alpha/sqrt(r) with rslora."})
+    dropout: float = field(default=0.0, metadata={
+        "help": "Dropout on the adapter input (not on the base path)."})
+    rslora: bool = field(default=False, metadata={
+        "help": "Rank-stabilised scale alpha/sqrt(r) (Kalajdzievski 2023)."})
+    init: Init = field(default="kaiming", metadata={
+        "help": "Initialisation of A: 'kaiming' (uniform, as nn.Linear) or 'gaussian' "
+                "(std 1/r). B starts at zero, so the adapted model starts equal to the base."})
+    targets: list[str] = field(default_factory=lambda: ["*.query", "*.value"], metadata={
+        "help": "Glob patterns on module paths ('*.query', 'encoder.*.attn.*'); a pattern "
+                "without a dot also matches the last path component ('query')."})
+    method: Method = field(default="lora", metadata={
+        "help": "'lora': one A, B per matrix. 's2lora': A and B shared by all adapted "
+                "matrices of one shape, each matrix keeps a rank-coefficient vector "
+                "lambda, dW_i = B diag(lambda_i) A (S2-LoRA, Liu et al. 2025)."})
+    modules_to_save: list[str] = field(default_factory=list, metadata={
+        "help": "Patterns of modules trained in full and saved with the adapter "
+                "(a classification head, a new projection), as PEFT's modules_to_save."})
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise LoraKitError(f"LoRAConfig.rank must be >= 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise LoraKitError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.method not in ("lora", "s2lora"):
+            raise LoraKitError(
+                f"LoRAConfig.method must be 'lora' or 's2lora', got {self.method!r}")
+        if self.init not in ("kaiming", "gaussian"):
+            raise LoraKitError(
+                f"LoRAConfig.init must be 'kaiming' or 'gaussian', got {self.init!r}")
+        if isinstance(self.targets, str):
+            self.targets = [self.targets]
+        if not self.targets:
+            raise LoraKitError("LoRAConfig.targets is empty: name at least one module pattern")
+        self.targets = list(self.targets)
+        self.modules_to_save = list(self.modules_to_save)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LoRAConfig:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)

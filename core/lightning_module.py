@@ -1,0 +1,125 @@
+"""`AdapterModule`: the Lightning base class every plugin's training loop subclasses.
+
+A subclass builds its frozen base model, calls `self.attach_adapters(model, config)`
+in `__init__`, and writes its own `training_step` / `validation_step`. This class
+then gives it, without further code:
+
+- an optimizer over the adapter parameters only, one param group per kind
+  ("lora", "lambda" without weight decay, "full" for modules_to_save);
+- trainable / total parameter counts logged when fitting starts;
+- checkpoints that hold the adapters and training state only (the frozen base is
+  rebuilt from its own checkpoint, so a checkpoint is megabytes, not gigabytes),
+  plus the RNG states, so a resumed run continues exactly where it stopped;
+- nothing that breaks DDP/FSDP or mixed precision: it is a plain LightningModule.
+"""
+from __future__ import annotations
+
+import random
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from .config import LoRAConfig
+from .errors import LoraKitError
+from .inject import Adapters, attach
+
+ADAPTER_KEY = "lorakit_adapters"
+
+
+class AdapterModule(pl.LightningModule):
+    """Base for adapter training: adapter-only optimizer, checkpoints and resume.
+
+    Args:
+        lr: learning rate of the adapter parameters.
+        weight_decay: AdamW weight decay (never applied to S2-LoRA's λ, which has an L1 penalty).
+        optimizer: "adamw", "adam" or "sgd".
+    """
+
+    def __init__(self, lr: float = 1e-3, weight_decay: float = 0.0,
+                 optimizer: str = "adamw") -> None:
+        super().__init__()
+        if optimizer not in ("adamw", "adam", "sgd"):
+            raise LoraKitError(f"optimizer must be 'adamw', 'adam' or 'sgd', got {optimizer!r}")
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.optimizer_name = optimizer
+        self.adapters: Adapters | None = None
+        # the checkpoint holds adapters only; the frozen base comes from its own file
+        self.strict_loading = False
+
+    def attach_adapters(self, model: nn.Module, config: LoRAConfig) -> Adapters:
+        self.adapters = attach(model, config)
+        return self.adapters
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Adapter parameters plus anything a subclass leaves trainable outside them."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # --- optimizer ----------------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        groups = []
+        seen: set[int] = set()
+        if self.adapters is not None:
+            for kind, params in self.adapters.param_groups().items():
+                decay = 0.0 if kind == "lambda" else self.weight_decay
+                groups.append({"params": params, "weight_decay": decay, "name": kind})
+                seen.update(id(p) for p in params)
+        rest = [p for p in self.trainable_parameters() if id(p) not in seen]
+        if rest:
+            groups.append({"params": rest, "weight_decay": self.weight_decay, "name": "other"})
+        if not groups:
+            raise LoraKitError(f"{type(self).__name__} has no trainable parameters")
+        return groups
+
+    def configure_optimizers(self):
+        groups = self.param_groups()
+        if self.optimizer_name == "adamw":
+            return torch.optim.AdamW(groups, lr=self.lr)
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(groups, lr=self.lr)
+        return torch.optim.SGD(groups, lr=self.lr, momentum=0.9)
+
+    def on_fit_start(self) -> None:
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        total = sum(p.numel() for p in self.parameters())
+        rank_zero_info(f"lorakit: {trainable:,} trainable of {total:,} parameters "
+                       f"({100 * trainable / max(total, 1):.3f}%)")
+        if self.trainer.is_global_zero:  # self.log() is not allowed in on_fit_start
+            for logger in self.loggers:
+                logger.log_metrics({"params/trainable": trainable, "params/total": total}, step=0)
+
+    # --- checkpoints: adapters and training state only ------------------------------
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint keeps: every trainable tensor under its module path."""
+        names = {id(p): n for n, p in self.named_parameters()}
+        return {names[id(p)]: p.detach().cpu().clone() for p in self.trainable_parameters()}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = self.trainable_state()
+        if self.adapters is not None:
+            checkpoint[ADAPTER_KEY] = {"config": self.adapters.config.to_dict(),
+                                       "fingerprint": self.adapters.fingerprint()}
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        # plain tensors and numbers only, so Lightning's weights_only loading accepts them
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                      float(gauss)],
+            "python": random.getstate()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        expected = set(self.trainable_state())
+        missing = sorted(expected - set(checkpoint.get("state_dict", {})))
+        if missing:
+            raise LoraKitError(
+                f"checkpoint does not hold the adapters of this {type(self).__name__} "
+                f"(missing {missing[:3]}): was it written with another config or base model?")
+        rng = checkpoint.get("rng_states")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            kind, keys, pos, has_gauss, gauss = rng["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            random.setstate(rng["python"])

@@ -1,0 +1,56 @@
+"""Fold an adapter into a base model's weights stored as a safetensors state dict.
+
+Works on any base saved as safetensors (a transformers `model.safetensors`, a
+diffusers `diffusion_pytorch_model.safetensors`, a converted checkpoint) without
+building the model: W ← W + scale · ΔW for every adapted `<path>.weight`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .adapter_file import atomic_write, read_adapter
+from .config import LoRAConfig
+from .errors import AdapterFileError, AdapterMismatchError
+
+
+def merge_into_state_file(adapter, base, out, prefix: str = "") -> int:
+    meta, tensors = read_adapter(adapter)
+    config = LoRAConfig.from_dict(meta["config"])
+    try:
+        with safe_open(str(base), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+            base_meta = f.metadata()
+    except Exception as err:
+        raise AdapterFileError(f"base weights {base} are not a readable safetensors file "
+                               f"({err})") from None
+    merged = 0
+    for path, shape in meta["fingerprint"].items():
+        if f"{path}.lora_A" in tensors:
+            delta = tensors[f"{path}.lora_B"] @ tensors[f"{path}.lora_A"]
+        elif f"{path}.lora_lambda" in tensors:
+            key = f"shared.{shape[1]}x{shape[0]}"
+            delta = (tensors[f"{key}.lora_B"] * tensors[f"{path}.lora_lambda"]) \
+                @ tensors[f"{key}.lora_A"]
+        else:  # a modules_to_save tensor: replaced, not added to
+            name = prefix + path
+            if name not in state:
+                raise AdapterMismatchError(f"{base} has no tensor {name!r} for the adapter's "
+                                           "saved module; check --prefix")
+            state[name] = tensors[path].to(state[name].dtype)
+            continue
+        name = f"{prefix}{path}.weight"
+        if name not in state:
+            raise AdapterMismatchError(
+                f"{base} has no weight {name!r} that adapter {adapter} adapts; the file belongs "
+                "to another base model, or its module paths need --prefix")
+        if list(state[name].shape) != list(shape):
+            raise AdapterMismatchError(f"{base}: {name!r} has shape {list(state[name].shape)}, "
+                                       f"the adapter was made for {list(shape)}")
+        w = state[name]
+        state[name] = (w.float() + config.scale * delta.float()).to(w.dtype)
+        merged += 1
+    atomic_write(Path(out), lambda tmp: save_file(state, tmp, metadata=base_meta))
+    return merged

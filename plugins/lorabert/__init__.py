@@ -1,0 +1,16 @@
+"""Plugin lorabert: LoRA-BERT: lncRNA vs mRNA classification with a k-mer BERT."""
+from pathlib import Path
+
+from lorakit.registry import Plugin
+
+PLUGIN = Plugin(
+    name="lorabert",
+    summary="LoRA-BERT: lncRNA vs mRNA classification with a k-mer BERT",
+    module="lorakit.plugins.lorabert.module:LoRABertModule",
+    datamodule="lorakit.plugins.lorabert.data:TranscriptDataModule",
+    default_config=str(Path(__file__).with_name("default.yaml")),
+    demo="lorakit.plugins.lorabert.demo:demo",
+    extra="lorabert",
+    requires=("transformers", "Bio", "sklearn",),
+    bench_suite="lorakit.benchmarks.lorabert_suite:run",
+)

@@ -1,0 +1,23 @@
+"""Shared test settings: one torch thread (often several times faster here than two)."""
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+os.environ.setdefault("LORAKIT_THREADS", "1")
+
+
+@pytest.fixture
+def tiny_bert():
+    """A randomly initialised transformers BERT small enough for any test."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    def make(seed: int = 0, hidden: int = 32, layers: int = 2, labels: int = 2):
+        torch.manual_seed(seed)
+        cfg = BertConfig(vocab_size=60, hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=2, intermediate_size=2 * hidden,
+                         max_position_embeddings=32, num_labels=labels,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        return BertForSequenceClassification(cfg).eval()
+    return make

@@ -1,0 +1,109 @@
+"""The adapter file: metadata, refusing another base, corrupt files, atomic writes."""
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import lorakit
+
+
+@pytest.fixture
+def saved(tiny_bert, tmp_path):
+    adapters = lorakit.attach(tiny_bert(), lorakit.LoRAConfig(rank=4, alpha=8,
+                                                              targets=["*.query", "*.value"]))
+    path = tmp_path / "a.safetensors"
+    adapters.save(path, metadata={"base": "tiny-bert"})
+    return path
+
+
+def test_header_metadata_names_method_rank_alpha_targets_version_and_base(saved):
+    with safe_open(str(saved), framework="pt") as f:
+        meta = json.loads(f.metadata()["lorakit"])
+    assert meta["config"]["method"] == "lora"
+    assert meta["config"]["rank"] == 4 and meta["config"]["alpha"] == 8
+    assert meta["config"]["targets"] == ["*.query", "*.value"]
+    assert meta["version"] == lorakit.__version__
+    assert meta["fingerprint"]["bert.encoder.layer.1.attention.self.value"] == [32, 32]
+    assert len(meta["fingerprint_sha256"]) == 16
+    assert meta["extra"] == {"base": "tiny-bert"}
+
+
+def test_loading_onto_another_base_names_the_first_mismatching_module(saved, tiny_bert):
+    with pytest.raises(lorakit.AdapterMismatchError) as err:
+        lorakit.load_adapter(tiny_bert(hidden=64), saved)
+    msg = str(err.value)
+    assert "bert.encoder.layer.0.attention.self.query" in msg
+    assert "Linear(in=32, out=32) there but Linear(in=64, out=64)" in msg
+
+
+def test_loading_onto_a_shallower_base_names_the_missing_module(saved, tiny_bert):
+    with pytest.raises(lorakit.AdapterMismatchError, match="layer.1.attention.self.query.*does not"):
+        lorakit.load_adapter(tiny_bert(layers=1), saved)
+
+
+def test_a_refused_load_leaves_the_model_untouched(saved, tiny_bert):
+    model = tiny_bert(hidden=64)
+    with pytest.raises(lorakit.AdapterMismatchError):
+        lorakit.load_adapter(model, saved)
+    assert lorakit.adapters_of(model) == []
+
+
+@pytest.mark.parametrize("keep", [0, 7, 100, -50])
+def test_truncated_file_gets_a_clear_error(saved, tiny_bert, keep):
+    data = saved.read_bytes()
+    saved.write_bytes(data[:keep])
+    with pytest.raises(lorakit.AdapterFileError, match="truncated or corrupt"):
+        lorakit.load_adapter(tiny_bert(), saved)
+
+
+def test_safetensors_without_lorakit_metadata_points_to_import_peft(tmp_path, tiny_bert):
+    path = tmp_path / "plain.safetensors"
+    save_file({"x": torch.zeros(2)}, str(path))
+    with pytest.raises(lorakit.AdapterFileError, match="import_peft"):
+        lorakit.load_adapter(tiny_bert(), path)
+
+
+def test_edited_fingerprint_is_detected(saved, tmp_path, tiny_bert):
+    with safe_open(str(saved), framework="pt") as f:
+        meta = json.loads(f.metadata()["lorakit"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta["fingerprint"]["bert.encoder.layer.0.attention.self.query"] = [32, 31]
+    save_file(tensors, str(saved), metadata={"lorakit": json.dumps(meta)})
+    with pytest.raises(lorakit.AdapterFileError, match="checksum"):
+        lorakit.read_adapter(saved)
+
+
+def test_missing_file_is_named(tmp_path, tiny_bert):
+    with pytest.raises(lorakit.AdapterFileError, match="nope.safetensors does not exist"):
+        lorakit.load_adapter(tiny_bert(), tmp_path / "nope.safetensors")
+
+
+def test_a_crash_while_saving_leaves_no_partial_file_and_keeps_the_old_one(saved, tiny_bert,
+                                                                          monkeypatch):
+    old = saved.read_bytes()
+    adapters = lorakit.attach(tiny_bert(seed=3), lorakit.LoRAConfig(targets=["*.query"]))
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("lorakit.adapter_file.save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        adapters.save(saved)
+    assert saved.read_bytes() == old
+    assert [p.name for p in saved.parent.iterdir()] == ["a.safetensors"]
+
+
+def test_nothing_is_unpickled_when_loading(saved, tiny_bert, monkeypatch):
+    import pickle
+
+    def no_pickle(*a, **k):
+        raise AssertionError("unpickling attempted")
+
+    monkeypatch.setattr(pickle, "load", no_pickle)
+    monkeypatch.setattr(pickle, "loads", no_pickle)
+    monkeypatch.setattr(torch, "load", no_pickle)
+    lorakit.load_adapter(tiny_bert(), saved)

@@ -1,0 +1,134 @@
+"""The `lorakit` console script, run as a user runs it."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import lorakit
+
+TOY = Path(__file__).with_name("toy_plugin_dist")
+LORAKIT = str(Path(sys.executable).with_name("lorakit"))
+
+
+def lorakit_cli(*args, cwd=None, toy=True, timeout=300):
+    env = dict(os.environ)
+    if toy:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TOY), env.get("PYTHONPATH")]))
+    return subprocess.run([LORAKIT, *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=timeout)
+
+
+def test_plugins_lists_a_third_party_plugin_registered_by_entry_point():
+    out = lorakit_cli("plugins").stdout
+    assert "toy" in out and "a third-party toy plugin" in out
+    assert "toy" not in lorakit_cli("plugins", toy=False).stdout.split()
+
+
+def test_plugin_fit_help_documents_every_option():
+    out = lorakit_cli("toy", "fit", "--help").stdout
+    for option in ("--model.width", "--model.rank", "--model.lr", "--data.n",
+                   "--data.batch_size", "--trainer.max_epochs"):
+        assert option in out
+    assert "hidden width of the frozen MLP" in out
+
+
+def test_plugin_fit_runs_lightning_cli_with_the_plugins_default_config(tmp_path):
+    proc = lorakit_cli("toy", "fit", "--trainer.default_root_dir", tmp_path, "--model.rank", 3,
+                       cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta, _ = lorakit.read_adapter(tmp_path / "toy.safetensors")
+    assert meta["config"]["rank"] == 3
+
+
+def test_demo_writes_an_index_page_over_plugin_reports(tmp_path):
+    proc = lorakit_cli("demo", "toy", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    index = (tmp_path / "index.md").read_text()
+    assert "toy_metric" in index and "toy/report.md" in index
+    assert (tmp_path / "index.html").exists()
+
+
+def test_bench_writes_results_json_of_the_common_shape(tmp_path):
+    proc = lorakit_cli("bench", "--suite", "toy", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert set(result) == {"suite", "machine", "figures", "rows", "notes"}
+    assert result["figures"] == {"speedup": 2.0}
+    assert {"cpu", "cores", "torch"} <= set(result["machine"])
+    assert "| speedup | 2 |" in (tmp_path / "report.md").read_text()
+
+
+def test_core_benchmark_quick_run_reports_the_promised_ratios(tmp_path):
+    proc = lorakit_cli("bench", "--suite", "core", "--quick", "--out", tmp_path, toy=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "results.json").read_text())
+    for figure in ("step_time_vs_peft", "peak_memory_vs_peft", "merged_inference_vs_base"):
+        assert 0.1 < result["figures"][figure] < 10
+    assert [r["contender"] for r in result["rows"][:3]] == ["lorakit", "peft", "full"]
+    assert result["rows"][0]["trainable_params"] < result["rows"][2]["trainable_params"] / 10
+    assert (tmp_path / "core_benchmark.png").stat().st_size > 1000
+
+
+@pytest.fixture
+def adapter_file(tmp_path, tiny_bert):
+    model = tiny_bert()
+    adapters = lorakit.attach(model, lorakit.LoRAConfig(rank=4, method="s2lora",
+                                                        targets=["*.query", "*.value"]))
+    with torch.no_grad():
+        for layer in adapters.layers.values():
+            layer.lora_lambda[:2] = 0.0
+        for basis in adapters.bases.values():
+            basis.lora_B.normal_()
+    adapters.save(tmp_path / "a.safetensors")
+    adapters.detach()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(tmp_path / "base.safetensors"))
+    return tmp_path / "a.safetensors"
+
+
+def test_adapter_inspect_shows_sparsity_and_effective_rank(adapter_file):
+    proc = lorakit_cli("adapter", "inspect", adapter_file, "--json", toy=False)
+    info = json.loads(proc.stdout)
+    assert info["method"] == "s2lora"
+    assert info["modules"][0]["effective_rank"] == 2
+    assert info["modules"][0]["sparsity"] == 0.5
+    table = lorakit_cli("adapter", "inspect", adapter_file, toy=False).stdout
+    assert "effective rank" in table and "bert.encoder.layer.0.attention.self.query" in table
+
+
+def test_adapter_merge_folds_the_update_into_base_weights(adapter_file, tiny_bert):
+    merged = adapter_file.with_name("merged.safetensors")
+    proc = lorakit_cli("adapter", "merge", adapter_file, adapter_file.with_name("base.safetensors"),
+                       merged, toy=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "merged 4 matrices" in proc.stdout
+    ids = torch.randint(0, 60, (2, 9))
+    adapted = tiny_bert()
+    lorakit.load_adapter(adapted, adapter_file)
+    from safetensors.torch import load_file
+    plain = tiny_bert()
+    plain.load_state_dict(load_file(str(merged)))
+    assert torch.allclose(plain(input_ids=ids).logits, adapted(input_ids=ids).logits, atol=1e-5)
+
+
+def test_adapter_export_peft_writes_the_peft_layout(adapter_file, tmp_path):
+    proc = lorakit_cli("adapter", "export-peft", adapter_file, tmp_path / "peft", toy=False)
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in (tmp_path / "peft").iterdir()} == {"adapter_config.json",
+                                                               "adapter_model.safetensors"}
+
+
+def test_bad_input_gets_one_line_and_exit_status_2(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    proc = lorakit_cli("adapter", "inspect", bad, toy=False)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("lorakit: error:") and "truncated or corrupt" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = lorakit_cli("no-such-plugin", "fit", toy=False)
+    assert proc.returncode == 2 and "no plugin named 'no-such-plugin'" in proc.stderr

@@ -1,0 +1,97 @@
+"""The Lightning glue: adapter-only optimizer, small checkpoints, exact resume."""
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import lorakit
+from lorakit.lightning_module import AdapterModule
+
+
+class TinyClassifier(AdapterModule):
+    """A BERT sequence classifier with LoRA on query/value, as a plugin would write it."""
+
+    def __init__(self, hidden: int = 64, rank: int = 4, lr: float = 1e-2, dropout: float = 0.1):
+        super().__init__(lr=lr)
+        from transformers import BertConfig, BertForSequenceClassification
+
+        torch.manual_seed(0)
+        cfg = BertConfig(vocab_size=60, hidden_size=hidden, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=4 * hidden,
+                         max_position_embeddings=32, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0)
+        self.model = BertForSequenceClassification(cfg)
+        self.attach_adapters(self.model, lorakit.LoRAConfig(
+            rank=rank, dropout=dropout, targets=["*.query", "*.value"],
+            modules_to_save=["classifier"]))
+
+    def training_step(self, batch, _):
+        ids, labels = batch
+        loss = self.model(input_ids=ids, labels=labels).loss
+        self.log("train_loss", loss)
+        return loss
+
+
+def loader(n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 60, (n, 12), generator=g)
+    labels = (ids[:, 0] > 30).long()
+    return DataLoader(TensorDataset(ids, labels), batch_size=8, shuffle=False)
+
+
+def trainer(tmp_path, epochs, **kw):
+    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+                      enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=tmp_path, **kw)
+
+
+def test_optimizer_holds_adapter_parameters_only_grouped_by_kind():
+    module = TinyClassifier()
+    opt = module.configure_optimizers()
+    assert isinstance(opt, torch.optim.AdamW)
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert set(groups) == {"lora", "full"}
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert in_opt == {id(p) for p in module.adapters.parameters()}
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) \
+        == module.adapters.trainable_count() < module.adapters.total_count() / 10
+
+
+def test_checkpoint_holds_adapters_only_and_is_far_smaller_than_the_base(tmp_path):
+    module = TinyClassifier(hidden=128)
+    t = trainer(tmp_path, 1)
+    t.fit(module, loader())
+    t.save_checkpoint(tmp_path / "last.ckpt")
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert set(ckpt["state_dict"]) == set(module.trainable_state())
+    base_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    assert (tmp_path / "last.ckpt").stat().st_size < base_bytes / 5
+
+
+def test_resumed_run_ends_with_the_same_adapter_as_an_uninterrupted_run(tmp_path):
+    pl.seed_everything(7)
+    straight = TinyClassifier()
+    trainer(tmp_path / "a", 4).fit(straight, loader())
+
+    pl.seed_everything(7)
+    first = TinyClassifier()
+    cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path / "b", 2, callbacks=[cb]).fit(first, loader())   # "killed" after 2 epochs
+
+    pl.seed_everything(123)  # a different seed: state must come from the checkpoint
+    resumed = TinyClassifier()
+    trainer(tmp_path / "c", 4).fit(resumed, loader(), ckpt_path=str(tmp_path / "ckpt/last.ckpt"))
+    a, b = straight.adapters.state_dict(), resumed.adapters.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resume diverged"
+    untrained = TinyClassifier().adapters.state_dict()
+    assert not torch.equal(a["classifier.weight"], untrained["classifier.weight"])
+
+
+def test_resume_from_a_checkpoint_of_another_config_is_refused(tmp_path):
+    cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, 1, callbacks=[cb]).fit(TinyClassifier(), loader())
+    other = TinyClassifier()
+    other.adapters.detach()
+    other.attach_adapters(other.model, lorakit.LoRAConfig(rank=4, targets=["*.key"]))
+    with pytest.raises(lorakit.LoraKitError, match="does not hold the adapters"):
+        trainer(tmp_path, 2).fit(other, loader(), ckpt_path=str(tmp_path / "ckpt/last.ckpt"))
