@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 
 from .errors import LoraKitError
@@ -118,7 +119,12 @@ def cmd_demo(args) -> int:
             entries.append({"name": name, "status": f"skipped: {plugin.install_hint}"})
             continue
         print(f"== demo: {name}", flush=True)
-        figures = run_plugin_demo(plugin, out / name, args.threads)
+        try:
+            figures = run_plugin_demo(plugin, out / name, args.threads)
+        except Exception as err:  # one broken demo must not hide the others' reports
+            traceback.print_exc()
+            entries.append({"name": name, "status": f"FAILED: {type(err).__name__}: {err}"})
+            continue
         entries.append({"name": name, "status": "ok", "report": f"{name}/report.md",
                         "figures": figures})
     if args.all or not args.names:
@@ -129,6 +135,10 @@ def cmd_demo(args) -> int:
                         "report": "core-benchmark/report.md", "figures": result["figures"]})
     index = write_index(out, entries)
     print(f"index: {index}")
+    failed = [e["name"] for e in entries if e["status"].startswith("FAILED")]
+    if failed:
+        print(f"lorakit: error: demos failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -73,7 +73,8 @@ class LoRALayer(nn.Module):
     def bias(self) -> torch.Tensor | None:
         return self.base.bias
 
-    def update(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def lora_path(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """B diag(λ) A dropout(x), before scaling."""
         raise NotImplementedError
 
     def delta_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
@@ -83,7 +84,8 @@ class LoRALayer(nn.Module):
         y = self.base(x)
         if self.merged or not self.enabled:
             return y
-        return y + self.update(x).to(y.dtype)
+        # the scale rides on the add: one pass over the output instead of two
+        return y.add(self.lora_path(x).to(y.dtype), alpha=self.scale)
 
     @torch.no_grad()
     def merge(self) -> None:
@@ -118,9 +120,9 @@ class LoRALinear(LoRALayer):
     def rank(self) -> int:
         return self.lora_A.shape[0]
 
-    def update(self, x: torch.Tensor) -> torch.Tensor:
+    def lora_path(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dropout(x.to(self.lora_A.dtype))
-        return F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale
+        return F.linear(F.linear(x, self.lora_A), self.lora_B)
 
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scale
@@ -159,10 +161,9 @@ class S2LoRALinear(LoRALayer):
     def rank(self) -> int:
         return self.lora_lambda.shape[0]
 
-    def update(self, x: torch.Tensor) -> torch.Tensor:
+    def lora_path(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dropout(x.to(self.basis.lora_A.dtype))
-        return F.linear(F.linear(x, self.basis.lora_A) * self.lora_lambda,
-                        self.basis.lora_B) * self.scale
+        return F.linear(F.linear(x, self.basis.lora_A) * self.lora_lambda, self.basis.lora_B)
 
     def delta_weight(self) -> torch.Tensor:
         return (self.basis.lora_B * self.lora_lambda) @ self.basis.lora_A * self.scale

@@ -99,6 +99,6 @@ def bench_suites() -> dict[str, str]:
     """Suite name -> dotted path of its `run(out_dir, threads, quick)` function."""
     suites = {name: ep.value for name, ep in _entries(BENCH_GROUP).items()}
     for plugin in plugins().values():
-        if plugin.bench_suite:
+        if plugin.bench_suite and plugin.installed:
             suites.setdefault(plugin.name, plugin.bench_suite)
     return suites

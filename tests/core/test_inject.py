@@ -139,6 +139,9 @@ def test_whisper_linear_subclass_with_dtype_cast_is_adapted():
                                          n_text_layer=1)
     torch.manual_seed(0)
     model = whisper.model.Whisper(dims).eval()
+    # whisper leaves the decoder's positional embedding uninitialised (torch.empty):
+    # a checkpoint fills it; here we do
+    nn.init.normal_(model.decoder.positional_embedding, std=0.02)
     for m in model.modules():  # fp16 Linear weights; whisper casts them to the input dtype
         if isinstance(m, nn.Linear):
             m.half()
