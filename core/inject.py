@@ -58,7 +58,8 @@ def find_targets(model: nn.Module, patterns: list[str]) -> dict[str, nn.Linear]:
                 f"Linear modules that do exist: {examples}"
                 + (" ..." if len(linears) > 8 else ""))
         found.update(hits)
-    return dict(sorted(found.items(), key=lambda kv: list(linears).index(kv[0])))
+    order = {p: i for i, p in enumerate(linears)}
+    return dict(sorted(found.items(), key=lambda kv: order[kv[0]]))
 
 
 def find_modules(model: nn.Module, patterns: list[str]) -> dict[str, nn.Module]:
