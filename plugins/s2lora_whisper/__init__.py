@@ -11,6 +11,6 @@ PLUGIN = Plugin(
     default_config=str(Path(__file__).with_name("default.yaml")),
     demo="lorakit.plugins.s2lora_whisper.demo:demo",
     extra="whisper",
-    requires=("whisper", "soundfile", "jiwer",),
+    requires=("whisper", "soundfile", "jiwer", "scipy"),
     bench_suite="lorakit.benchmarks.s2lora_whisper_suite:run",
 )

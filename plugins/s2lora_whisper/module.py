@@ -1,0 +1,252 @@
+r"""`WhisperAdapterModule`: openai-whisper adapted with S2-LoRA, LoRA or full fine-tuning.
+
+    audio (B, samples) ─► log-mel (B, 80, 2·n_audio_ctx) ─► encoder ─┐
+    <|sot|>… tokens of " text" ───────────────────────────────────► decoder ─► logits
+    loss = cross-entropy(logits, next token)  +  l1 · Σᵢ |λᵢ|          (teacher forcing)
+
+S2-LoRA (Liu et al., "Sparsely Shared LoRA on Whisper for Child Speech Recognition"):
+every adapted matrix of one shape shares A (r × in) and B (out × r); matrix i keeps
+only λᵢ (r numbers), ΔWᵢ = B·diag(λᵢ)·A, and the L1 term drives λ to sparse rank use.
+`method="lora"` gives each matrix its own A, B (the paper's LoRA baseline); `"full"`
+trains every weight (its full fine-tuning baseline). Everything else (data, loss,
+decoding, metrics) is the same for the three, so they compare like for like.
+
+`test` decodes every test set twice, with the frozen base and with the adapted model,
+and prints and saves WER/CER for both; `predict` writes transcripts as JSONL.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+
+from lorakit import LoRAConfig, load_adapter
+from lorakit.domains.speech.metrics import error_rates
+from lorakit.domains.speech.pretrained import tiny_en_checkpoint
+from lorakit.domains.speech.whisper_model import (
+    SAMPLE_RATE,
+    context_samples,
+    load_whisper,
+    log_mel,
+    transcribe,
+)
+from lorakit.errors import LoraKitError
+from lorakit.lightning_module import AdapterModule
+
+TARGETS = ["*.query", "*.key", "*.value", "*.out", "*.mlp.0", "*.mlp.2"]
+
+
+class WhisperAdapterModule(AdapterModule):
+    """Whisper with adapters, trained on (audio, transcript) batches.
+
+    Args:
+        checkpoint: an openai-whisper `.pt` (what `whisper.load_model` reads); None for
+            the embedded tiny.en (converted from CTranslate2 and cached on first use).
+        n_audio_ctx: encoder positions to keep (50 per second); 150 is 3 s. None keeps
+            the checkpoint's own context (1500 = 30 s).
+        method: "s2lora" (shared A/B, sparse λ), "lora" (own A/B per matrix) or "full".
+        rank: rank r of the adapters.
+        alpha: the update is scaled by alpha / r.
+        dropout: dropout on the adapter input.
+        targets: glob patterns of the Linear layers to adapt.
+        l1: coefficient of the L1 penalty on S2-LoRA's λ (ignored by lora and full).
+        adapter: a lorakit adapter file to start from (its method and rank win).
+        language: transcription language for multilingual checkpoints.
+        max_tokens: cap on decoded tokens per clip; short contexts hallucinate without it.
+        output_dir: where test metrics, predictions and the adapter are written;
+            None uses the trainer's log folder.
+        lambda_lr: learning rate of S2-LoRA's λ. λ starts at 1 and Adam moves it by about
+            its learning rate a step, so λ needs a larger one than A, B to reach zero
+            within a short run.
+        lr, weight_decay, optimizer: see `AdapterModule`.
+    """
+
+    def __init__(self, checkpoint: str | None = None, n_audio_ctx: int | None = 150,
+                 method: Literal["s2lora", "lora", "full"] = "s2lora", rank: int = 8,
+                 alpha: float = 16.0, dropout: float = 0.0, targets: list[str] | None = None,
+                 l1: float = 1e-3, adapter: str | None = None, language: str = "en",
+                 max_tokens: int = 12, output_dir: str | None = None, lr: float = 2e-3,
+                 lambda_lr: float = 2e-2, weight_decay: float = 0.0,
+                 optimizer: str = "adamw") -> None:
+        super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer)
+        if method not in ("s2lora", "lora", "full"):
+            raise LoraKitError(f"method must be 's2lora', 'lora' or 'full', got {method!r}")
+        self.save_hyperparameters()
+        import whisper.tokenizer
+
+        self.checkpoint = checkpoint or str(tiny_en_checkpoint())
+        self.model = load_whisper(self.checkpoint, n_audio_ctx)
+        self.n_audio_ctx = self.model.dims.n_audio_ctx
+        self.method, self.l1, self.lambda_lr, self.language = method, l1, lambda_lr, language
+        self.max_tokens = max_tokens
+        self.output_dir = output_dir
+        self.tokenizer = whisper.tokenizer.get_tokenizer(
+            self.model.is_multilingual, num_languages=self.model.num_languages,
+            language=language, task="transcribe")
+        self.config = LoRAConfig(method=method if method != "full" else "lora", rank=rank,
+                                 alpha=alpha, dropout=dropout, targets=targets or TARGETS)
+        self._reference: list = []   # full fine-tuning's frozen base, kept out of state_dict
+        if adapter:
+            self.adapters = load_adapter(self.model, adapter)
+        else:
+            self.adapt(self.model)
+        self.model.train()   # Lightning keeps the modes modules come with
+        self._outputs: dict[str, dict[str, list[str]]] = {}
+        self._predictions: list[dict] = []
+
+    # --- what is trained ------------------------------------------------------------
+    def adapt(self, model) -> None:
+        """Attach adapters (or unfreeze everything for full fine-tuning)."""
+        if self.method == "full":
+            self._reference.append(copy.deepcopy(model).requires_grad_(False))
+            model.requires_grad_(True)
+        else:
+            self.attach_adapters(model, self.config)
+
+    def regularizer(self) -> torch.Tensor:
+        """Added to the loss: S2-LoRA's L1 on λ (zero for LoRA and full fine-tuning)."""
+        if self.adapters is None or self.adapters.config.method != "s2lora":
+            return torch.zeros((), device=self.device)
+        return self.l1 * self.adapters.l1_penalty()
+
+    def param_groups(self) -> list[dict]:
+        groups = super().param_groups()
+        for group in groups:
+            if group["name"] == "lambda":
+                group["lr"] = self.lambda_lr
+        return groups
+
+    @contextlib.contextmanager
+    def base_model(self):
+        """The frozen base model inside the block (adapters off, or the kept copy)."""
+        if self._reference:
+            self._reference[0].to(self.device)
+            yield self._reference[0]
+        elif self.adapters is not None:
+            with self.adapters.disabled():
+                yield self.model
+        else:
+            yield self.model
+
+    # --- inputs -----------------------------------------------------------------------
+    @property
+    def clip_seconds(self) -> float:
+        """Longest clip the encoder context holds."""
+        return context_samples(self.n_audio_ctx) / SAMPLE_RATE
+
+    def mel(self, audio: torch.Tensor) -> torch.Tensor:
+        return log_mel(audio, self.n_audio_ctx, self.model.dims.n_mels)
+
+    def tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder inputs and next-token targets; the prompt is not a target (-100)."""
+        prompt = list(self.tokenizer.sot_sequence_including_notimestamps)
+        eot = self.tokenizer.eot
+        seqs = [prompt + self.tokenizer.encode(" " + t.strip()) + [eot] for t in texts]
+        longest = max(len(s) for s in seqs) - 1
+        if longest > self.model.dims.n_text_ctx:
+            raise LoraKitError(f"a transcript is {longest} tokens, more than the decoder's "
+                               f"{self.model.dims.n_text_ctx}")
+        inputs = torch.full((len(seqs), longest), eot, dtype=torch.long)
+        targets = torch.full((len(seqs), longest), -100, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            inputs[i, : len(s) - 1] = torch.tensor(s[:-1])
+            targets[i, len(prompt) - 1: len(s) - 1] = torch.tensor(s[len(prompt):])
+        return inputs.to(self.device), targets.to(self.device)
+
+    # --- training -----------------------------------------------------------------------
+    def cross_entropy(self, batch: dict) -> torch.Tensor:
+        inputs, targets = self.tokens(batch["text"])
+        logits = self.model(self.mel(batch["audio"]), inputs)
+        return F.cross_entropy(logits.transpose(1, 2).float(), targets)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        ce = self.cross_entropy(batch)
+        reg = self.regularizer()
+        loss = ce + reg
+        self.log_dict({"train/loss": loss, "train/ce": ce, "train/reg": reg}, prog_bar=True,
+                      batch_size=len(batch["text"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        hyps = transcribe(self.model, self.mel(batch["audio"]), self.max_tokens, self.language)
+        rates = error_rates(batch["text"], hyps)
+        n = len(batch["text"])
+        self.log_dict({"val/ce": self.cross_entropy(batch), "val/wer": rates["wer"],
+                       "val/cer": rates["cer"]}, prog_bar=True, batch_size=n)
+
+    # --- test: base and adapted, per test set --------------------------------------------
+    def on_test_epoch_start(self) -> None:
+        self._outputs = {}
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        mel = self.mel(batch["audio"])
+        out = self._outputs.setdefault(batch["set"][0], {"ref": [], "base": [], "adapted": []})
+        with self.base_model() as base:
+            out["base"] += transcribe(base, mel, self.max_tokens, self.language)
+        out["adapted"] += transcribe(self.model, mel, self.max_tokens, self.language)
+        out["ref"] += batch["text"]
+
+    def on_test_epoch_end(self) -> None:
+        metrics = {}
+        for name, out in self._outputs.items():
+            base, adapted = error_rates(out["ref"], out["base"]), error_rates(out["ref"],
+                                                                             out["adapted"])
+            metrics[name] = {"n": base["n"], "base_wer": base["wer"], "base_cer": base["cer"],
+                             "wer": adapted["wer"], "cer": adapted["cer"]}
+        if self.logger is not None:
+            self.logger.log_metrics({f"test/{name}/{k}": v for name, m in metrics.items()
+                                     for k, v in m.items()}, step=self.global_step)
+        lines = [f"{'test set':<16}{'n':>5}{'base WER':>10}{'WER':>8}{'base CER':>10}{'CER':>8}"]
+        lines += [f"{k:<16}{m['n']:>5}{m['base_wer']:>10.3f}{m['wer']:>8.3f}"
+                  f"{m['base_cer']:>10.3f}{m['cer']:>8.3f}" for k, m in metrics.items()]
+        rank_zero_info("\n".join(lines))
+        self.write_json("test_metrics.json", metrics)
+        self.test_metrics = metrics
+
+    # --- predict -------------------------------------------------------------------------
+    def on_predict_epoch_start(self) -> None:
+        self._predictions = []
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[dict]:
+        hyps = transcribe(self.model, self.mel(batch["audio"]), self.max_tokens, self.language)
+        rows = [{"audio": path, "text": hyp} for path, hyp in zip(batch["path"], hyps)]
+        self._predictions += rows
+        return rows
+
+    def on_predict_epoch_end(self) -> None:
+        path = self.out_dir() / "predictions.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in self._predictions)
+        rank_zero_info(f"lorakit: {len(self._predictions)} transcripts written to {path}")
+
+    # --- files ---------------------------------------------------------------------------
+    def out_dir(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        trainer = self._trainer
+        return Path(trainer.log_dir or trainer.default_root_dir) if trainer else Path(".")
+
+    def write_json(self, name: str, data) -> Path:
+        path = self.out_dir() / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2))
+        return path
+
+    def on_fit_end(self) -> None:
+        """Save the adapter file and λ's sparsity beside the logs."""
+        if self.adapters is None or self.trainer.global_rank != 0:
+            return
+        path = self.out_dir() / "adapter.safetensors"
+        self.adapters.save(path, {"base_checkpoint": Path(self.checkpoint).name,
+                                  "n_audio_ctx": self.n_audio_ctx,
+                                  "steps": self.trainer.global_step})
+        self.write_json("sparsity.json", self.adapters.sparsity_report())
+        rank_zero_info(f"lorakit: adapter ({path.stat().st_size / 1024:.1f} KB, "
+                       f"{self.adapters.trainable_count():,} parameters) written to {path}")

@@ -1,0 +1,56 @@
+"""The espeak-ng adult/child corpus: speaker-disjoint splits, cached, within the context."""
+from __future__ import annotations
+
+import json
+
+import soundfile as sf
+
+from lorakit.domains.speech.manifest import read_manifest
+from lorakit.domains.speech.synthetic import (
+    CHILD,
+    CHILD_OOD,
+    SPLITS,
+    CorpusConfig,
+    build_corpus,
+    speakers_by_split,
+    vocabulary,
+)
+
+SMALL = CorpusConfig(train=6, val=2, test=3, train_speakers=3, test_speakers=2, seed=3)
+
+
+def test_vocabulary_has_a_few_hundred_distinct_words():
+    words = vocabulary()
+    assert 250 <= len(set(words)) == len(words) <= 500
+
+
+def test_splits_are_speaker_disjoint_and_ood_is_outside_training_voices_and_pitch():
+    speakers = speakers_by_split(CorpusConfig())
+    params = {s: {(x.voice, x.pitch, x.rate, x.shift) for x in v} for s, v in speakers.items()}
+    ids = {s: {x.id for x in v} for s, v in speakers.items()}
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1:]:
+            assert not params[a] & params[b] and not ids[a] & ids[b], (a, b)
+    train = speakers["child_train"]
+    assert not {x.voice for x in speakers["child_ood"]} & {x.voice for x in train}
+    assert min(x.pitch for x in speakers["child_ood"]) > max(x.pitch for x in train)
+    assert min(x.shift for x in speakers["child_ood"]) > max(x.shift for x in train)
+    assert all(x.pitch <= 45 and x.shift == 1.0 for x in speakers["adult_test"])
+    assert CHILD.pitch[1] < CHILD_OOD.pitch[0]
+
+
+def test_corpus_is_built_once_and_read_back_as_manifests(tmp_path):
+    folder = build_corpus(SMALL, tmp_path)
+    stamp = (folder / "corpus.json").stat().st_mtime_ns
+    assert build_corpus(SMALL, tmp_path) == folder
+    assert (folder / "corpus.json").stat().st_mtime_ns == stamp   # cached, not rebuilt
+    sizes = {"child_train": 6, "child_val": 2}
+    for split in SPLITS:
+        utts = read_manifest(folder / f"{split}.jsonl")
+        assert len(utts) == sizes.get(split, 3)
+        for u in utts:
+            assert 1 <= len(u.text.split()) <= 6
+            assert 0.2 < u.seconds <= SMALL.max_seconds
+            assert sf.info(str(u.audio)).samplerate == 16000
+    summary = json.loads((folder / "corpus.json").read_text())
+    assert set(summary["splits"]) == set(SPLITS)

@@ -1,0 +1,133 @@
+"""s2lora-whisper: S2-LoRA on real Whisper tiny.en weights, synthetic child speech, one thread.
+
+One short fit (20 steps of 8 clips) is shared by the tests that need a trained adapter.
+"""
+from __future__ import annotations
+
+import json
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lorakit import load_adapter
+from lorakit.domains.speech.synthetic import CorpusConfig, build_corpus
+from lorakit.domains.speech.whisper_model import load_whisper, transcribe
+from lorakit.errors import CheckpointError, DataError
+from lorakit.plugins.s2lora_whisper.data import SpeechDataModule
+from lorakit.plugins.s2lora_whisper.module import WhisperAdapterModule
+
+CORPUS = CorpusConfig(train=160, val=8, test=24, train_speakers=8, test_speakers=2)
+
+
+def trainer(tmp_path, steps: int = 20) -> pl.Trainer:
+    return pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False,
+                      limit_val_batches=0, num_sanity_val_steps=0, default_root_dir=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return build_corpus(CORPUS)
+
+
+@pytest.fixture(scope="module")
+def fitted(corpus, tmp_path_factory):
+    """S2-LoRA after 20 steps on child_train, tested on child_test."""
+    torch.set_num_threads(1)
+    pl.seed_everything(0, verbose=False)
+    out = tmp_path_factory.mktemp("fit")
+    module = WhisperAdapterModule(method="s2lora", output_dir=str(out))
+    data = SpeechDataModule(train_manifest=str(corpus / "child_train.jsonl"),
+                            test_manifest=str(corpus / "child_test.jsonl"), batch_size=8)
+    t = trainer(out)
+    t.fit(module, data)
+    t.test(module, data, verbose=False)
+    return module, data, out
+
+
+def test_s2lora_halves_child_wer_in_twenty_steps(fitted):
+    module, _, out = fitted
+    m = module.test_metrics["child_test"]
+    print(f"child_test WER {m['base_wer']:.3f} -> {m['wer']:.3f}, "
+          f"CER {m['base_cer']:.3f} -> {m['cer']:.3f}")
+    assert m["wer"] < 0.5 * m["base_wer"]
+    assert m["cer"] < 0.5 * m["base_cer"]
+    saved = json.loads((out / "test_metrics.json").read_text())
+    assert saved["child_test"]["wer"] == pytest.approx(m["wer"])
+    assert saved["child_test"]["base_wer"] == pytest.approx(m["base_wer"])
+
+
+def test_trainable_count_is_shared_bases_plus_r_per_matrix(fitted):
+    module, _, _ = fitted
+    adapters, r = module.adapters, module.config.rank
+    layers = adapters.layers.values()
+    shapes = {(m.in_features, m.out_features) for m in layers}
+    # tiny.en: 64 adapted matrices of three shapes: 384→384, 384→1536, 1536→384
+    assert len(adapters.layers) == 64 and len(shapes) == 3
+    expected = sum(r * (i + o) for i, o in shapes) + r * len(adapters.layers)
+    assert adapters.trainable_count() == expected == 37_376
+    assert sum(p.numel() for p in module.parameters() if p.requires_grad) == expected
+    lora = sum(r * (m.in_features + m.out_features) for m in layers)
+    assert expected <= 0.15 * lora
+
+
+def test_merged_adapter_gives_the_same_transcripts(fitted, corpus):
+    module, data, _ = fitted
+    batch = next(iter(data.test_dataloader()))
+    mel = module.mel(batch["audio"])
+    before = transcribe(module.model, mel, module.max_tokens)
+    module.adapters.merge()
+    try:
+        merged = transcribe(module.model, mel, module.max_tokens)
+    finally:
+        module.adapters.unmerge()
+    assert merged == before
+    with module.adapters.disabled():
+        assert transcribe(module.model, mel, module.max_tokens) != before
+
+
+def test_saved_adapter_reloads_onto_a_fresh_base(fitted):
+    module, data, out = fitted
+    path = out / "adapter.safetensors"
+    assert path.stat().st_size < 200_000
+    fresh = load_whisper(module.checkpoint, n_audio_ctx=150)
+    load_adapter(fresh, path)
+    mel = module.mel(next(iter(data.test_dataloader()))["audio"])
+    assert transcribe(fresh, mel, 12) == transcribe(module.model, mel, 12)
+
+
+def test_predict_writes_transcripts_as_jsonl(fitted, corpus, tmp_path):
+    module, _, _ = fitted
+    manifest = tmp_path / "clips.jsonl"
+    clips = [json.loads(line) for line in (corpus / "child_test.jsonl").read_text().splitlines()]
+    manifest.write_text("".join(json.dumps({"audio": str(corpus / c["audio"])}) + "\n"
+                                for c in clips[:3]))
+    module.output_dir = str(tmp_path)
+    trainer(tmp_path).predict(module, SpeechDataModule(predict_manifest=str(manifest)))
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [r["audio"] for r in rows] == [str(corpus / c["audio"]) for c in clips[:3]]
+    assert all(isinstance(r["text"], str) for r in rows)
+
+
+def test_a_checkpoint_that_is_not_whisper_is_refused(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "lightning.ckpt")
+    with pytest.raises(CheckpointError, match=r"lightning\.ckpt is not an openai-whisper "
+                                              r"checkpoint"):
+        WhisperAdapterModule(checkpoint=str(tmp_path / "lightning.ckpt"))
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(Exception, match="method must be 's2lora', 'lora' or 'full'"):
+        WhisperAdapterModule(method="adalora")
+
+
+def test_too_long_clips_stop_the_run_with_their_count(corpus, tmp_path):
+    data = SpeechDataModule(train_manifest=str(corpus / "child_train.jsonl"), max_seconds=0.5)
+    with pytest.raises(DataError, match=r"clips in .*child_train\.jsonl are longer than the "
+                                        r"0\.5 s encoder context .*--data\.too_long"):
+        data.setup("fit")
+    data = SpeechDataModule(train_manifest=str(corpus / "child_train.jsonl"), max_seconds=0.5,
+                            too_long="truncate")
+    data.setup("fit")
+    assert all(len(item["audio"]) <= 8000 for item in data.datasets["train"][0])
