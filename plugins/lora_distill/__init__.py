@@ -13,4 +13,5 @@ PLUGIN = Plugin(
     extra="distill",
     requires=("diffusers", "sklearn",),
     bench_suite="lorakit.benchmarks.lora_distill_suite:run",
+    commands={"export": "lorakit.plugins.lora_distill.diffusers_export:main"},
 )

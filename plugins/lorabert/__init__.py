@@ -13,4 +13,5 @@ PLUGIN = Plugin(
     extra="lorabert",
     requires=("transformers", "Bio", "sklearn",),
     bench_suite="lorakit.benchmarks.lorabert_suite:run",
+    commands={"pretrain": "lorakit.plugins.lorabert.pretrain:main"},
 )

@@ -1,0 +1,70 @@
+"""CPAT's published human test set: 4,000 mRNAs and 4,000 lncRNAs (Wang et al. 2013).
+
+The files ship inside the CPAT 3.0.4 source distribution on PyPI, which is GPL-2, so
+lorakit never commits them: `fetch_cpat_human()` runs
+
+    pip download --no-deps --no-binary :all: CPAT==3.0.4
+
+into the cache folder ($LORAKIT_CACHE/cpat, default ~/.cache/lorakit/cpat) once,
+extracts the two test files and reuses them afterwards.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from lorakit.errors import DataError
+
+from .fasta import Record, read_fasta
+
+VERSION = "3.0.4"
+FILES = {"coding": "Human_test_coding_mRNA.fa", "noncoding": "Human_test_noncoding_RNA.fa.gz"}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LORAKIT_CACHE")
+    base = Path(root) if root else Path.home() / ".cache" / "lorakit"
+    return base / "cpat"
+
+
+def fetch_cpat_human(cache: Path | None = None) -> dict[str, Path]:
+    """Paths of the two CPAT human test FASTA files, downloading them on first use."""
+    cache = Path(cache) if cache else cache_dir()
+    paths = {name: cache / fname for name, fname in FILES.items()}
+    if all(p.is_file() and p.stat().st_size > 0 for p in paths.values()):
+        return paths
+    cache.mkdir(parents=True, exist_ok=True)
+    sdist = cache / f"CPAT-{VERSION}.tar.gz"
+    if not sdist.is_file():
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               f"CPAT=={VERSION}", "-d", str(cache)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0 or not sdist.is_file():
+            raise DataError(
+                f"could not download the CPAT {VERSION} source distribution into {cache} "
+                f"({' '.join(cmd)} failed: {result.stderr.strip()[-400:]}). With no network, "
+                f"put CPAT-{VERSION}.tar.gz (or the two files {', '.join(FILES.values())}) "
+                "there by hand.")
+    try:
+        with tarfile.open(sdist) as tar:
+            for name, fname in FILES.items():
+                member = tar.getmember(f"CPAT-{VERSION}/test/{fname}")
+                data = tar.extractfile(member).read()
+                tmp = paths[name].with_suffix(".part")
+                tmp.write_bytes(data)
+                tmp.replace(paths[name])
+    except (tarfile.TarError, KeyError, OSError) as err:
+        raise DataError(f"{sdist} is not the CPAT {VERSION} sdist or is damaged ({err}); "
+                        "delete it and run again") from None
+    return paths
+
+
+def load_cpat_human(cache: Path | None = None) -> tuple[list[Record], list[int]]:
+    """(records, labels) with label 1 = coding mRNA, 0 = lncRNA, mRNAs first."""
+    paths = fetch_cpat_human(cache)
+    coding = read_fasta(paths["coding"])
+    noncoding = read_fasta(paths["noncoding"])
+    return coding + noncoding, [1] * len(coding) + [0] * len(noncoding)

@@ -1,0 +1,44 @@
+"""External coding-potential tools, run as separate programs on the same test split.
+
+CPC2 (Kang et al. 2017; PyPI `cpc2-standalone`, GPL-3) is used as an installed tool,
+never imported or vendored: `pip install cpc2-standalone` (in any environment) puts a
+`cpc2` command on PATH, or point $LORAKIT_CPC2 at it. Its shipped human model was
+trained on other transcripts than CPAT's test set.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from lorakit.errors import LoraKitError
+
+from .fasta import Record, write_fasta
+
+
+def find_cpc2() -> str | None:
+    exe = os.environ.get("LORAKIT_CPC2") or shutil.which("cpc2")
+    return exe if exe and Path(exe).exists() else None
+
+
+def run_cpc2(records: list[Record], exe: str | None = None) -> dict[str, float]:
+    """CPC2's coding probability for each record id."""
+    exe = exe or find_cpc2()
+    if exe is None:
+        raise LoraKitError("CPC2 not found: pip install cpc2-standalone (it provides the "
+                           "`cpc2` command) or set LORAKIT_CPC2 to its path")
+    with tempfile.TemporaryDirectory(prefix="lorakit_cpc2_") as tmp:
+        fasta = write_fasta(records, Path(tmp) / "in.fa")
+        out = Path(tmp) / "cpc2"
+        result = subprocess.run([exe, "-i", str(fasta), "-o", str(out)],
+                                capture_output=True, text=True, cwd=tmp)
+        table = out.with_suffix(".txt")
+        if result.returncode != 0 or not table.is_file():
+            raise LoraKitError(f"CPC2 failed ({result.returncode}): "
+                               f"{(result.stderr or result.stdout).strip()[-400:]}")
+        lines = table.read_text().splitlines()
+    head = lines[0].lstrip("#").split("\t")
+    col = head.index("coding_probability")
+    return {f[0]: float(f[col]) for f in (line.split("\t") for line in lines[1:] if line)}

@@ -1,0 +1,136 @@
+"""`lorakit lora-distill demo`: distil the embedded digits teacher and report.
+
+1. Fit `DistillModule` on the digits for `steps` steps (Lightning, rich progress bar);
+   the adapter and its diffusers export are written to out_dir.
+2. Loss curve (PNG).
+3. Quality table for several w: class accuracy and Fréchet distance of teacher-CFG
+   and student samples from the same noise; sample grids (PNG).
+4. Sampling time per image: teacher two passes vs one fused student pass, at batch 1
+   and batched.
+5. Peak memory of training (this process), and the parameter-state accounting of
+   LoRA distillation (one shared model) vs full distillation (teacher copy + student
+   + gradients + AdamW moments).
+"""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .evaluate import quality_markdown, quality_table, sampling_times, timing_markdown
+
+GUIDANCE = (1.0, 1.5, 2.0, 2.5, 3.0)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform != "darwin" else peak / 2**20
+
+
+def loss_plot(history: list[tuple[int, float]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [s for s, _ in history]
+    losses = [v for _, v in history]
+    k = max(1, len(losses) // 50)
+    smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1])
+              for i in range(len(losses))]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, alpha=0.3, label="per step")
+    ax.plot(steps, smooth, label=f"mean of {k}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MSE to teacher CFG target")
+    ax.set_title("lora-distill: digits teacher, w ~ U[1, 3]")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def state_accounting(module) -> dict:
+    """Bytes of weights + grads + AdamW moments: LoRA distillation vs full distillation."""
+    total = sum(p.numel() for p in module.model.unet.parameters())
+    trainable = sum(p.numel() for p in module.adapters.parameters())
+    lora = 4 * (total + 3 * trainable)  # frozen shared weights + (weight, grad, m, v) of adapters
+    full = 4 * (total + 4 * total)      # frozen teacher copy + student (weight, grad, m, v)
+    return {"params_total": total, "params_trainable": trainable,
+            "state_mb_lora": lora / 2**20, "state_mb_full": full / 2**20,
+            "state_ratio": lora / full}
+
+
+def demo(out_dir: Path, threads: int = 2, steps: int = 1000, per_class: int = 20,
+         sample_steps: int = 25) -> dict:
+    """Distil, evaluate, write report.md / results.json / PNGs; returns the flat figures."""
+    import lightning.pytorch as pl
+
+    from .data import ConditioningDataModule
+    from .module import DistillModule
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(threads)
+    pl.seed_everything(0, workers=True)
+    module = DistillModule(output_dir=str(out_dir), sample_steps=sample_steps)
+    data = ConditioningDataModule(source="digits", batch_size=64)
+    rss_before = peak_rss_mb()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
+                         limit_val_batches=0, default_root_dir=str(out_dir),
+                         enable_model_summary=False, log_every_n_steps=25)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    fit_s = time.perf_counter() - t0
+    memory = {"peak_rss_mb_training": peak_rss_mb(), "peak_rss_mb_before_training": rss_before,
+              **state_accounting(module)}
+    if torch.cuda.is_available():
+        memory["cuda_peak_mb_training"] = torch.cuda.max_memory_allocated() / 2**20
+    module = module.to("cpu" if not torch.cuda.is_available() else module.device)
+    loss_plot(module.loss_history, out_dir / "loss_curve.png")
+
+    quality = quality_table(module, GUIDANCE, per_class=per_class, grids_dir=out_dir / "grids")
+    timing = sampling_times(module, batch_sizes=(1, 10 * per_class))
+    first = sum(v for _, v in module.loss_history[:25]) / max(1, len(module.loss_history[:25]))
+    last = sum(v for _, v in module.loss_history[-25:]) / max(1, len(module.loss_history[-25:]))
+    figures = {"loss_first25": first, "loss_last25": last, "fit_seconds": fit_s,
+               **{f"{k}_w{r['w']:g}": r[k] for r in quality
+                  for k in ("teacher_acc", "student_acc", "teacher_fd", "student_fd")},
+               **{f"{k}_b{r['batch']}": r[k] for r in timing
+                  for k in ("speedup_two_pass", "speedup_doubled_batch", "student_s",
+                            "teacher_two_pass_s")},
+               **{k: v for k, v in memory.items()}}
+    result = {"plugin": "lora-distill", "steps": steps, "threads": threads,
+              "quality": quality, "timing": timing, "memory": memory, "figures": figures,
+              "adapter": str(out_dir / "adapter.safetensors"),
+              "diffusers_lora": str(out_dir / "diffusers_lora")}
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2))
+    report = "\n\n".join([
+        f"# lora-distill demo ({steps} distillation steps in {fit_s:.0f} s, torch threads: "
+        f"{threads})",
+        f"Distillation loss: {first:.5f} (first 25 steps) -> {last:.5f} (last 25). "
+        "![loss](loss_curve.png)",
+        f"## Quality ({10 * per_class} samples per w, same noise, {sample_steps} DDIM steps)",
+        quality_markdown(quality),
+        "Grids: grids/teacher_cfg_w*.png, grids/student_w*.png (one row per class).",
+        "## Sampling time per image", timing_markdown(timing),
+        "## Memory",
+        f"Peak RSS of this process during training: {memory['peak_rss_mb_training']:.0f} MB "
+        f"(before training: {memory['peak_rss_mb_before_training']:.0f} MB). Weights + grads "
+        f"+ AdamW state: LoRA distillation {memory['state_mb_lora']:.2f} MB vs full "
+        f"distillation {memory['state_mb_full']:.2f} MB ({memory['state_ratio']:.2f}x). At "
+        "this size activations and the Python/torch runtime dominate; see the benchmark "
+        "suite for a ~100 M-parameter UNet measured in fresh processes.",
+    ])
+    (out_dir / "report.md").write_text(report + "\n")
+    print(report)
+    return figures

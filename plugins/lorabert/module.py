@@ -1,0 +1,269 @@
+"""`LoRABertModule`: LoRA-BERT's training loop (lncRNA vs mRNA from k-mer tokens).
+
+    transcript ── k-mers ── windows of max_tokens ── BERT + LoRA(query, value)
+        ── token states of all its windows ── [mean ; max ; log length] ── classifier
+        ── logits
+        ── softmax ── coding probability
+
+LoRA on the attention query and value projections (Hu et al. 2021, sec. 7.1: W_q and
+W_v together work best at a fixed budget), the classification head trained in full
+through `LoRAConfig(modules_to_save=[...])`, everything else frozen. `mode` gives the
+comparison rows of the benchmark: "full" fine-tuning of every weight, "head" (frozen
+encoder, trained head).
+
+Long transcripts (lncRNAs reach 10 kb and more, a window ~0.76 kb) are handled by
+`long_mode`: "windows" covers every nucleotide with consecutive windows and pools them
+(`pooling`: "tokens" pools token states over all windows, "mean"/"max" pool the logits
+each window gets on its own); "head_tail" keeps the first and last max_tokens/2 k-mers
+(Sun et al. 2019, sec. 5.3.1). Training pools at most `max_train_windows` windows per
+transcript (an evenly spaced subset when there are more); validation, test and predict
+use them all.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import nn
+
+from lorakit.adapter_file import load_adapter
+from lorakit.config import LoRAConfig
+from lorakit.domains.genomics.features import longest_orf
+from lorakit.domains.genomics.kmer import Window
+from lorakit.domains.genomics.kmer_bert import load_classifier, load_tokenizer
+from lorakit.domains.genomics.metrics import binary_metrics
+from lorakit.errors import LoraKitError
+from lorakit.lightning_module import AdapterModule
+
+from .predict_tsv import PredictionRow, write_predictions
+
+BASE_DIR = Path(__file__).with_name("base")
+Mode = Literal["lora", "full", "head"]
+LongMode = Literal["windows", "head_tail"]
+Pooling = Literal["tokens", "mean", "max"]
+HEAD = ["classifier"]
+
+
+class LoRABertModule(AdapterModule):
+    """LoRA-BERT: a k-mer BERT fine-tuned with LoRA to tell mRNAs from lncRNAs.
+
+    Args:
+        pretrained: a transformers BERT folder over k-mer tokens (config.json,
+            model.safetensors, vocab.txt); None: the embedded base (plugins/lorabert/base).
+        stride: k-mer stride of the tokenizer; None reads kmer_tokenizer.json in the folder
+            (1, DNABERT's overlapping layout, when absent).
+        mode: "lora" (adapters on `targets` + trained head), "full" (every weight), "head"
+            (frozen encoder, trained head).
+        rank, alpha, lora_dropout, targets: the LoRA adapters (see lorakit.LoRAConfig).
+        long_mode: "windows" (cover the whole transcript, pool) or "head_tail".
+        max_tokens: k-mers per window; None: the model's position limit minus 2.
+        window_overlap: k-mers shared by consecutive windows.
+        pooling: "tokens": one head over [mean ; max] of the token states of all windows;
+            "mean" / "max": the head on each window, then the mean of the logits or the
+            window with the largest coding margin.
+        max_train_windows: windows per transcript in training steps.
+        window_batch: windows per forward pass in evaluation and prediction.
+        threshold: coding probability at and above which a transcript is called coding.
+        predictions: TSV written by `predict` (CPC2-like columns).
+        adapter: a lorakit adapter file (written at the end of `fit` as
+            lorabert_adapter.safetensors in the log folder) to start from or predict with.
+    """
+
+    def __init__(self, pretrained: str | None = None, stride: int | None = None,
+                 mode: Mode = "lora", rank: int = 8, alpha: float = 16.0,
+                 lora_dropout: float = 0.0, targets: list[str] | None = None,
+                 long_mode: LongMode = "windows", max_tokens: int | None = None,
+                 window_overlap: int = 0, pooling: Pooling = "tokens",
+                 max_train_windows: int = 4, window_batch: int = 64, threshold: float = 0.5,
+                 predictions: str = "predictions.tsv", adapter: str | None = None,
+                 lr: float = 2e-3,
+                 weight_decay: float = 0.01, optimizer: str = "adamw") -> None:
+        super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer)
+        # where predictions go is a choice of each run, not a property of the trained model
+        self.save_hyperparameters(ignore=["predictions"])
+        for name, value, allowed in (("mode", mode, Mode), ("long_mode", long_mode, LongMode),
+                                     ("pooling", pooling, Pooling)):
+            if value not in allowed.__args__:
+                raise LoraKitError(f"model.{name} must be one of {allowed.__args__}, "
+                                   f"got {value!r}")
+        folder = Path(pretrained) if pretrained else BASE_DIR
+        self.tokenizer = load_tokenizer(folder, stride=stride)
+        self.model = load_classifier(folder, num_labels=2)
+        limit = self.model.config.max_position_embeddings - 2
+        self.max_tokens = min(max_tokens or limit, limit)
+        if max_tokens and max_tokens > limit:
+            rank_zero_warn(f"max_tokens {max_tokens} exceeds the model's {limit} positions; "
+                           f"using {limit}")
+        self.mode, self.long_mode, self.pooling = mode, long_mode, pooling
+        self.window_overlap = window_overlap
+        self.max_train_windows, self.window_batch = max_train_windows, window_batch
+        self.threshold = threshold
+        self.predictions = predictions
+        if adapter:
+            if mode != "lora":
+                raise LoraKitError("model.adapter needs model.mode 'lora'")
+            self.adapters = load_adapter(self.model, adapter)
+        elif mode == "lora":
+            self.attach_adapters(self.model, LoRAConfig(
+                rank=rank, alpha=alpha, dropout=lora_dropout,
+                targets=targets or ["*.query", "*.value"], modules_to_save=HEAD))
+        elif mode == "head":
+            self.model.requires_grad_(False)
+            for name in HEAD:
+                self.model.get_submodule(name).requires_grad_(True)
+        else:
+            self.model.requires_grad_(True)
+        self._outputs: dict[str, list] = {}
+
+    # --- transcripts to windows -----------------------------------------------------
+    def windows_of(self, seq: str) -> list[Window]:
+        if self.long_mode == "head_tail":
+            return [self.tokenizer.head_tail(seq, self.max_tokens)]
+        return self.tokenizer.windows(seq, self.max_tokens, self.window_overlap)
+
+    def _train_subset(self, wins: list[Window]) -> list[Window]:
+        if len(wins) <= self.max_train_windows:
+            return wins
+        offset = int(torch.randint(0, len(wins), (1,)))
+        keep = np.linspace(0, len(wins), self.max_train_windows, endpoint=False).astype(int)
+        return [wins[(i + offset) % len(wins)] for i in keep]
+
+    def _window_states(self, wins: list[Window]):
+        width = max(len(w.ids) for w in wins)
+        ids = torch.full((len(wins), width), self.tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(wins), width), dtype=torch.long)
+        for r, w in enumerate(wins):
+            ids[r, :len(w.ids)] = torch.tensor(w.ids)
+            mask[r, :len(w.ids)] = 1
+        return self.model.window_states(ids.to(self.device), mask.to(self.device))
+
+    def pool(self, total: torch.Tensor, peak: torch.Tensor, count: torch.Tensor,
+             n_kmers: int) -> torch.Tensor:
+        """One transcript's (2,) logits from the states of its W windows."""
+        pool_windows = self.model.pool_windows
+        if self.pooling == "tokens":
+            return self.model.head(pool_windows(total, peak, count, n_kmers))
+        per_window = torch.stack([
+            self.model.head(pool_windows(total[i:i + 1], peak[i:i + 1], count[i:i + 1], n_kmers))
+            for i in range(len(total))])
+        if self.pooling == "mean":
+            return per_window.mean(0)
+        return per_window[(per_window[:, 1] - per_window[:, 0]).argmax()]
+
+    def n_kmers(self, seq: str) -> int:
+        return len(self.tokenizer.kmers(seq))
+
+    def forward(self, seqs: list[str], train: bool = False) -> tuple[torch.Tensor, list[int]]:
+        """(transcript logits (B, 2), windows per transcript)."""
+        per = [self.windows_of(s) for s in seqs]
+        if train:
+            per = [self._train_subset(w) for w in per]
+        flat = [w for ws in per for w in ws]
+        chunks = [self._window_states(flat[a:a + self.window_batch])
+                  for a in range(0, len(flat), self.window_batch)]
+        total, peak, count = (torch.cat([c[i] for c in chunks]) for i in range(3))
+        out, a = [], 0
+        for seq, ws in zip(seqs, per):
+            b = a + len(ws)
+            out.append(self.pool(total[a:b], peak[a:b], count[a:b], self.n_kmers(seq)))
+            a = b
+        return torch.stack(out), [len(ws) for ws in per]
+
+    # --- the loop ---------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Report (never drop) transcripts shorter than k: they have no k-mer to read."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        splits = getattr(dm, "splits", None) or {}
+        short = [t.id for items in splits.values() for t in items
+                 if len(t.seq) < self.tokenizer.k]
+        if short:
+            rank_zero_warn(f"{len(short)} transcript(s) shorter than k={self.tokenizer.k} are "
+                           f"kept as one [UNK] token: {', '.join(short[:5])}"
+                           + (" ..." if len(short) > 5 else ""))
+
+    def training_step(self, batch, batch_idx):
+        labels = torch.tensor([t.label for t in batch], device=self.device)
+        logits, _ = self([t.seq for t in batch], train=True)
+        loss = nn.functional.cross_entropy(logits, labels)
+        acc = (logits.argmax(-1) == labels).float().mean()
+        self.log_dict({"train/loss": loss, "train/acc": acc}, prog_bar=True,
+                      batch_size=len(batch))
+        return loss
+
+    def _eval_step(self, batch, stage: str) -> None:
+        labels = torch.tensor([t.label for t in batch], device=self.device)
+        logits, _ = self([t.seq for t in batch])
+        loss = nn.functional.cross_entropy(logits, labels)
+        self.log(f"{stage}/loss", loss, batch_size=len(batch), prog_bar=stage == "val")
+        out = self._outputs.setdefault(stage, [])
+        out.append((labels.cpu(), logits.softmax(-1)[:, 1].float().cpu()))
+
+    def _eval_end(self, stage: str) -> dict[str, float]:
+        out = self._outputs.pop(stage, [])
+        if not out:
+            return {}
+        labels = torch.cat([o[0] for o in out]).numpy()
+        probs = torch.cat([o[1] for o in out]).numpy()
+        metrics = binary_metrics(labels, probs, self.threshold)
+        self.log_dict({f"{stage}/{k}": float(v) for k, v in metrics.items()},
+                      prog_bar=stage == "val")
+        return metrics
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self):
+        self._eval_end("val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self):
+        self._eval_end("test")
+
+    def on_fit_end(self):
+        if self.adapters is None or not self.trainer.is_global_zero:
+            return
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        path = folder / "lorabert_adapter.safetensors"
+        self.adapters.save(path, {"plugin": "lorabert", "step": int(self.global_step),
+                                  "long_mode": self.long_mode, "pooling": self.pooling,
+                                  "max_tokens": self.max_tokens})
+        rank_zero_info(f"lorabert: adapter saved to {path}")
+
+    # --- prediction -----------------------------------------------------------------
+    def predict_step(self, batch, batch_idx):
+        logits, n_windows = self([t.seq for t in batch])
+        probs = logits.softmax(-1)[:, 1].float().cpu().tolist()
+        rows = []
+        for t, p, n in zip(batch, probs, n_windows):
+            orf = longest_orf(t.seq)
+            covered = (len(t.seq) if self.long_mode == "windows"
+                       else min(len(t.seq), self._head_tail_span()))
+            rows.append(PredictionRow(t.id, len(t.seq), orf.length if orf else 0, p,
+                                      p >= self.threshold, n, covered / len(t.seq)))
+        self._outputs.setdefault("predict", []).extend(rows)
+        return rows
+
+    def _head_tail_span(self) -> int:
+        k, s = self.tokenizer.k, self.tokenizer.stride
+        return (self.max_tokens - 1) * s + k
+
+    def on_predict_epoch_start(self):
+        self._outputs["predict"] = []
+
+    def on_predict_epoch_end(self):
+        rows = self._outputs.pop("predict", [])
+        short = [r.id for r in rows if r.length < self.tokenizer.k]
+        if short:
+            rank_zero_warn(f"{len(short)} transcript(s) shorter than k={self.tokenizer.k} "
+                           f"have no k-mer; their probability is the model's guess for an "
+                           f"empty input: {', '.join(short[:5])}"
+                           + (" ..." if len(short) > 5 else ""))
+        if self.trainer.is_global_zero and self.predictions:
+            path = write_predictions(rows, self.predictions)
+            rank_zero_info(f"lorabert: wrote {len(rows)} predictions to {path} "
+                           f"(long_mode={self.long_mode}, {self.max_tokens} k-mers a window)")

@@ -1,0 +1,119 @@
+"""The MLM pre-training recipe, the shipped base, and the LightningCLI wiring."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorakit.domains.genomics.fasta import Record, write_fasta
+from lorakit.domains.genomics.kmer import KmerTokenizer
+from lorakit.plugins.lorabert import PLUGIN
+from lorakit.plugins.lorabert.module import BASE_DIR, LoRABertModule
+from lorakit.plugins.lorabert.pretrain import main, mask_spans
+
+
+def test_span_masking_masks_whole_spans_of_real_tokens_only():
+    tok = KmerTokenizer(6, 3)
+    ids = torch.tensor([tok.encode("ACGT" * 200)])
+    ids = torch.cat([ids, torch.zeros(1, 10, dtype=torch.long)], 1)  # padding
+    attn = (ids != tok.pad_id).long()
+    inputs, labels = mask_spans(ids, attn, tok, span=3, prob=0.15,
+                                gen=torch.Generator().manual_seed(0))
+    masked = labels[0] != -100
+    assert 0.08 < masked.float().sum() / attn.sum() < 0.25
+    assert not masked[0] and not masked[attn.sum() - 1] and not masked[-10:].any()
+    assert (labels[0][masked] == ids[0][masked]).all()
+    runs, run = [], 0
+    for m in masked.tolist() + [False]:
+        if m:
+            run += 1
+        elif run:
+            runs.append(run)
+            run = 0
+    assert min(runs) >= 3 or runs[-1] < 3  # spans are cut only by the sequence's end
+    assert (inputs[0][masked] == tok.mask_id).float().mean() > 0.6
+
+
+def test_pretrain_writes_a_folder_the_classifier_loads(tmp_path):
+    rng = torch.Generator().manual_seed(0)
+    seqs = ["".join("ACGT"[i] for i in torch.randint(0, 4, (300,), generator=rng).tolist())
+            for _ in range(30)]
+    fasta = write_fasta([Record(f"s{i}", s) for i, s in enumerate(seqs)], tmp_path / "u.fa")
+    out = tmp_path / "base"
+    log = main(["--data.fasta", str(fasta), "--out", str(out), "--hidden", "32", "--layers",
+                "1", "--heads", "2", "--max-tokens", "40", "--batch-size", "4", "--steps",
+                "6", "--save-every", "3", "--log-every", "3", "--warmup", "2"])
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json", "kmer_tokenizer.json", "model.safetensors", "pretrain_log.json",
+        "vocab.txt"]
+    saved = json.loads((out / "pretrain_log.json").read_text())
+    assert saved["step"] == 6 and saved["command"].endswith("--warmup 2")
+    assert [h["step"] for h in log["history"]] == [3, 6] and "val_loss" in log["history"][-1]
+    assert not (tmp_path / "base.tmp").exists() and not (tmp_path / "base.old").exists()
+    m = LoRABertModule(pretrained=str(out))
+    assert (m.tokenizer.k, m.tokenizer.stride, m.max_tokens) == (6, 3, 40)
+
+
+def test_shipped_base_is_a_small_transformers_folder_with_its_recipe():
+    sizes = sum(p.stat().st_size for p in BASE_DIR.iterdir())
+    assert sizes < 20 * 2 ** 20
+    config = json.loads((BASE_DIR / "config.json").read_text())
+    assert config["model_type"] == "bert" and config["attention_probs_dropout_prob"] == 0.0
+    log = json.loads((BASE_DIR / "pretrain_log.json").read_text())
+    assert "--data.cpat_train" in log["command"] and log["step"] >= 1000
+    import lorakit.plugins.lorabert.pretrain as recipe
+    assert "--data.cpat_train" in recipe.__doc__
+
+
+def test_plugin_registration_points_at_real_objects():
+    from lorakit.registry import resolve
+    assert PLUGIN.installed
+    assert resolve(PLUGIN.module) is LoRABertModule
+    assert resolve(PLUGIN.commands["pretrain"]) is main
+    assert Path(PLUGIN.default_config).is_file()
+    assert callable(resolve(PLUGIN.demo)) and callable(resolve(PLUGIN.bench_suite))
+
+
+def test_default_config_and_cli_flags_parse_with_lightning_cli(tmp_path):
+    from lightning.pytorch.cli import LightningCLI
+
+    from lorakit.plugins.lorabert.data import TranscriptDataModule
+    cli = LightningCLI(LoRABertModule, TranscriptDataModule, run=False,
+                       args=["--config", PLUGIN.default_config, "--data.coding", "a.fa",
+                             "--data.noncoding", "b.fa.gz", "--model.long_mode", "head_tail",
+                             "--trainer.default_root_dir", str(tmp_path)],
+                       save_config_kwargs={"overwrite": True})
+    assert cli.datamodule.source == "files"
+    assert cli.datamodule.files["coding"] == ["a.fa"]
+    assert cli.model.long_mode == "head_tail" and cli.model.mode == "lora"
+
+
+def test_pretrain_without_data_says_what_to_give(tmp_path):
+    from lorakit.errors import DataError
+    with pytest.raises(DataError, match="--data.fasta FILE"):
+        main(["--out", str(tmp_path / "x")])
+
+
+def test_cli_fit_then_predict_from_the_checkpoint_writes_the_tsv_asked_for(tmp_path,
+                                                                          monkeypatch):
+    from lightning.pytorch.cli import LightningCLI
+
+    from lorakit.domains.genomics.synthetic import write_synthetic
+    from lorakit.plugins.lorabert.data import TranscriptDataModule
+    from lorakit.plugins.lorabert.predict_tsv import read_predictions
+    monkeypatch.chdir(tmp_path)
+    coding, noncoding = write_synthetic(tmp_path / "fa", 6, 6)
+    common = ["--config", PLUGIN.default_config, "--trainer.enable_progress_bar", "false",
+              "--trainer.logger", "false"]
+    LightningCLI(LoRABertModule, TranscriptDataModule,
+                 args=["fit", *common, "--data.coding", str(coding), "--data.noncoding",
+                       str(noncoding), "--trainer.max_steps", "2",
+                       "--trainer.default_root_dir", str(tmp_path)],
+                 save_config_callback=None)
+    ckpt = next(tmp_path.rglob("*.ckpt"))
+    LightningCLI(LoRABertModule, TranscriptDataModule,
+                 args=["predict", *common, "--data.fasta", str(coding), "--ckpt_path",
+                       str(ckpt), "--model.predictions", str(tmp_path / "mine.tsv")],
+                 save_config_callback=None)
+    rows = read_predictions(tmp_path / "mine.tsv")
+    assert [r["id"] for r in rows] == [f"syn_mRNA_{i:05d}" for i in range(6)]
