@@ -41,6 +41,7 @@ from lorakit.domains.imaging.sampling import add_noise, ddim_sample, load_schedu
 from lorakit.domains.imaging.teacher import DEFAULT_DIR as EMBEDDED_TEACHER
 from lorakit.domains.imaging.teacher import SCHEDULER_CONFIG
 from lorakit.errors import LoraKitError
+from lorakit.inject import matches
 from lorakit.lightning_module import AdapterModule
 
 # attention projections and the paths that carry time, class and guidance conditioning
@@ -139,7 +140,6 @@ class DistillModule(AdapterModule):
         if lora is None:
             linears = [n for n, m in self.model.unet.named_modules()
                        if isinstance(m, torch.nn.Linear)]
-            from lorakit.inject import matches
             targets = [p for p in DEFAULT_TARGETS if any(matches(n, p) for n in linears)]
             return LoRAConfig(rank=8, alpha=8.0, targets=targets, modules_to_save=[COND_PROJ])
         if COND_PROJ not in lora.modules_to_save:

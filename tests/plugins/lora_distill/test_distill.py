@@ -333,3 +333,31 @@ def test_demo_runs_end_to_end_and_writes_its_report(tmp_path):
                  "grids/student_w2.png", "grids/teacher_cfg_w2.png"):
         assert (tmp_path / name).exists(), name
     assert figures["loss_last25"] < figures["loss_first25"]
+
+
+def test_text_conditioned_unet_distils_with_the_empty_prompt_as_null(tmp_path):
+    torch.manual_seed(0)
+    UNet2DConditionModel(sample_size=8, in_channels=1, out_channels=1,
+                         block_out_channels=(8, 16), layers_per_block=1,
+                         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                         cross_attention_dim=12, attention_head_dim=4,
+                         norm_num_groups=8).save_pretrained(tmp_path)
+    scheduler().save_config(tmp_path)
+    module = DistillModule(pretrained=str(tmp_path))
+    assert module.model.conditioning.kind == "text"
+    assert any(p.endswith("attn2.to_k") for p in module.adapters.layers)  # cross-attention
+    g = torch.Generator().manual_seed(0)
+    emb, empty = torch.randn(4, 3, 12, generator=g), torch.randn(1, 3, 12, generator=g)
+    x, t = torch.randn(4, 1, 8, 8, generator=g), torch.tensor([1, 200, 500, 999])
+    with torch.no_grad():
+        want_c = module.model(x, t, emb)
+        want_u = module.model(x, t, empty.expand(4, -1, -1))
+        assert torch.equal(module.student_eps(x, t, emb, 2.0), want_c)
+        torch.testing.assert_close(module.teacher_eps(x, t, emb, 2.0, uncond=empty),
+                                   want_u + 2.0 * (want_c - want_u))
+    loss = module.distill_loss({"encoder_hidden_states": emb, "uncond_encoder_hidden_states": empty,
+                                "images": torch.rand(4, 1, 8, 8) * 2 - 1,
+                                "noise": torch.randn(4, 1, 8, 8)})
+    loss.backward()
+    assert float(loss) > 0
