@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from lorakit.benchmarks.memory import reset_peak_rss, rss_mb
 
 SIZES = {"full": dict(hidden=256, layers=4, heads=4, seq=128, batch=16, vocab=8000),
          "quick": dict(hidden=64, layers=2, heads=2, seq=32, batch=4, vocab=500)}
@@ -108,22 +109,6 @@ def time_inference(size: dict, rounds: int, steps: int) -> dict[str, float]:
                     m(input_ids=ids)
                 times[name].append((time.perf_counter() - t0) / steps)
     return {name: statistics.median(v) for name, v in times.items()}
-
-
-def rss_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def reset_peak_rss() -> None:
-    """Writing 5 to clear_refs resets the peak RSS (Linux >= 4.0), so imports do not count."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def memory_child(name: str, size_name: str, steps: int) -> dict:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -32,30 +31,13 @@ from pathlib import Path
 
 import torch
 
+from lorakit.benchmarks.memory import reset_peak_rss, rss_mb
+
 SUITE = "lora-distill"
 BIG = dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512),
            layers_per_block=2, down_block_types=("DownBlock2D",) + ("AttnDownBlock2D",) * 3,
            up_block_types=("AttnUpBlock2D",) * 3 + ("UpBlock2D",), mid_block_type="UNetMidBlock2D",
            num_class_embeds=11, attention_head_dim=64, norm_num_groups=32, time_cond_proj_dim=32)
-
-
-def rss_mb(field: str = "VmHWM") -> float:
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process, in MB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def reset_peak_rss() -> None:
-    """Writing 5 to clear_refs resets the peak RSS (Linux >= 4.0), so imports do not count."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 # --- memory: one training run per fresh process ------------------------------------------
