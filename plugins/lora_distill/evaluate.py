@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from lorakit.bench import markdown_table
 from lorakit.domains.imaging.quality import DigitScorer
 
 
@@ -100,21 +101,19 @@ def sampling_times(module, batch_sizes=(1, 64), steps: int | None = None, w: flo
 
 
 def quality_markdown(rows: list[dict]) -> str:
-    lines = ["| w | teacher CFG acc % | student acc % | teacher FD | student FD | mean abs diff |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['w']:g} | {r['teacher_acc']:.1f} | {r['student_acc']:.1f} | "
-                     f"{r['teacher_fd']:.1f} | {r['student_fd']:.1f} | "
-                     f"{r['mean_abs_diff']:.3f} |")
-    return "\n".join(lines)
+    return markdown_table([{
+        "w": f"{r['w']:g}", "teacher CFG acc %": f"{r['teacher_acc']:.1f}",
+        "student acc %": f"{r['student_acc']:.1f}", "teacher FD": f"{r['teacher_fd']:.1f}",
+        "student FD": f"{r['student_fd']:.1f}", "mean abs diff": f"{r['mean_abs_diff']:.3f}",
+    } for r in rows])
 
 
 def timing_markdown(rows: list[dict]) -> str:
-    lines = ["| batch | teacher 2 passes ms/img | teacher 2B batch ms/img | student 1 pass "
-             "ms/img | speed-up vs 2 passes | speed-up vs 2B batch |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['batch']} | {1e3 * r['teacher_two_pass_s']:.2f} | "
-                     f"{1e3 * r['teacher_doubled_batch_s']:.2f} | {1e3 * r['student_s']:.2f} | "
-                     f"{r['speedup_two_pass']:.2f}x | {r['speedup_doubled_batch']:.2f}x |")
-    return "\n".join(lines)
+    return markdown_table([{
+        "batch": r["batch"],
+        "teacher 2 passes ms/img": f"{1e3 * r['teacher_two_pass_s']:.2f}",
+        "teacher 2B batch ms/img": f"{1e3 * r['teacher_doubled_batch_s']:.2f}",
+        "student 1 pass ms/img": f"{1e3 * r['student_s']:.2f}",
+        "speed-up vs 2 passes": f"{r['speedup_two_pass']:.2f}x",
+        "speed-up vs 2B batch": f"{r['speedup_doubled_batch']:.2f}x",
+    } for r in rows])
