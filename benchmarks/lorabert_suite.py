@@ -12,6 +12,8 @@ fine-tuning trains (figures `lora_mcc_minus_best_classic`, `lora_auroc_minus_bes
 
     run(out_dir, threads=1, quick=False) -> {"figures", "rows", "notes"} (+ roc.png)
     quick: 150 training transcripts per class, 1 epoch, 200 test transcripts per class.
+    pretrained: another k-mer BERT folder than the embedded base (`python
+    benchmarks/lorabert_suite.py --pretrained DIR`), to compare bases.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ def _cut_test(test, per_class: int, seed: int = 0):
 
 
 def run(out_dir, threads: int = 1, quick: bool = False, epochs: int | None = None,
-        train_per_class: int | None = None) -> dict:
+        train_per_class: int | None = None, pretrained: str | None = None) -> dict:
     from lorakit.domains.genomics.external import find_cpc2, run_cpc2
     from lorakit.domains.genomics.fasta import Record
     from lorakit.plugins.lorabert.experiment import run_baseline, run_model, split_items
@@ -60,7 +62,8 @@ def run(out_dir, threads: int = 1, quick: bool = False, epochs: int | None = Non
                      ("full fine-tuning", {"mode": "full", "lr": 3e-4}),
                      ("frozen encoder + head", {"mode": "head", "lr": 1e-2})):
         t0 = time.time()
-        row = run_model(name, splits, out / "runs", epochs=epochs, **kw)
+        row = run_model(name, splits, out / "runs", epochs=epochs, pretrained=pretrained,
+                        **kw)
         row.pop("module")
         rows.append(row)
         print(f"[lorabert suite] {name}: MCC {row['mcc']:.3f} AUROC {row['auroc']:.3f} "
@@ -103,8 +106,9 @@ def run(out_dir, threads: int = 1, quick: bool = False, epochs: int | None = Non
     notes = (f"CPAT human test set (Wang et al. 2013), stratified split seed 0: "
              f"{len(splits['train'])} training transcripts (all models and baselines), "
              f"{len(splits['test'])} held-out test transcripts; {epochs} epoch(s) of "
-             f"fine-tuning; {threads} CPU thread(s). Base: the embedded k-mer BERT "
-             "(plugins/lorabert/base). CPC2 uses its own shipped model"
+             f"fine-tuning; {threads} CPU thread(s). Base: "
+             + (pretrained or "the embedded k-mer BERT (plugins/lorabert/base)")
+             + ". CPC2 uses its own shipped model"
              + (" (run)." if cpc2 else " (not installed: pip install cpc2-standalone)."))
     return {"figures": figures, "rows": table_rows, "notes": notes}
 
@@ -118,9 +122,10 @@ if __name__ == "__main__":
     p.add_argument("--quick", action="store_true")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--train-per-class", type=int, default=None)
+    p.add_argument("--pretrained", default=None, help="k-mer BERT folder (default: embedded)")
     a = p.parse_args()
     from lorakit.bench import machine, write_report
-    res = run(a.out, a.threads, a.quick, a.epochs, a.train_per_class)
+    res = run(a.out, a.threads, a.quick, a.epochs, a.train_per_class, a.pretrained)
     res = {"suite": SUITE, "machine": machine(), **res}
     atomic_write(Path(a.out) / "results.json",
                  lambda tmp: Path(tmp).write_text(json.dumps(res, indent=2)))

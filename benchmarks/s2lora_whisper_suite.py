@@ -14,6 +14,7 @@ LoRA, adult WER degraded less than by full fine-tuning.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import matplotlib
 import torch
 
 from lorakit.domains.speech.metrics import error_rates
+from lorakit.domains.speech.synthetic import CorpusConfig
 from lorakit.domains.speech.whisper_model import transcribe
 from lorakit.plugins.s2lora_whisper.data import SpeechDataModule
 from lorakit.plugins.s2lora_whisper.module import TARGETS, WhisperAdapterModule
@@ -31,6 +33,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 SETS = ("child_test", "child_ood", "adult_test")
 STEPS, QUICK_STEPS = 100, 30
+SEEDS, QUICK_SEEDS = (0, 1, 2), (0,)
+# utterances per test set: 192 (~600 words) keeps the spread of a WER from the choice of
+# test sentences well under the gaps between methods
+TEST, QUICK_TEST = 192, 64
 # learning rates: adapters train at the LoRA paper's usual 1e-3 scale, full fine-tuning
 # of all 37 M weights needs a far smaller one to not wreck the pretrained model
 METHODS = {
@@ -96,52 +102,91 @@ def evaluate(model, loaders: dict, max_tokens: int, mel) -> dict:
     return out
 
 
-def run(out_dir: Path, threads: int = 1, quick: bool = False) -> dict:
+def train_and_score(label: str, options: dict | None, data, loaders, steps: int,
+                    out_dir: Path, seed: int) -> dict:
+    """One row: `label` trained for `steps` steps from `seed` (None: the zero-shot base)."""
+    pl.seed_everything(seed, verbose=False)
+    if options is None:
+        module = WhisperAdapterModule(method="s2lora")
+        with module.base_model() as base:
+            return {"method": label, "seed": seed, "trainable_params": 0, "adapter_kb": 0.0,
+                    **evaluate(base, loaders, module.max_tokens, module.mel), "train_s": 0.0}
+    cls = AdaLoRAModule if label.startswith("AdaLoRA") else WhisperAdapterModule
+    extra = {"total_steps": steps} if cls is AdaLoRAModule else {}
+    module = cls(**options, **extra,
+                 output_dir=str(out_dir / "runs" / f"{label.split()[0]}-seed{seed}"))
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0, num_sanity_val_steps=0)
+    start = time.perf_counter()
+    trainer.fit(module, train_dataloaders=data.train_dataloader())
+    seconds = time.perf_counter() - start
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    return {"method": label, "seed": seed, "trainable_params": sum(p.numel() for p in trainable),
+            "adapter_kb": sum(p.numel() * 4 for p in trainable) / 1024,
+            **evaluate(module.model, loaders, module.max_tokens, module.mel), "train_s": seconds}
+
+
+def mean_rows(runs: list[dict]) -> list[dict]:
+    """One row per method: the mean over seeds of every number, and the spread (sample
+    standard deviation) of each WER."""
+    rows = []
+    for method in dict.fromkeys(r["method"] for r in runs):
+        mine = [r for r in runs if r["method"] == method]
+        row = {"method": method, "seeds": len(mine)}
+        for key in ("trainable_params", "adapter_kb", *(f"{s}_{m}" for s in SETS
+                                                        for m in ("wer", "cer")), "train_s"):
+            values = torch.tensor([float(r[key]) for r in mine], dtype=torch.float64)
+            row[key] = float(values.mean())
+            if key.endswith("_wer"):
+                row[f"{key}_sd"] = float(values.std()) if len(mine) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def run(out_dir: Path, threads: int = 1, quick: bool = False,
+        seeds: tuple[int, ...] | None = None) -> dict:
     torch.set_num_threads(threads)
+    out_dir = Path(out_dir)
     steps = QUICK_STEPS if quick else STEPS
-    data = SpeechDataModule(batch_size=16, max_seconds=3.0)
+    seeds = seeds or (QUICK_SEEDS if quick else SEEDS)
+    data = SpeechDataModule(batch_size=16, max_seconds=3.0,
+                            synthetic=CorpusConfig(test=QUICK_TEST if quick else TEST))
     data.setup("fit")
     data.setup("test")
     loaders = dict(zip(SETS, data.test_dataloader()))
-    rows = []
-    for label, options in [("zero-shot base", None), *METHODS.items()]:
-        pl.seed_everything(0, verbose=False)
-        if options is None:
-            module = WhisperAdapterModule(method="s2lora")
-            with module.base_model() as base:
-                rows.append({"method": label, "trainable_params": 0, "adapter_kb": 0.0,
-                             **evaluate(base, loaders, module.max_tokens, module.mel),
-                             "train_s": 0.0})
-            continue
-        cls = AdaLoRAModule if label.startswith("AdaLoRA") else WhisperAdapterModule
-        extra = {"total_steps": steps} if cls is AdaLoRAModule else {}
-        module = cls(**options, **extra, output_dir=str(out_dir / "runs" / label.split()[0]))
-        trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False,
-                             limit_val_batches=0, num_sanity_val_steps=0)
-        start = time.perf_counter()
-        trainer.fit(module, train_dataloaders=data.train_dataloader())
-        seconds = time.perf_counter() - start
-        trainable = [p for p in module.parameters() if p.requires_grad]
-        rows.append({"method": label, "trainable_params": sum(p.numel() for p in trainable),
-                     "adapter_kb": sum(p.numel() * 4 for p in trainable) / 1024,
-                     **evaluate(module.model, loaders, module.max_tokens, module.mel),
-                     "train_s": seconds})
-        print(rows[-1], flush=True)
+    runs = [train_and_score("zero-shot base", None, data, loaders, steps, out_dir, seeds[0])]
+    for seed in seeds:
+        for label, options in METHODS.items():
+            runs.append(train_and_score(label, options, data, loaders, steps, out_dir, seed))
+            print(runs[-1], flush=True)
+    rows = mean_rows(runs)
+    (out_dir / "runs_by_seed.json").write_text(json.dumps(runs, indent=2))
     plot(rows, out_dir / "wer_by_method.png")
-    return {"figures": figures(rows), "rows": rows,
-            "notes": f"{steps} steps of 16 clips each, one seed; synthetic espeak-ng speech. "
-                     "adapter_kb counts trainable tensors in float32."}
+    words = {s: sum(len(u.text.split()) for u in d.utterances)
+             for s, d in zip(SETS, data.datasets["test"])}
+    return {"figures": figures(rows, runs), "rows": rows,
+            "notes": f"{steps} steps of 16 clips each; seeds {list(seeds)}: each row is the "
+                     "mean over seeds (`_sd`: the standard deviation of the WER over seeds), "
+                     "per-seed rows in runs_by_seed.json; test words per set: "
+                     + ", ".join(f"{s} {n}" for s, n in words.items())
+                     + ". Synthetic espeak-ng speech; adapter_kb counts trainable tensors "
+                     "in float32."}
 
 
-def figures(rows: list[dict]) -> dict:
+def figures(rows: list[dict], runs: list[dict]) -> dict:
     by = {r["method"]: r for r in rows}
     s2, lora, full, base = (by["S2-LoRA r=8"], by["LoRA r=8"], by["full fine-tuning"],
                             by["zero-shot base"])
+    per_seed = {(r["method"], r["seed"]): r for r in runs}
+    seeds = [r["seed"] for r in runs if r["method"] == "S2-LoRA r=8"]
+    ood_wins = sum(per_seed[("S2-LoRA r=8", s)]["child_ood_wer"]
+                   <= per_seed[("LoRA r=8", s)]["child_ood_wer"] for s in seeds)
     return {
         "s2lora_params_over_lora": s2["trainable_params"] / lora["trainable_params"],
         "s2lora_child_wer_over_lora": s2["child_test_wer"] / lora["child_test_wer"],
         "s2lora_ood_wer_minus_lora": s2["child_ood_wer"] - lora["child_ood_wer"],
+        "s2lora_ood_not_worse_fraction_of_seeds": ood_wins / len(seeds),
         "s2lora_adult_wer_change": s2["adult_test_wer"] - base["adult_test_wer"],
         "full_adult_wer_change": full["adult_test_wer"] - base["adult_test_wer"],
         "s2lora_child_wer_over_base": s2["child_test_wer"] / base["child_test_wer"],
@@ -153,7 +198,8 @@ def plot(rows: list[dict], path: Path) -> None:
     width = 0.8 / len(rows)
     for i, row in enumerate(rows):
         ax.bar([j + i * width for j in range(len(SETS))], [row[f"{s}_wer"] for s in SETS],
-               width, label=row["method"])
+               width, yerr=[row.get(f"{s}_wer_sd", 0.0) for s in SETS], capsize=2,
+               label=row["method"])
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(SETS))], SETS)
     ax.set_ylabel("WER")
     ax.legend(fontsize=7)

@@ -12,6 +12,18 @@ token (a stop codon in any frame is visible in one token) while a window of 510 
 covers ~1.5 kb instead of ~0.5 kb. A k-mer holding N (or shorter than k at the end)
 is [UNK]. The vocabulary file is BERT's `vocab.txt`: one token a line, the id is the
 line number, special tokens first.
+
+Reading frames. With `frames` = 3 (k=3, stride 3: codon tokens) a transcript is read
+three times, from nucleotide 0, 1 and 2, so one of the three token streams is the
+coding frame of whatever CDS the transcript holds, whose stop codon is one token:
+
+    frame 0:  ATG GCC AAG TAA ...
+    frame 1:   TGG CCA AGT AA.
+    frame 2:    GGC CAA GTA A..
+
+`frame_windows` cuts each stream into the same windows (window j of every frame starts
+at the same nucleotide, shifted by the frame), so a model can pool over windows and
+frames alike: "some frame of some window holds a long ORF" is a max.
 """
 from __future__ import annotations
 
@@ -37,17 +49,23 @@ class Window:
     ids: list[int]
     start: int
     end: int
+    frame: int = 0
+    group: int = 0  # the window's index along the transcript (the same in every frame)
 
 
 class KmerTokenizer:
     """k-mer tokenizer with a BERT vocab.txt; `encode` adds [CLS] ... [SEP]."""
 
-    def __init__(self, k: int = 6, stride: int = 3, vocab: list[str] | None = None) -> None:
+    def __init__(self, k: int = 6, stride: int = 3, vocab: list[str] | None = None,
+                 frames: int = 1) -> None:
         if k < 1 or stride < 1:
             raise DataError(f"k and stride must be >= 1, got k={k}, stride={stride}")
         if stride > k:
             raise DataError(f"stride {stride} > k {k} would skip nucleotides")
-        self.k, self.stride = k, stride
+        if not 1 <= frames <= stride:
+            raise DataError(f"frames must be between 1 and the stride {stride} (frame f reads "
+                            f"from nucleotide f), got {frames}")
+        self.k, self.stride, self.frames = k, stride, frames
         self.vocab = list(vocab) if vocab is not None else kmer_vocab(k)
         self.index = {t: i for i, t in enumerate(self.vocab)}
         missing = [t for t in SPECIAL if t not in self.index]
@@ -67,13 +85,16 @@ class KmerTokenizer:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "vocab.txt").write_text("\n".join(self.vocab) + "\n")
-        (folder / CONFIG_NAME).write_text(json.dumps({"k": self.k, "stride": self.stride}))
+        (folder / CONFIG_NAME).write_text(json.dumps({"k": self.k, "stride": self.stride,
+                                                      "frames": self.frames}))
         return folder
 
     @classmethod
-    def from_folder(cls, folder, stride: int | None = None) -> KmerTokenizer:
-        """Read `vocab.txt` (k is the length of its k-mers) and the stride from
-        `kmer_tokenizer.json` when present (else 1, DNABERT's overlapping layout)."""
+    def from_folder(cls, folder, stride: int | None = None,
+                    frames: int | None = None) -> KmerTokenizer:
+        """Read `vocab.txt` (k is the length of its k-mers) and the stride and frames from
+        `kmer_tokenizer.json` when present (else stride 1, DNABERT's overlapping layout,
+        and one frame)."""
         folder = Path(folder)
         vocab_file = folder / "vocab.txt"
         if not vocab_file.is_file():
@@ -87,9 +108,10 @@ class KmerTokenizer:
                             "over ACGT after the special tokens)")
         k = lengths.pop()
         conf = folder / CONFIG_NAME
-        if stride is None:
-            stride = json.loads(conf.read_text())["stride"] if conf.is_file() else 1
-        return cls(k=k, stride=stride, vocab=vocab)
+        saved = json.loads(conf.read_text()) if conf.is_file() else {}
+        stride = stride if stride is not None else saved.get("stride", 1)
+        frames = frames if frames is not None else min(saved.get("frames", 1), stride)
+        return cls(k=k, stride=stride, vocab=vocab, frames=frames)
 
     # --- tokens -----------------------------------------------------------------------
     def kmers(self, seq: str) -> list[str]:
@@ -157,3 +179,25 @@ class KmerTokenizer:
         head = max_tokens // 2
         tail = max_tokens - head
         return Window([self.cls_id, *ids[:head], *ids[-tail:], self.sep_id], 0, len(seq))
+
+    # --- every reading frame ----------------------------------------------------------
+    def frame_ids(self, seq: str) -> list[list[int]]:
+        """Token ids of each frame's stream: frame f reads seq[f:]."""
+        return [self.ids(seq[f:]) for f in range(self.frames)]
+
+    def frame_windows(self, seq: str, max_tokens: int, overlap: int = 0) -> list[Window]:
+        """`windows` of every frame, window-major (window 0 of frames 0..F-1, then window
+        1, ...); `group` is the window's index, `start`/`end` are positions in `seq`."""
+        out = []
+        for f in range(self.frames):
+            for j, w in enumerate(self.windows(seq[f:], max_tokens, overlap)):
+                out.append(Window(w.ids, w.start + f, w.end + f, f, j))
+        return sorted(out, key=lambda w: (w.group, w.frame))
+
+    def frame_head_tail(self, seq: str, max_tokens: int) -> list[Window]:
+        """`head_tail` of every frame."""
+        out = []
+        for f in range(self.frames):
+            w = self.head_tail(seq[f:], max_tokens)
+            out.append(Window(w.ids, w.start + f, w.end + f, f, 0))
+        return out

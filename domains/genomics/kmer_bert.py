@@ -51,15 +51,17 @@ def check_folder(folder) -> Path:
     return folder
 
 
-def load_tokenizer(folder, stride: int | None = None) -> KmerTokenizer:
-    return KmerTokenizer.from_folder(check_folder(folder), stride=stride)
+def load_tokenizer(folder, stride: int | None = None,
+                   frames: int | None = None) -> KmerTokenizer:
+    return KmerTokenizer.from_folder(check_folder(folder), stride=stride, frames=frames)
 
 
 class KmerBertClassifier(nn.Module):
     """A BERT encoder over k-mer windows and a linear head on pooled token states.
 
-    A transcript is one or more windows; its feature is [mean ; max] of the token states
-    over all its windows, plus the log of its k-mer count (`pool_windows`): the mean
+    A transcript is one or more windows (in one or more reading frames); its feature is
+    [mean ; max] of the token states over all its windows, plus the log of its k-mer count
+    (`pool_windows`; with several frames the mean is the per-frame mean's max): the mean
     carries composition (codon usage), the max lets one strongly coding stretch (an ORF
     among UTRs) speak for the whole transcript, and the count gives back the length that
     cutting into windows hides (length alone reaches AUROC ~0.90 on CPAT's human set).
@@ -87,14 +89,23 @@ class KmerBertClassifier(nn.Module):
         return total, peak, mask.sum(1)
 
     @staticmethod
-    def pool_windows(total, peak, count, n_kmers: int):
+    def pool_windows(total, peak, count, n_kmers: int, frames=None):
         """[mean ; max ; log n_kmers] of a set of windows' token states: (W, H) -> (2H+1,).
 
         `n_kmers` is the whole transcript's k-mer count, so the length feature is the same
-        whether training reads a subset of the windows or prediction reads them all."""
+        whether training reads a subset of the windows or prediction reads them all.
+        `frames` (W,) gives each window's reading frame: the mean is then taken within
+        each frame and the largest per-frame mean kept, feature by feature, so codon usage
+        and the absence of stop codons in the coding frame are not averaged away by the
+        two frames that read the same nucleotides out of step."""
         length = torch.tensor([float(max(n_kmers, 1))], device=total.device,
                               dtype=total.dtype).log()
-        return torch.cat([total.sum(0) / count.sum(0), peak.amax(0), length])
+        if frames is None:
+            mean = total.sum(0) / count.sum(0)
+        else:
+            mean = torch.stack([total[frames == f].sum(0) / count[frames == f].sum(0)
+                                for f in frames.unique()]).amax(0)
+        return torch.cat([mean, peak.amax(0), length])
 
     def head(self, features):
         return self.classifier(features)

@@ -12,9 +12,15 @@ up axis is -y (so a camera with identity rotation looks along +z with y pointing
 as an upright camera would).
 
 Texture styles: 'checker', 'stripes', 'waves', 'gradient' are seen in pretraining;
-'cells' (a Worley-noise mosaic with a palette outside the pretraining one) is kept for
-the target domain of self-calibration. Degradations for calibration scenes: low light
-with Poisson-Gaussian sensor noise, Gaussian blur.
+'cells' (a Worley-noise mosaic with a palette outside the pretraining one) is never seen
+in pretraining. Degradations: low light with Poisson-Gaussian sensor noise, Gaussian blur.
+
+The target domain of self-calibration (`make_target_scene`) is a photometric shift: new
+rooms (seeds below pretraining's range) in the pretraining styles, under low light +
+sensor noise + blur at strength 0.5. There the tiny model is clearly better than a
+constant-depth guess and its confidence still ranks its points (something to calibrate);
+with the unseen 'cells' style, or from strength ~0.7 up, it is no better than that guess
+(and at 1.0 its confidence no longer ranks its points), which leaves nothing to calibrate.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import torch
 PRETRAIN_STYLES = ("checker", "stripes", "waves", "gradient")
 UNSEEN_STYLES = ("cells",)
 STYLES = PRETRAIN_STYLES + UNSEEN_STYLES
+HELD_OUT_SEEDS = 1_000_000   # pretraining scenes use seeds >= this, held-out scenes below it
 FAR = 1e6
 
 
@@ -410,9 +417,15 @@ def render_views(scene: Scene, poses: torch.Tensor, size: int = 64, fov_deg: flo
 
 
 def make_target_scene(seed: int, n_views: int = 6, size: int = 64, overlap: float = 0.75,
-                      style: str = "cells", degradation=("low_light", "blur"),
+                      style: str | None = None, degradation=("low_light", "blur"),
                       fov_deg: float = 60.0, strength: float = 0.5) -> SceneViews:
-    """A held-out calibration scene: unseen texture style and degraded images."""
+    """A held-out calibration scene: a new room, degraded images (see the module docstring).
+
+    `style` None mixes the pretraining styles; 'cells' gives the unseen style.
+    """
+    if seed >= HELD_OUT_SEEDS:
+        raise ValueError(f"target-scene seed {seed} is in the pretraining range (>= "
+                         f"{HELD_OUT_SEEDS}); held-out scenes use seeds below it")
     scene = make_scene(seed, style=style)
     poses = camera_path(scene, n_views, overlap=overlap, seed=seed)
     return render_views(scene, poses, size, fov_deg, degradation, seed, strength)

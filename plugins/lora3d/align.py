@@ -18,11 +18,12 @@ initialisation.
 - 'auto' (default): upstream when `mini_dust3r.cloud_opt` imports, else native.
 
 LoRA3D's re-weighting: after an alignment, each pixel's weight becomes
-`log(C) * (mu / (mu + r))**2`, r its alignment residual (relative to the scene scale)
-and mu a robust residual scale (`mu_factor` x the median residual): the closed-form
-weight of a Geman-McClure-type robust kernel. Then the aligner runs again from where it
-stopped, with the new weights. The calibrated confidence of a pixel is the largest over
-the edges that see it of `C * (mu / (mu + r))**2`.
+`log(C) * k`, k = (mu / (mu + r))**2, r its alignment residual divided by its depth and
+mu a robust residual scale (`mu_factor` x the median residual): the closed-form weight of
+a Geman-McClure-type robust kernel. Then the aligner runs again from where it stopped,
+with the new weights. The calibrated confidence of a pixel is the mean, over the edges
+that see it, of `C * k`; the pseudo-labels are the pixels whose calibrated confidence
+passes the threshold (or the top fraction of each image).
 """
 from __future__ import annotations
 
@@ -163,8 +164,8 @@ class AlignmentResult:
     pts3d: torch.Tensor           # (n, H, W, 3) world
     loss: float
     init: str
-    residual_i: torch.Tensor      # (E, H, W) relative residuals of each edge's views
-    residual_j: torch.Tensor
+    residual_i: torch.Tensor      # (E, H, W) residual of each edge's view i / the pixel's depth
+    residual_j: torch.Tensor      # (E, H, W) the same for view j
     history: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -456,10 +457,10 @@ def _optimise(params, loss_fn, niter: int, lr: float, stage: str) -> list[float]
         opt.zero_grad()
         loss = loss_fn()
         if not torch.isfinite(loss):
-            raise AlignmentError(stage, f"loss became {float(loss)} at iteration {it}")
+            raise AlignmentError(stage, f"loss became {loss.detach().item()} at iteration {it}")
         loss.backward()
         opt.step()
-        history.append(float(loss))
+        history.append(loss.detach().item())
     return history
 
 
@@ -525,42 +526,60 @@ def global_align(preds: PairPredictions, niter: int = 300, lr: float = 0.01,
     for name, t in (("poses", poses), ("focals", focals), ("depths", depths), ("points", pts)):
         if not torch.isfinite(t).all():
             raise AlignmentError(stage, f"non-finite {name} after {niter} iterations")
-    scale = scene_scale(pts)
+    ei = torch.tensor([i for i, _ in preds.edges])
+    ej = torch.tensor([j for _, j in preds.edges])
+    d = depths.detach().clamp(min=1e-8)
     result = AlignmentResult(poses.detach(), focals.detach(), depths.detach(), pts.detach(),
-                             loss, used, (ri / scale).detach(), (rj / scale).detach(),
+                             loss, used, (ri / d[ei]).detach(), (rj / d[ej]).detach(),
                              history, notes)
     if verbose:
         print(f"lora3d: {stage}: loss {loss:.4f} (init {used})")
     return result, aligner
 
 
-def scene_scale(pts: torch.Tensor) -> torch.Tensor:
-    """Median distance of the points to their median: the unit residuals are measured in."""
-    flat = pts.reshape(-1, 3)
-    return (flat - flat.median(0).values).norm(dim=-1).median().clamp(min=1e-8)
-
-
 # --- re-weighting and pseudo-labels ---------------------------------------------------------
+def robust_factor(residual_i: torch.Tensor, residual_j: torch.Tensor, mu_factor: float = 1.0):
+    """k = (mu / (mu + r))**2 for each edge's views, mu = mu_factor x the median residual.
+
+    LoRA3D (Lu et al., ICLR 2025, its robust global optimisation) re-weights each point's
+    confidence C by minimising  w r + mu (sqrt(w) - sqrt(C))**2  over w, whose closed form
+    is w = C k: a Geman-McClure-type kernel. r is the residual relative to the pixel's
+    depth, so a far wall is not down-weighted for being far.
+    """
+    r = torch.cat([residual_i.flatten(), residual_j.flatten()])
+    mu = (mu_factor * r.median()).clamp(min=1e-8)
+    return (mu / (mu + residual_i)) ** 2, (mu / (mu + residual_j)) ** 2
+
+
 def reweight(preds: PairPredictions, result: AlignmentResult, mu_factor: float = 1.0):
     """LoRA3D's confidence re-weighting from alignment residuals.
 
-    Returns (weight_i, weight_j, calibrated_i, calibrated_j): the new aligner weights
-    log(C) * k and the calibrated confidences C * k, k = (mu / (mu + r))**2.
+    Returns (weight_i, weight_j, calibrated_i, calibrated_j): the aligner's confidence
+    buffers log(C) multiplied by k, and the calibrated confidences C k (see robust_factor).
     """
-    r = torch.cat([result.residual_i.flatten(), result.residual_j.flatten()])
-    mu = (mu_factor * r.median()).clamp(min=1e-8)
-    ki = (mu / (mu + result.residual_i)) ** 2
-    kj = (mu / (mu + result.residual_j)) ** 2
+    ki, kj = robust_factor(result.residual_i, result.residual_j, mu_factor)
     return (preds.conf_i.log() * ki, preds.conf_j.log() * kj, preds.conf_i * ki,
             preds.conf_j * kj)
 
 
-def image_confidence(edges, cal_i: torch.Tensor, cal_j: torch.Tensor, n: int) -> torch.Tensor:
-    """Per-image confidence (n,H,W): the largest over the edges that see each pixel."""
+def image_confidence(edges, cal_i: torch.Tensor, cal_j: torch.Tensor, n: int,
+                     reduce: str = "mean") -> torch.Tensor:
+    """Per-image confidence (n,H,W) over the edges that see each pixel.
+
+    'mean' (used for pseudo-labels): a pixel must be consistent in every edge that sees it
+    to keep a high calibrated confidence (multi-view consistency). 'max' is DUSt3R's
+    image confidence (the most confident edge).
+    """
+    if reduce not in ("mean", "max"):
+        raise LoraKitError(f"reduce must be 'mean' or 'max', got {reduce!r}")
     out = torch.zeros((n,) + tuple(cal_i.shape[1:]))
+    count = torch.zeros(n)
     for e, (i, j) in enumerate(edges):
-        out[i] = torch.maximum(out[i], cal_i[e])
-        out[j] = torch.maximum(out[j], cal_j[e])
+        for k, c in ((i, cal_i[e]), (j, cal_j[e])):
+            out[k] = torch.maximum(out[k], c) if reduce == "max" else out[k] + c
+            count[k] += 1
+    if reduce == "mean":
+        out = out / count.clamp(min=1)[:, None, None]
     return out
 
 
@@ -605,7 +624,8 @@ def robust_alignment(preds: PairPredictions, rounds: int = 2, niter: int = 300,
                      verbose: bool = False) -> CalibrationTargets:
     """align -> re-weight -> align ... (`rounds` re-weightings), then pseudo-label masks.
 
-    rounds=0 is the ablation without re-weighting: masks from the raw confidence.
+    rounds=0 is the ablation without re-weighting: masks from the raw confidence (the
+    same mean over edges, with k = 1).
     """
     if rounds < 0:
         raise LoraKitError(f"re-weighting rounds must be >= 0, got {rounds}")
@@ -616,8 +636,7 @@ def robust_alignment(preds: PairPredictions, rounds: int = 2, niter: int = 300,
     log = [{"round": 0, "loss": result.loss, "init": result.init}]
     cal = raw
     for k in range(1, rounds + 1):
-        wi, wj, ci, cj = reweight(preds, result, mu_factor)
-        cal = image_confidence(preds.edges, ci, cj, n)
+        wi, wj, _, _ = reweight(preds, result, mu_factor)
         result, aligner = global_align(preds, niter_round or max(niter // 2, 1), lr,
                                        backend=backend, weights=(wi, wj), warm_start=aligner,
                                        stage=f"alignment round {k}", verbose=verbose)

@@ -167,12 +167,13 @@ def finetune(model: nn.Module, adapters, images: torch.Tensor, labels: PseudoLab
         batch = rng.sample(edges, min(cfg.batch_pairs, len(edges)))
         loss, parts = calibration_loss(model, images, labels, batch, cfg.loss_alpha)
         if not torch.isfinite(loss):
-            raise LoraKitError(f"LoRA fine-tuning diverged at step {step} (loss {float(loss)})")
+            raise LoraKitError(f"LoRA fine-tuning diverged at step {step} "
+                               f"(loss {loss.detach().item()})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        rec = {"step": step, "loss": float(loss), "regr": float(parts["regr"])}
+        rec = {"step": step, "loss": loss.detach().item(), "regr": float(parts["regr"])}
         log.append(rec)
         if log_every and step % log_every == 0:
             print(f"lora3d: step {step}: loss {rec['loss']:.4f}", flush=True)

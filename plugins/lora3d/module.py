@@ -177,8 +177,9 @@ class SelfCalibrationModule(AdapterModule):
                                    init=self.cfg.init, backend=self.cfg.backend)
         a = targets.alignment
         from .align import image_confidence
-        conf_b = image_confidence(edges, before.conf_i, before.conf_j, images.shape[0])
-        conf_a = image_confidence(edges, after.conf_i, after.conf_j, images.shape[0])
+        n = images.shape[0]
+        conf_b = image_confidence(edges, before.conf_i, before.conf_j, n, "max")
+        conf_a = image_confidence(edges, after.conf_i, after.conf_j, n, "max")
         ply = write_ply(out / "cloud.ply", a.pts3d, images)
         poses = write_poses(out / "poses.json", a.poses, a.focals, list(names),
                             tuple(images.shape[1:3]),

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from lorakit.domains.geometry.scenes import random_pair
+from lorakit.domains.geometry.scenes import HELD_OUT_SEEDS, random_pair
 from lorakit.plugins.lora3d.loss import confidence_loss, pair_targets
 from lorakit.plugins.lora3d.model import TINY_ARGS, build_model, count_parameters, save_checkpoint
 
-SEED_OFFSET = 1_000_000     # pretraining scenes use seeds >= this; held-out scenes use < it
+SEED_OFFSET = HELD_OUT_SEEDS   # pretraining scenes use seeds >= this; held-out scenes use < it
 
 
 def to_input(images: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ def demo(out_dir: Path = Path("lorabert_demo"), threads: int = 1, train_per_clas
     pred_rows = []
     for t, p in zip(splits["test"], lora["probs"]):
         orf = longest_orf(t.seq)
-        n = len(module.windows_of(t.seq))
+        n = module.windows_along(module.windows_of(t.seq))
         pred_rows.append(PredictionRow(t.id, len(t.seq), orf.length if orf else 0, p,
                                        p >= module.threshold, n, 1.0))
     write_predictions(pred_rows, out / "predictions.tsv")

@@ -11,13 +11,21 @@ through `LoRAConfig(modules_to_save=[...])`, everything else frozen. `mode` give
 comparison rows of the benchmark: "full" fine-tuning of every weight, "head" (frozen
 encoder, trained head).
 
-Long transcripts (lncRNAs reach 10 kb and more, a window ~0.76 kb) are handled by
-`long_mode`: "windows" covers every nucleotide with consecutive windows and pools them
-(`pooling`: "tokens" pools token states over all windows, "mean"/"max" pool the logits
-each window gets on its own); "head_tail" keeps the first and last max_tokens/2 k-mers
-(Sun et al. 2019, sec. 5.3.1). Training pools at most `max_train_windows` windows per
-transcript (an evenly spaced subset when there are more); validation, test and predict
-use them all.
+Long transcripts (lncRNAs reach 10 kb and more, a window of the embedded base ~0.77 kb)
+are handled by `long_mode`: "windows" covers every nucleotide with consecutive windows
+and pools them (`pooling`: "tokens" pools token states over all windows, "mean"/"max"
+pool the logits each window gets on its own); "head_tail" keeps the first and last
+max_tokens/2 k-mers (Sun et al. 2019, sec. 5.3.1). Training pools at most
+`max_train_windows` windows per transcript (an evenly spaced subset when there are
+more); validation, test and predict use them all.
+
+A tokenizer with several reading frames (codon tokens, k=3 stride 3, `frames` 3: see
+lorakit.domains.genomics.kmer) reads every window in each frame, and the pooling runs
+over all windows of all frames, so the max half of the feature can come from
+whichever frame holds the coding sequence; the mean half is taken per frame, then the
+largest per-frame mean kept (codon usage is a property of the coding frame, and the
+other two frames would average it away). In training the subset is taken along the
+transcript and keeps every frame of a kept window.
 """
 from __future__ import annotations
 
@@ -55,6 +63,8 @@ class LoRABertModule(AdapterModule):
             model.safetensors, vocab.txt); None: the embedded base (plugins/lorabert/base).
         stride: k-mer stride of the tokenizer; None reads kmer_tokenizer.json in the folder
             (1, DNABERT's overlapping layout, when absent).
+        frames: reading frames the tokenizer reads (1..stride); None reads
+            kmer_tokenizer.json (1 when absent).
         mode: "lora" (adapters on `targets` + trained head), "full" (every weight), "head"
             (frozen encoder, trained head).
         rank, alpha, lora_dropout, targets: the LoRA adapters (see lorakit.LoRAConfig).
@@ -64,7 +74,8 @@ class LoRABertModule(AdapterModule):
         pooling: "tokens": one head over [mean ; max] of the token states of all windows;
             "mean" / "max": the head on each window, then the mean of the logits or the
             window with the largest coding margin.
-        max_train_windows: windows per transcript in training steps.
+        max_train_windows: windows per transcript in training steps (each with all its
+            reading frames).
         window_batch: windows per forward pass in evaluation and prediction.
         threshold: coding probability at and above which a transcript is called coding.
         predictions: TSV written by `predict` (CPC2-like columns).
@@ -73,8 +84,8 @@ class LoRABertModule(AdapterModule):
     """
 
     def __init__(self, pretrained: str | None = None, stride: int | None = None,
-                 mode: Mode = "lora", rank: int = 8, alpha: float = 16.0,
-                 lora_dropout: float = 0.0, targets: list[str] | None = None,
+                 frames: int | None = None, mode: Mode = "lora", rank: int = 8,
+                 alpha: float = 16.0, lora_dropout: float = 0.0, targets: list[str] | None = None,
                  long_mode: LongMode = "windows", max_tokens: int | None = None,
                  window_overlap: int = 0, pooling: Pooling = "tokens",
                  max_train_windows: int = 4, window_batch: int = 64, threshold: float = 0.5,
@@ -90,7 +101,7 @@ class LoRABertModule(AdapterModule):
                 raise LoraKitError(f"model.{name} must be one of {allowed.__args__}, "
                                    f"got {value!r}")
         folder = Path(pretrained) if pretrained else BASE_DIR
-        self.tokenizer = load_tokenizer(folder, stride=stride)
+        self.tokenizer = load_tokenizer(folder, stride=stride, frames=frames)
         self.model = load_classifier(folder, num_labels=2)
         limit = self.model.config.max_position_embeddings - 2
         self.max_tokens = min(max_tokens or limit, limit)
@@ -120,16 +131,22 @@ class LoRABertModule(AdapterModule):
 
     # --- transcripts to windows -----------------------------------------------------
     def windows_of(self, seq: str) -> list[Window]:
+        """The transcript's windows: window-major, every reading frame of each window."""
+        tok = self.tokenizer
         if self.long_mode == "head_tail":
-            return [self.tokenizer.head_tail(seq, self.max_tokens)]
-        return self.tokenizer.windows(seq, self.max_tokens, self.window_overlap)
+            return tok.frame_head_tail(seq, self.max_tokens)
+        return tok.frame_windows(seq, self.max_tokens, self.window_overlap)
 
     def _train_subset(self, wins: list[Window]) -> list[Window]:
-        if len(wins) <= self.max_train_windows:
+        """At most `max_train_windows` evenly spaced windows (from a random offset), each
+        with all its frames."""
+        n = self.windows_along(wins)
+        if n <= self.max_train_windows:
             return wins
-        offset = int(torch.randint(0, len(wins), (1,)))
-        keep = np.linspace(0, len(wins), self.max_train_windows, endpoint=False).astype(int)
-        return [wins[(i + offset) % len(wins)] for i in keep]
+        offset = int(torch.randint(0, n, (1,)))
+        keep = np.linspace(0, n, self.max_train_windows, endpoint=False).astype(int)
+        groups = {int((i + offset) % n) for i in keep}
+        return [w for w in wins if w.group in groups]
 
     def _window_states(self, wins: list[Window]):
         width = max(len(w.ids) for w in wins)
@@ -141,11 +158,12 @@ class LoRABertModule(AdapterModule):
         return self.model.window_states(ids.to(self.device), mask.to(self.device))
 
     def pool(self, total: torch.Tensor, peak: torch.Tensor, count: torch.Tensor,
-             n_kmers: int) -> torch.Tensor:
-        """One transcript's (2,) logits from the states of its W windows."""
+             n_kmers: int, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """One transcript's (2,) logits from the states of its W windows (`frames`: each
+        window's reading frame, when the tokenizer reads more than one)."""
         pool_windows = self.model.pool_windows
         if self.pooling == "tokens":
-            return self.model.head(pool_windows(total, peak, count, n_kmers))
+            return self.model.head(pool_windows(total, peak, count, n_kmers, frames))
         per_window = torch.stack([
             self.model.head(pool_windows(total[i:i + 1], peak[i:i + 1], count[i:i + 1], n_kmers))
             for i in range(len(total))])
@@ -156,9 +174,15 @@ class LoRABertModule(AdapterModule):
     def n_kmers(self, seq: str) -> int:
         return len(self.tokenizer.kmers(seq))
 
+    @staticmethod
+    def windows_along(wins: list[Window]) -> int:
+        """How many windows cut the transcript (each is read once per reading frame)."""
+        return max(w.group for w in wins) + 1
+
     def forward(self, seqs: list[str], train: bool = False) -> tuple[torch.Tensor, list[int]]:
-        """(transcript logits (B, 2), windows per transcript)."""
+        """(transcript logits (B, 2), windows along each transcript)."""
         per = [self.windows_of(s) for s in seqs]
+        n_windows = [self.windows_along(ws) for ws in per]
         if train:
             per = [self._train_subset(w) for w in per]
         flat = [w for ws in per for w in ws]
@@ -168,9 +192,12 @@ class LoRABertModule(AdapterModule):
         out, a = [], 0
         for seq, ws in zip(seqs, per):
             b = a + len(ws)
-            out.append(self.pool(total[a:b], peak[a:b], count[a:b], self.n_kmers(seq)))
+            frames = (torch.tensor([w.frame for w in ws], device=total.device)
+                      if self.tokenizer.frames > 1 else None)
+            out.append(self.pool(total[a:b], peak[a:b], count[a:b], self.n_kmers(seq),
+                                 frames))
             a = b
-        return torch.stack(out), [len(ws) for ws in per]
+        return torch.stack(out), n_windows
 
     # --- the loop ---------------------------------------------------------------------
     def setup(self, stage: str) -> None:

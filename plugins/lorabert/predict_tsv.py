@@ -4,8 +4,9 @@
 
 One row per transcript in input order; `label` is "coding" or "noncoding" (CPC2's
 words); `ORF_length` is the longest ATG...stop ORF in nucleotides, stop included;
-`windows` and `coverage` report how a long transcript was read (number of windows,
-fraction of its nucleotides the model saw). The file is written to a temporary name and
+`windows` and `coverage` report how a long transcript was read (number of windows along
+it, each read in every reading frame of the tokenizer; fraction of its nucleotides the
+model saw). The file is written to a temporary name and
 renamed, so a crash never leaves half a table.
 """
 from __future__ import annotations

@@ -3,24 +3,30 @@
     lorakit lorabert pretrain --data.fasta a.fa [b.fa.gz ...] --out DIR
     lorakit lorabert pretrain --data.cpat_train --out DIR   # CPAT human, training split only
 
-The shipped base in plugins/lorabert/base/ was made by
+The shipped base in plugins/lorabert/base/ is a codon BERT (k=3, stride 3, all three
+reading frames; see lorakit.domains.genomics.kmer), made by
 
     python -m lorakit.plugins.lorabert.pretrain --data.cpat_train \
-        --out /work/lorabert_pretrain/base --k 6 --stride 3 --hidden 128 --layers 2 \
-        --heads 4 --max-tokens 254 --batch-size 8 --steps 14000 --lr 1e-3 --warmup 500 \
-        --save-every 500 --log-every 100 --threads 1 --seed 0
+        --out /work/lorabert_pretrain/codon3 --k 3 --stride 3 --frames 3 --hidden 64 \
+        --layers 2 --heads 4 --max-tokens 256 --batch-size 16 --steps 3500 --lr 2e-3 \
+        --warmup 200 --save-every 500 --log-every 100 --threads 1 --seed 0
 
-(all 14,000 steps, 6,045 s in the background on one shared CPU thread, then copied in;
+(all 3,500 steps, 531 s in the background on one shared CPU thread, then copied in;
 pretrain_log.json inside the folder records the command, the steps and the loss curve:
-held-out MLM loss 7.94 at step 500, 7.33 at the end, where ln 4101 = 8.32 is a uniform
-guess) on the training split of CPAT's human test set (`stratified_split(seed=0)`: the val 10% gives the
-held-out MLM loss, the test 20% is never seen). 254 k-mers at stride 3 cover ~760 nt
-per window; 2 layers and 256 positions keep a step at ~0.35 s on one CPU thread.
+held-out MLM loss 3.78 at step 500, 3.70 at the end, where ln 64 = 4.16 is a uniform
+guess over codons) on the training split of CPAT's human test set
+(`stratified_split(seed=0)`: the val 10% gives the held-out MLM loss, the test 20% is
+never seen). Each training transcript gives one token stream per frame. 256 codons
+cover ~770 nt per window; 2 layers of width 64 keep a step at ~0.15 s on one CPU
+thread. It replaced a 2-layer 6-mer BERT (stride 3, one frame, 0.98 M parameters):
+with LoRA r=8 on the same training split, the codon base reached MCC 0.89 / AUROC 0.987
+on the validation split where the 6-mer base reached 0.69 / 0.933.
 
 Masking follows BERT (Devlin et al. 2019, sec. 3.1: 15% of positions, 80% [MASK],
 10% random, 10% kept) but masks spans of `k // stride + 1` consecutive tokens, as
 DNABERT does for overlapping k-mers (Ji et al. 2021): a lone masked 6-mer at stride 3
 is spelled out by its two neighbours, and the model would only learn to copy.
+Codons (k = stride) do not overlap, so they are masked one at a time.
 
 The loop is plain PyTorch, one file top to bottom. Every `--save-every` steps the
 folder is replaced atomically (written beside it, then renamed), so whatever exists is
@@ -59,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--init", default=None, help="continue from this k-mer BERT folder")
     p.add_argument("--k", type=int, default=6)
     p.add_argument("--stride", type=int, default=3)
+    p.add_argument("--frames", type=int, default=1,
+                   help="reading frames the tokenizer reads (3 with k=3 stride 3: codons)")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
@@ -68,7 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--mask-prob", type=float, default=0.15)
-    p.add_argument("--span", type=int, default=None, help="masked span (default k//stride+1)")
+    p.add_argument("--span", type=int, default=None,
+                   help="masked span (default k//stride+1 for overlapping k-mers, else 1)")
     p.add_argument("--save-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
@@ -165,15 +174,17 @@ def main(argv: list[str] | None = None) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     from transformers import BertForMaskedLM
 
-    tok = KmerTokenizer(k=args.k, stride=args.stride)
-    span = args.span or args.k // args.stride + 1
-    train, held_out = load_sequences(args)
-    train_ids = [np.asarray(tok.ids(s), dtype=np.int32) for s in train]
-    val_ids = [np.asarray(tok.ids(s), dtype=np.int32) for s in held_out]
     if args.init:
         model = BertForMaskedLM.from_pretrained(args.init, use_safetensors=True)
         tok = KmerTokenizer.from_folder(args.init)
     else:
+        tok = KmerTokenizer(k=args.k, stride=args.stride, frames=args.frames)
+    span = args.span or (tok.k // tok.stride + 1 if tok.stride < tok.k else 1)
+    train, held_out = load_sequences(args)
+    # every frame's token stream is a training text of its own
+    train_ids = [np.asarray(ids, dtype=np.int32) for s in train for ids in tok.frame_ids(s)]
+    val_ids = [np.asarray(tok.ids(s), dtype=np.int32) for s in held_out]
+    if not args.init:
         config = small_bert_config(len(tok), hidden=args.hidden, layers=args.layers,
                                    heads=args.heads, max_positions=args.max_tokens + 2)
         model = BertForMaskedLM(config)
@@ -191,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
     command = "python -m lorakit.plugins.lorabert.pretrain " + " ".join(
         argv if argv is not None else sys.argv[1:])
     log = {"command": command, "params": n_params, "sequences": len(train),
-           "k": args.k, "stride": args.stride, "span": span, "history": []}
+           "k": tok.k, "stride": tok.stride, "frames": tok.frames, "span": span,
+           "history": []}
     print(f"pretrain: {len(train)} sequences ({sum(map(len, train_ids)):,} tokens), "
           f"{n_params:,} parameters, {args.steps} steps", flush=True)
 

@@ -93,3 +93,83 @@ def test_head_tail_keeps_both_ends():
     assert w.ids[1:-1] == ids[:127] + ids[-127:]
     short = random_seq(300)
     assert tok.head_tail(short, 254).ids[1:-1] == tok.ids(short)
+
+
+# --- reading frames -------------------------------------------------------------------
+
+def test_frame_f_reads_the_sequence_from_nucleotide_f():
+    tok = KmerTokenizer(3, 3, frames=3)
+    seq = "ATGGCCAAGTAAC"
+    streams = tok.frame_ids(seq)
+    assert [[tok.vocab[i] for i in s] for s in streams] == [
+        ["ATG", "GCC", "AAG", "TAA", "AAC"],  # 13 nt: the tail codon sits off the grid
+        ["TGG", "CCA", "AGT", "AAC"],         # 12 nt: on the grid
+        ["GGC", "CAA", "GTA", "AAC"]]         # 11 nt: off the grid again
+    one = KmerTokenizer(3, 3)
+    assert one.frame_ids(seq) == [one.ids(seq)]
+
+
+@pytest.mark.parametrize("n", [5, 100, 301, 1000])  # every frame holds >= k nt
+def test_every_frame_stream_round_trips_exactly(n):
+    tok = KmerTokenizer(3, 3, frames=3)
+    seq = random_seq(n, seed=n)
+    for f, ids in enumerate(tok.frame_ids(seq)):
+        assert tok.decode_sequence(len(seq) - f, ids) == seq[f:]
+
+
+@pytest.mark.parametrize("n", [5, 100, 770, 771, 772, 5000])
+@pytest.mark.parametrize("overlap", [0, 10])
+def test_frame_windows_cover_the_whole_sequence_in_every_frame(n, overlap):
+    tok = KmerTokenizer(3, 3, frames=3)
+    seq = random_seq(n, seed=n)
+    wins = tok.frame_windows(seq, max_tokens=256, overlap=overlap)
+    assert {w.frame for w in wins} == {0, 1, 2}
+    # window-major: all frames of window 0, then window 1, ...
+    assert [(w.group, w.frame) for w in wins] == sorted((w.group, w.frame) for w in wins)
+    for f in range(3):
+        mine = [w for w in wins if w.frame == f]
+        assert [w.group for w in mine] == list(range(len(mine)))
+        assert mine[0].start == f and mine[-1].end == n
+        covered = [False] * n
+        for w in mine:
+            assert len(w.ids) <= 258 and w.ids[0] == tok.cls_id and w.ids[-1] == tok.sep_id
+            for i in range(w.start, w.end):
+                covered[i] = True
+        assert all(covered[f:]) and not any(covered[:f])
+        flat = [i for j, w in enumerate(mine) for i in w.ids[1 + (overlap if j else 0):-1]]
+        assert flat == tok.ids(seq[f:])
+        # window j of frame f starts f nucleotides after window j of frame 0
+        for w, w0 in zip(mine, (w for w in wins if w.frame == 0)):
+            if w.end < n and w0.end < n:  # away from the off-grid tail
+                assert w.start == w0.start + f
+
+
+def test_frame_head_tail_is_head_tail_of_every_frame():
+    tok = KmerTokenizer(3, 3, frames=3)
+    seq = random_seq(5000)
+    wins = tok.frame_head_tail(seq, 256)
+    assert [w.frame for w in wins] == [0, 1, 2]
+    for f, w in enumerate(wins):
+        assert w.ids == tok.head_tail(seq[f:], 256).ids
+        assert (w.start, w.end) == (f, len(seq))
+
+
+def test_save_and_load_keep_the_frames(tmp_path):
+    KmerTokenizer(3, 3, frames=3).save(tmp_path)
+    back = KmerTokenizer.from_folder(tmp_path)
+    assert (back.k, back.stride, back.frames) == (3, 3, 3)
+    assert KmerTokenizer.from_folder(tmp_path, frames=1).frames == 1
+    # a smaller stride override caps the saved frames: frame f must start inside a stride
+    assert KmerTokenizer.from_folder(tmp_path, stride=2).frames == 2
+    # folders written before frames existed read as one frame
+    (tmp_path / "kmer_tokenizer.json").write_text('{"k": 3, "stride": 3}')
+    assert KmerTokenizer.from_folder(tmp_path).frames == 1
+
+
+@pytest.mark.parametrize("k,stride,frames", [(3, 3, 0), (3, 3, 4), (6, 1, 2), (6, 3, -1)])
+def test_frames_outside_one_to_stride_are_refused(k, stride, frames, tmp_path):
+    with pytest.raises(DataError, match="frames must be between 1 and the stride"):
+        KmerTokenizer(k, stride, frames=frames)
+    KmerTokenizer(3, 3).save(tmp_path)
+    with pytest.raises(DataError, match="frames must be between"):
+        KmerTokenizer.from_folder(tmp_path, frames=4)

@@ -56,8 +56,13 @@ def test_degradations_and_unseen_style(views):
     blur = scenes.degrade(img, "blur", g)
     hf = lambda x: (x[1:] - x[:-1]).abs().mean()   # noqa: E731
     assert hf(blur) < hf(img)
-    cells = scenes.make_target_scene(3, n_views=2, size=16)
-    assert cells.meta["style"] == "cells" and cells.meta["degradation"] == ["low_light", "blur"]
+    target = scenes.make_target_scene(3, n_views=2, size=16)
+    assert target.meta["style"] == "mixed" and target.meta["degradation"] == ["low_light", "blur"]
+    assert not torch.allclose(target.images, target.clean)
+    cells = scenes.make_target_scene(3, n_views=2, size=16, style="cells")
+    assert cells.meta["style"] == "cells"
+    with pytest.raises(ValueError, match="pretraining range"):
+        scenes.make_target_scene(scenes.HELD_OUT_SEEDS, n_views=2, size=16)
     with pytest.raises(ValueError):
         scenes.degrade(img, "fog", g)
     assert "cells" not in scenes.PRETRAIN_STYLES

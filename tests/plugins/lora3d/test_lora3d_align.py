@@ -65,6 +65,63 @@ def test_reweighting_lowers_the_weight_of_injected_outliers(backend):
     assert torch.isfinite(targets.confidence_after).all()
 
 
+def test_robust_factor_is_the_closed_form_weight_and_scale_free():
+    r = torch.tensor([[0.0, 0.5, 1.0, 3.0, 4.0]])
+    ki, kj = A.robust_factor(r, r)               # mu = the median residual = 1.0
+    assert torch.allclose(ki, torch.tensor([[1.0, 4 / 9, 1 / 4, 1 / 16, 1 / 25]]))
+    assert torch.equal(ki, kj)
+    assert ki[0, 0] == 1.0 and (ki[0, 1:] < ki[0, :-1]).all()
+    k10, _ = A.robust_factor(10 * r, 10 * r)
+    assert torch.allclose(k10, ki)
+
+
+def test_residuals_are_relative_to_the_depth_of_the_point():
+    views, preds = exact_predictions(n=3, size=20)
+    e = 0
+    i, j = preds.edges[e]
+    d = A.to_frame(views.poses[i], views.pts3d[j])[..., 2]
+    near, far = divmod(int(d.argmin()), 20), divmod(int(d.argmax()), 20)
+    assert d[far] > 3 * d[near]                 # an absolute residual would be 3x larger
+    for (y, x) in (near, far):                   # the same 10 % error, relative to depth
+        preds.pts_j[e, y, x] *= 1.1
+    result, _ = A.global_align(preds, niter=60, backend="native")
+    r = result.residual_j[e]
+    assert 0.5 < float(r[far] / r[near]) < 2.0
+    assert float(r[near]) > 5 * float(r.median())
+
+
+def test_image_confidence_mean_and_max_over_the_edges_that_see_a_pixel():
+    edges = [(0, 1), (1, 0)]
+    ci = torch.tensor([1.0, 3.0]).view(2, 1, 1).expand(2, 2, 2)
+    cj = torch.tensor([5.0, 7.0]).view(2, 1, 1).expand(2, 2, 2)
+    mean = A.image_confidence(edges, ci, cj, 2, "mean")
+    assert torch.allclose(mean[0], torch.full((2, 2), 4.0))    # (1 + 7) / 2
+    assert torch.allclose(mean[1], torch.full((2, 2), 4.0))    # (5 + 3) / 2
+    mx = A.image_confidence(edges, ci, cj, 2, "max")
+    assert torch.allclose(mx[0], torch.full((2, 2), 7.0))
+    with pytest.raises(LoraKitError):
+        A.image_confidence(edges, ci, cj, 2, "median")
+
+
+def test_reweighted_selection_keeps_inliers_that_raw_confidence_would_drop():
+    # overconfident outliers: raw confidence ranks them first, alignment residuals do not
+    _, preds = exact_predictions(n=4, size=20)
+    g = torch.Generator().manual_seed(1)
+    bad = torch.zeros(20, 20, dtype=torch.bool)
+    bad[2:9, 3:12] = True                        # 63 of 400 pixels of image 1
+    for e, (i, j) in enumerate(preds.edges):
+        for k, pts, conf in ((i, preds.pts_i, preds.conf_i), (j, preds.pts_j, preds.conf_j)):
+            if k == 1:
+                pts[e][bad] *= 1 + 0.5 * torch.rand(int(bad.sum()), 1, generator=g)
+                conf[e][bad] = 5.0
+    raw = A.robust_alignment(preds, rounds=0, niter=80, backend="native", keep_fraction=0.5)
+    rew = A.robust_alignment(preds, rounds=2, niter=80, niter_round=40, backend="native",
+                             keep_fraction=0.5)
+    assert raw.masks[1][bad].all()               # raw confidence keeps every outlier
+    assert rew.masks[1][bad].float().mean() < 0.2
+    assert rew.confidence_after[1][bad].mean() < rew.confidence_after[1][~bad].mean()
+
+
 def test_pseudo_label_selection():
     conf = torch.arange(2 * 10 * 10, dtype=torch.float32).reshape(2, 10, 10)
     m = A.select_pseudo_labels(conf, keep_fraction=0.3)

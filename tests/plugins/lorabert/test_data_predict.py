@@ -64,14 +64,14 @@ def test_bad_fasta_errors_reach_the_user_unchanged(tmp_path):
 
 def test_predict_writes_one_tsv_row_per_transcript_in_order(tmp_path):
     seqs = {"long_one": "ATG" + "GCC" * 900 + "TAA" + "ACGT" * 200,
-            "short_one": "ACG",                    # shorter than k: reported, kept
+            "short_one": "A",                      # shorter than k: reported, kept
             "mid": "CCATGAAATTTGGGTAGCC" * 20}
     fasta = write_fasta([Record(k, v) for k, v in seqs.items()], tmp_path / "new.fa")
     out = tmp_path / "pred" / "predictions.tsv"
     module = LoRABertModule(predictions=str(out))
     dm = TranscriptDataModule(fasta=str(fasta))
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
-    with pytest.warns(UserWarning, match="1 transcript.*shorter than k=6.*short_one"):
+    with pytest.warns(UserWarning, match=r"1 transcript.*shorter than k=\d.*short_one"):
         trainer.predict(module, datamodule=dm)
     assert out.read_text().splitlines()[0].split("\t") == COLUMNS
     rows = read_predictions(out)
@@ -83,7 +83,7 @@ def test_predict_writes_one_tsv_row_per_transcript_in_order(tmp_path):
         assert r["orf_length"] == (orf.length if orf else 0)
         assert 0.0 <= r["coding_probability"] <= 1.0
         assert r["label"] == ("coding" if r["coding_probability"] >= 0.5 else "noncoding")
-        assert r["windows"] == len(module.windows_of(seq)) and r["coverage"] == 1.0
+        assert r["windows"] == module.windows_along(module.windows_of(seq)) and r["coverage"] == 1.0
     assert rows[0]["orf_length"] == 2706 and rows[0]["windows"] == 5
     assert [p.name for p in out.parent.iterdir()] == ["predictions.tsv"]  # no temp file left
 
@@ -96,7 +96,8 @@ def test_head_tail_predictions_report_partial_coverage(tmp_path):
     pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).predict(
         module, datamodule=TranscriptDataModule(fasta=str(fasta)))
     rows = read_predictions(out)
-    assert rows[0]["windows"] == 1 and rows[0]["coverage"] == pytest.approx(765 / 4000, abs=1e-4)
+    # the embedded base reads 256 codons: 255 * 3 + 3 nucleotides of 4,000
+    assert rows[0]["windows"] == 1 and rows[0]["coverage"] == pytest.approx(768 / 4000, abs=1e-4)
     assert rows[1]["coverage"] == 1.0
 
 
@@ -109,7 +110,7 @@ def test_a_table_that_is_not_a_prediction_tsv_is_refused(tmp_path):
 
 def test_short_training_transcripts_are_reported_not_dropped(tmp_path):
     coding = write_fasta([Record(f"c{i}", "ATGGCC" * 30) for i in range(6)]
-                         + [Record("tiny", "ATG")], tmp_path / "c.fa")
+                         + [Record("tiny", "A")], tmp_path / "c.fa")
     noncoding = write_fasta([Record(f"n{i}", "CCAGGT" * 30) for i in range(6)],
                             tmp_path / "n.fa")
     dm = TranscriptDataModule(coding=str(coding), noncoding=str(noncoding), val_fraction=0,
@@ -119,5 +120,5 @@ def test_short_training_transcripts_are_reported_not_dropped(tmp_path):
     trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False,
                          default_root_dir=str(tmp_path))
-    with pytest.warns(UserWarning, match="1 transcript.*shorter than k=6 are kept.*tiny"):
+    with pytest.warns(UserWarning, match=r"1 transcript.*shorter than k=\d are kept.*tiny"):
         trainer.fit(LoRABertModule(), datamodule=dm)

@@ -77,7 +77,8 @@ def test_window_pooling_reads_the_whole_transcript_and_head_tail_does_not():
     head_tail.load_state_dict(windows.state_dict())
     rng = np.random.default_rng(0)
     seq = "".join(rng.choice(list("ACGT"), 4000))
-    assert len(windows.windows_of(seq)) == 6 and len(head_tail.windows_of(seq)) == 1
+    assert windows.windows_along(windows.windows_of(seq)) == 6
+    assert head_tail.windows_along(head_tail.windows_of(seq)) == 1
     middle = seq[:2000] + ("C" if seq[2000] != "C" else "G") * 30 + seq[2030:]
     with torch.no_grad():
         w0, w1 = windows([seq])[0], windows([middle])[0]
@@ -135,3 +136,73 @@ def test_fit_writes_an_adapter_file_that_reproduces_the_model(tmp_path):
     assert np.allclose(predict_probs(m, test), predict_probs(again, test), atol=1e-6)
     with pytest.raises(LoraKitError, match="needs model.mode 'lora'"):
         LoRABertModule(adapter=str(path), mode="full")
+
+
+def codon_base(folder, frames=3):
+    """A tiny random BERT over codons (k=3, stride 3) whose tokenizer reads `frames`."""
+    from transformers import BertForMaskedLM
+
+    from lorakit.domains.genomics.kmer import KmerTokenizer
+    from lorakit.domains.genomics.kmer_bert import small_bert_config
+    torch.manual_seed(0)
+    tok = KmerTokenizer(3, 3, frames=frames)
+    config = small_bert_config(len(tok), hidden=32, layers=1, heads=2, max_positions=98)
+    BertForMaskedLM(config).save_pretrained(str(folder), safe_serialization=True)
+    tok.save(folder)
+    return str(folder)
+
+
+def test_a_codon_base_reads_every_window_in_all_three_frames(tmp_path):
+    m = LoRABertModule(pretrained=codon_base(tmp_path)).eval()
+    assert (m.tokenizer.frames, m.max_tokens) == (3, 96)
+    seq = "".join(np.random.default_rng(0).choice(list("ACGT"), 1000))
+    wins = m.windows_of(seq)
+    # 1000 nt = 333 codons a frame = 4 windows of 96, each in frames 0, 1, 2
+    assert [(w.group, w.frame) for w in wins] == [(g, f) for g in range(4) for f in range(3)]
+    assert [w.ids for w in wins if w.frame == 1] == [
+        w.ids for w in m.tokenizer.windows(seq[1:], 96)]
+    assert m.windows_along(wins) == 4
+    one = LoRABertModule(pretrained=str(tmp_path), frames=1)
+    assert [w.ids for w in one.windows_of(seq)] == [w.ids for w in wins if w.frame == 0]
+    head_tail = LoRABertModule(pretrained=str(tmp_path), long_mode="head_tail")
+    assert [w.frame for w in head_tail.windows_of(seq)] == [0, 1, 2]
+    with torch.no_grad():
+        logits, n = m([seq, "ACG", "AC"])
+    assert logits.shape == (3, 2) and n == [4, 1, 1]
+
+
+def test_training_keeps_every_frame_of_the_windows_it_samples(tmp_path):
+    m = LoRABertModule(pretrained=codon_base(tmp_path), max_train_windows=2)
+    seq = "ACGTTGCA" * 250  # 2000 nt: 7 windows of 96 codons in each frame
+    torch.manual_seed(0)
+    kept = m._train_subset(m.windows_of(seq))
+    groups = sorted({w.group for w in kept})
+    assert len(groups) == 2 and groups[1] - groups[0] in (3, 4)  # evenly spaced
+    assert sorted((w.group, w.frame) for w in kept) == [(g, f) for g in groups
+                                                        for f in range(3)]
+
+
+def test_one_frame_tokenizers_read_transcripts_as_before():
+    m = LoRABertModule(frames=1)  # the embedded codon base, read in frame 0 only
+    assert m.tokenizer.frames == 1
+    seq = "".join(np.random.default_rng(1).choice(list("ACGT"), 4000))
+    wins = m.windows_of(seq)
+    plain = m.tokenizer.windows(seq, m.max_tokens)
+    assert [(w.ids, w.start, w.end) for w in wins] == [(w.ids, w.start, w.end) for w in plain]
+    assert m.windows_along(wins) == len(plain)
+
+
+def test_with_several_frames_the_mean_feature_is_the_largest_per_frame_mean():
+    from lorakit.domains.genomics.kmer_bert import KmerBertClassifier
+    pool = KmerBertClassifier.pool_windows
+    # three windows of 2 features: frame 0 (two windows) and frame 1 (one window)
+    total = torch.tensor([[2.0, 0.0], [4.0, 6.0], [0.0, 12.0]])
+    count = torch.tensor([[2.0], [2.0], [4.0]])
+    peak = torch.tensor([[1.0, 5.0], [3.0, 4.0], [0.0, 9.0]])
+    mixed = pool(total, peak, count, 100)
+    assert torch.allclose(mixed[:2], torch.tensor([6.0 / 8, 18.0 / 8]))
+    per_frame = pool(total, peak, count, 100, frames=torch.tensor([0, 0, 1]))
+    # frame 0 means (1.5, 1.5), frame 1 means (0, 3): feature by feature the larger
+    assert torch.allclose(per_frame[:2], torch.tensor([1.5, 3.0]))
+    assert torch.allclose(per_frame[2:], mixed[2:])  # max and length are frame-blind
+    assert torch.allclose(pool(total, peak, count, 100, frames=torch.tensor([0, 0, 0])), mixed)

@@ -34,11 +34,16 @@ def test_span_masking_masks_whole_spans_of_real_tokens_only():
     assert (inputs[0][masked] == tok.mask_id).float().mean() > 0.6
 
 
-def test_pretrain_writes_a_folder_the_classifier_loads(tmp_path):
+def random_fasta(path, n: int, length: int):
+    """`n` uniform random sequences of `length` nt, seed 0."""
     rng = torch.Generator().manual_seed(0)
-    seqs = ["".join("ACGT"[i] for i in torch.randint(0, 4, (300,), generator=rng).tolist())
-            for _ in range(30)]
-    fasta = write_fasta([Record(f"s{i}", s) for i, s in enumerate(seqs)], tmp_path / "u.fa")
+    seqs = ["".join("ACGT"[i] for i in torch.randint(0, 4, (length,), generator=rng).tolist())
+            for _ in range(n)]
+    return write_fasta([Record(f"s{i}", s) for i, s in enumerate(seqs)], path)
+
+
+def test_pretrain_writes_a_folder_the_classifier_loads(tmp_path):
+    fasta = random_fasta(tmp_path / "u.fa", n=30, length=300)
     out = tmp_path / "base"
     log = main(["--data.fasta", str(fasta), "--out", str(out), "--hidden", "32", "--layers",
                 "1", "--heads", "2", "--max-tokens", "40", "--batch-size", "4", "--steps",
@@ -54,6 +59,20 @@ def test_pretrain_writes_a_folder_the_classifier_loads(tmp_path):
     assert (m.tokenizer.k, m.tokenizer.stride, m.max_tokens) == (6, 3, 40)
 
 
+def test_codon_pretraining_reads_three_frames_and_masks_single_codons(tmp_path):
+    fasta = random_fasta(tmp_path / "u.fa", n=24, length=200)
+    out = tmp_path / "codon"
+    log = main(["--data.fasta", str(fasta), "--out", str(out), "--k", "3", "--stride", "3",
+                "--frames", "3", "--hidden", "32", "--layers", "1", "--heads", "2",
+                "--max-tokens", "30", "--batch-size", "4", "--steps", "2", "--save-every",
+                "2", "--log-every", "2", "--warmup", "1"])
+    # a codon never overlaps its neighbours, so a lone masked codon is not spelled out
+    assert (log["k"], log["stride"], log["frames"], log["span"]) == (3, 3, 3, 1)
+    assert json.loads((out / "kmer_tokenizer.json").read_text())["frames"] == 3
+    m = LoRABertModule(pretrained=str(out))
+    assert (m.tokenizer.k, m.tokenizer.stride, m.tokenizer.frames) == (3, 3, 3)
+
+
 def test_shipped_base_is_a_small_transformers_folder_with_its_recipe():
     sizes = sum(p.stat().st_size for p in BASE_DIR.iterdir())
     assert sizes < 20 * 2 ** 20
@@ -61,6 +80,10 @@ def test_shipped_base_is_a_small_transformers_folder_with_its_recipe():
     assert config["model_type"] == "bert" and config["attention_probs_dropout_prob"] == 0.0
     log = json.loads((BASE_DIR / "pretrain_log.json").read_text())
     assert "--data.cpat_train" in log["command"] and log["step"] >= 1000
+    # the tokenizer shipped is the one the recorded recipe trained
+    tok = KmerTokenizer.from_folder(BASE_DIR)
+    assert (tok.k, tok.stride, tok.frames) == (log["k"], log["stride"], log["frames"])
+    assert f"--frames {log['frames']}" in log["command"]
     import lorakit.plugins.lorabert.pretrain as recipe
     assert "--data.cpat_train" in recipe.__doc__
 
