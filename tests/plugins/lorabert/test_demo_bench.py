@@ -9,7 +9,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_demo_reports_lora_bert_and_the_baselines(tmp_path):
     from lorakit.plugins.lorabert.demo import demo
-    figures = demo(tmp_path, threads=2, train_per_class=60, epochs=1, test_per_class=40)
+    figures = demo(tmp_path, threads=1, train_per_class=60, epochs=1, test_per_class=40)
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["LoRA-BERT", "ORF/Fickett/hexamer LR", "k-mer LR",
                                          "length only"]
@@ -21,7 +21,7 @@ def test_demo_reports_lora_bert_and_the_baselines(tmp_path):
 @pytest.mark.timeout(1800)
 def test_quick_benchmark_gives_rows_figures_and_the_roc_plot(tmp_path):
     from lorakit.bench import run_suite
-    res = run_suite("lorabert", tmp_path, threads=2, quick=True)
+    res = run_suite("lorabert", tmp_path, threads=1, quick=True)
     names = [r["name"] for r in res["rows"]]
     assert names[:6] == ["LoRA-BERT", "full fine-tuning", "frozen encoder + head",
                          "ORF/Fickett/hexamer LR", "k-mer LR", "length only"]
