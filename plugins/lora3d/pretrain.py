@@ -26,8 +26,6 @@ from lorakit.domains.geometry.scenes import HELD_OUT_SEEDS, random_pair
 from lorakit.plugins.lora3d.loss import confidence_loss, pair_targets
 from lorakit.plugins.lora3d.model import TINY_ARGS, build_model, count_parameters, save_checkpoint
 
-SEED_OFFSET = HELD_OUT_SEEDS   # pretraining scenes use seeds >= this; held-out scenes use < it
-
 
 def to_input(images: torch.Tensor) -> torch.Tensor:
     """(B,H,W,3) in [0,1] to DUSt3R's normalised (B,3,H,W) in [-1,1]."""
@@ -116,7 +114,7 @@ def main(argv=None) -> None:
                             betas=(0.9, 0.95))
     out = Path(args.out)
     log_path = out.with_suffix(".log.jsonl")
-    next_seed = SEED_OFFSET + args.seed * 10_000_000 + sum(h.get("steps", 0) for h in history) * 8
+    next_seed = HELD_OUT_SEEDS + args.seed * 10_000_000 + sum(h.get("steps", 0) for h in history) * 8
     t0 = time.time()
     pool = []
     for _ in range(args.initial_pool):
@@ -157,7 +155,7 @@ def main(argv=None) -> None:
             if step % 25 == 0:
                 rec = {"step": step, "loss": float(loss), "regr": regr, "regr_ema": ema,
                        "conf": float(parts["conf"]), "lr": lr, "t": time.time() - t0,
-                       "pairs_seen": next_seed - SEED_OFFSET}
+                       "pairs_seen": next_seed - HELD_OUT_SEEDS}
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 if step % 100 == 0:

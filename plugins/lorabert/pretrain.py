@@ -179,15 +179,14 @@ def main(argv: list[str] | None = None) -> dict:
         tok = KmerTokenizer.from_folder(args.init)
     else:
         tok = KmerTokenizer(k=args.k, stride=args.stride, frames=args.frames)
+        config = small_bert_config(len(tok), hidden=args.hidden, layers=args.layers,
+                                   heads=args.heads, max_positions=args.max_tokens + 2)
+        model = BertForMaskedLM(config)
     span = args.span or (tok.k // tok.stride + 1 if tok.stride < tok.k else 1)
     train, held_out = load_sequences(args)
     # every frame's token stream is a training text of its own
     train_ids = [np.asarray(ids, dtype=np.int32) for s in train for ids in tok.frame_ids(s)]
     val_ids = [np.asarray(tok.ids(s), dtype=np.int32) for s in held_out]
-    if not args.init:
-        config = small_bert_config(len(tok), hidden=args.hidden, layers=args.layers,
-                                   heads=args.heads, max_positions=args.max_tokens + 2)
-        model = BertForMaskedLM(config)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
 
