@@ -57,6 +57,12 @@ def test_pretrain_writes_a_folder_the_classifier_loads(tmp_path):
     assert not (tmp_path / "base.tmp").exists() and not (tmp_path / "base.old").exists()
     m = LoRABertModule(pretrained=str(out))
     assert (m.tokenizer.k, m.tokenizer.stride, m.max_tokens) == (6, 3, 40)
+    # --init continues from the folder: its tokenizer and weights, not --k / --hidden
+    more = tmp_path / "more"
+    again = main(["--data.fasta", str(fasta), "--out", str(more), "--init", str(out),
+                  "--k", "4", "--hidden", "64", "--max-tokens", "40", "--batch-size", "4",
+                  "--steps", "1", "--save-every", "1", "--log-every", "1", "--warmup", "1"])
+    assert (again["k"], again["stride"], again["params"]) == (6, 3, log["params"])
 
 
 def test_codon_pretraining_reads_three_frames_and_masks_single_codons(tmp_path):
