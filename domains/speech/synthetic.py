@@ -13,6 +13,10 @@ Splits are speaker-disjoint:
     child_ood    child variants, pitch and shift never seen in training
     adult_test   adult speakers (does adaptation forget them?)
 
+and, apart, `build_adult_set`: adult speakers at pitches below every adult_test
+speaker's (disjoint by construction, whatever the corpus seed), on which the embedded
+base learns the short encoder context (lorakit.plugins.s2lora_whisper.base).
+
 Texts are 1–6 words from `words.txt` (a few hundred common words). Everything is
 deterministic in the seed, written once as FLAC + JSONL manifests into
 `<cache>/speech/<name>-<hash of the settings>/` and reused after that.
@@ -66,6 +70,8 @@ CHILD_OOD = SpeakerPool(("en-gb+f5", "en-gb+Annie", "en-us+anika", "en-gb+steph"
                         (140, 170), (1.40, 1.50))
 ADULT = SpeakerPool(("en-us+m1", "en-us+m2", "en-gb+m3", "en-us+m4", "en-gb+m6"), (20, 45),
                     (150, 175), (1.0, 1.0))
+# the base's adult voices: the same variants, pitch below ADULT's, a wider rate
+ADULT_BASE = SpeakerPool(ADULT.voices, (0, 19), (140, 190), (1.0, 1.0))
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,15 @@ class CorpusConfig:
 
 
 SPLITS = ("child_train", "child_val", "child_test", "child_ood", "adult_test")
+
+
+@dataclass(frozen=True)
+class AdultSetConfig:
+    """The adult set the embedded base is taught the short context on."""
+    clips: int = 400
+    speakers: int = 12
+    max_seconds: float = 3.0
+    seed: int = 0
 
 
 def vocabulary() -> list[str]:
@@ -136,7 +151,7 @@ def speak(text: str, speaker: Speaker) -> np.ndarray:
     return (0.9 * audio / peak).astype(np.float32)
 
 
-def corpus_id(config: CorpusConfig) -> str:
+def settings_id(config) -> str:
     key = json.dumps({"config": asdict(config), "version": GENERATOR_VERSION,
                       "words": vocabulary()}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -144,8 +159,26 @@ def corpus_id(config: CorpusConfig) -> str:
 
 def build_corpus(config: CorpusConfig = CorpusConfig(), root: Path | None = None) -> Path:
     """The corpus folder (manifests `<split>.jsonl`, audio under `audio/`), built if absent."""
+    sizes = {"child_train": config.train, "child_val": config.val}
+    plan = {split: (speakers, sizes.get(split, config.test))
+            for split, speakers in speakers_by_split(config).items()}
+    return _build(f"synthetic-{settings_id(config)}", plan, config, root)
+
+
+def build_adult_set(config: AdultSetConfig = AdultSetConfig(), root: Path | None = None) -> Path:
+    """The folder of the base's adult set (manifest `adult_train.jsonl`), built if absent."""
+    speakers = draw_speakers(ADULT_BASE, config.speakers, "adultbase",
+                             random.Random(config.seed), set())
+    return _build(f"adult-{settings_id(config)}", {"adult_train": (speakers, config.clips)},
+                  config, root)
+
+
+def _build(name: str, plan: dict[str, tuple[list[Speaker], int]], config,
+           root: Path | None) -> Path:
+    """Speak `plan` (split: its speakers, taken in turn, and its clip count) into
+    `<root>/<name>/`, written whole or not at all."""
     root = Path(root) if root else cache_dir() / "speech"
-    folder = root / f"synthetic-{corpus_id(config)}"
+    folder = root / name
     if (folder / "corpus.json").is_file():
         return folder
     espeak_binary()
@@ -153,16 +186,14 @@ def build_corpus(config: CorpusConfig = CorpusConfig(), root: Path | None = None
     shutil.rmtree(tmp, ignore_errors=True)
     words = vocabulary()
     rng = random.Random(config.seed + 1)
-    splits = speakers_by_split(config)
-    sizes = {"child_train": config.train, "child_val": config.val}
     summary = {"config": asdict(config), "splits": {}, "redrawn_too_long": 0}
-    progress = tqdm(total=sum(sizes.get(s, config.test) for s in SPLITS),
-                    desc="espeak-ng corpus", unit="clip")
-    for split in SPLITS:
+    progress = tqdm(total=sum(n for _, n in plan.values()), desc="espeak-ng corpus",
+                    unit="clip")
+    for split, (speakers, n) in plan.items():
         (tmp / "audio" / split).mkdir(parents=True, exist_ok=True)
         records = []
-        for i in range(sizes.get(split, config.test)):
-            speaker = splits[split][i % len(splits[split])]
+        for i in range(n):
+            speaker = speakers[i % len(speakers)]
             while True:
                 text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 6)))
                 audio = speak(text, speaker)
@@ -176,7 +207,7 @@ def build_corpus(config: CorpusConfig = CorpusConfig(), root: Path | None = None
         with open(tmp / f"{split}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
         summary["splits"][split] = {"utterances": len(records),
-                                    "speakers": [asdict(s) for s in splits[split]]}
+                                    "speakers": [asdict(s) for s in speakers]}
     progress.close()
     (tmp / "corpus.json").write_text(json.dumps(summary, indent=2))
     shutil.rmtree(folder, ignore_errors=True)

@@ -39,6 +39,8 @@ from lorakit.domains.speech.whisper_model import (
 from lorakit.errors import LoraKitError
 from lorakit.lightning_module import AdapterModule
 
+from .base import embedded_base
+
 TARGETS = ["*.query", "*.key", "*.value", "*.out", "*.mlp.0", "*.mlp.2"]
 
 
@@ -47,7 +49,9 @@ class WhisperAdapterModule(AdapterModule):
 
     Args:
         checkpoint: an openai-whisper `.pt` (what `whisper.load_model` reads); None for
-            the embedded tiny.en (converted from CTranslate2 and cached on first use).
+            the embedded base: tiny.en taught the short context on adult voices
+            (`lorakit.plugins.s2lora_whisper.base`, built and cached on first use), or
+            tiny.en itself when n_audio_ctx is None.
         n_audio_ctx: encoder positions to keep (50 per second); 150 is 3 s. None keeps
             the checkpoint's own context (1500 = 30 s).
         method: "s2lora" (shared A/B, sparse λ), "lora" (own A/B per matrix) or "full".
@@ -80,7 +84,9 @@ class WhisperAdapterModule(AdapterModule):
         self.save_hyperparameters()
         import whisper.tokenizer
 
-        self.checkpoint = checkpoint or str(tiny_en_checkpoint())
+        if checkpoint is None:
+            checkpoint = embedded_base(n_audio_ctx) if n_audio_ctx else tiny_en_checkpoint()
+        self.checkpoint = str(checkpoint)
         self.model = load_whisper(self.checkpoint, n_audio_ctx)
         self.n_audio_ctx = self.model.dims.n_audio_ctx
         self.method, self.l1, self.lambda_lr, self.language = method, l1, lambda_lr, language

@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 import json
+import random
 
 import soundfile as sf
 
 from lorakit.domains.speech.manifest import read_manifest
 from lorakit.domains.speech.synthetic import (
+    ADULT_BASE,
     CHILD,
     CHILD_OOD,
     SPLITS,
+    AdultSetConfig,
     CorpusConfig,
+    build_adult_set,
     build_corpus,
+    draw_speakers,
     speakers_by_split,
     vocabulary,
 )
@@ -54,3 +59,14 @@ def test_corpus_is_built_once_and_read_back_as_manifests(tmp_path):
             assert sf.info(str(u.audio)).samplerate == 16000
     summary = json.loads((folder / "corpus.json").read_text())
     assert set(summary["splits"]) == set(SPLITS)
+
+
+def test_the_bases_adult_set_shares_no_speaker_with_any_adult_test_set(tmp_path):
+    base = draw_speakers(ADULT_BASE, 12, "adultbase", random.Random(0), set())
+    for seed in range(5):
+        adult_test = speakers_by_split(CorpusConfig(seed=seed))["adult_test"]
+        assert max(x.pitch for x in base) < min(x.pitch for x in adult_test)
+    folder = build_adult_set(AdultSetConfig(clips=4, speakers=2), tmp_path)
+    utts = read_manifest(folder / "adult_train.jsonl")
+    assert len(utts) == 4 and {u.speaker for u in utts} == {"adultbase00", "adultbase01"}
+    assert all(u.seconds <= 3.0 for u in utts)

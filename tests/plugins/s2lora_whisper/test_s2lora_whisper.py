@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from lorakit import load_adapter
+from lorakit.domains.speech.metrics import error_rates
+from lorakit.domains.speech.pretrained import tiny_en_checkpoint
 from lorakit.domains.speech.synthetic import CorpusConfig, build_corpus
 from lorakit.domains.speech.whisper_model import load_whisper, transcribe
 from lorakit.errors import CheckpointError, DataError
@@ -56,6 +58,24 @@ def test_s2lora_halves_child_wer_in_twenty_steps(fitted):
     saved = json.loads((out / "test_metrics.json").read_text())
     assert saved["child_test"]["wer"] == pytest.approx(m["wer"])
     assert saved["child_test"]["base_wer"] == pytest.approx(m["base_wer"])
+
+
+def test_embedded_base_is_tiny_en_taught_the_short_context_on_adults(fitted, corpus):
+    module, _, _ = fitted
+    checkpoint = torch.load(module.checkpoint, map_location="cpu", weights_only=True)
+    recipe = checkpoint["lorakit_recipe"]
+    assert recipe["source"] == "tiny.en.pt" and checkpoint["dims"]["n_audio_ctx"] == 150
+    assert recipe["last_loss"] < 0.2 * recipe["first_loss"]
+    adults = SpeechDataModule(test_manifest=str(corpus / "adult_test.jsonl"), max_seconds=3.0)
+    adults.setup("test")
+    batch = next(iter(adults.test_dataloader()))
+    mel = module.mel(batch["audio"])
+    with module.base_model() as base:
+        taught = error_rates(batch["text"], transcribe(base, mel, module.max_tokens))["wer"]
+    raw = load_whisper(tiny_en_checkpoint(), n_audio_ctx=150)
+    untaught = error_rates(batch["text"], transcribe(raw, mel, module.max_tokens))["wer"]
+    print(f"adult_test WER: tiny.en {untaught:.3f}, embedded base {taught:.3f}")
+    assert taught < 0.15 and untaught > 0.5
 
 
 def test_trainable_count_is_shared_bases_plus_r_per_matrix(fitted):
