@@ -1,6 +1,7 @@
 """`lorakit s2lora-whisper demo`: the embedded default end to end, and a report.
 
-Fine-tunes Whisper tiny.en (3 s context) with S2-LoRA on the synthetic child voices,
+Fine-tunes the embedded base (Whisper tiny.en taught the 3 s context on adult voices)
+with S2-LoRA on the synthetic child voices,
 with the settings of `default.yaml`, then writes into `out_dir`:
 
     report.md / report.json   WER and CER before and after on child_test, child_ood and
@@ -116,8 +117,10 @@ def render(metrics: dict, f: dict) -> str:
     return f"""# S2-LoRA on Whisper tiny.en: synthetic child speech
 
 {f['steps']} steps of S2-LoRA (rank 8, shared A/B per shape, L1 on λ) on child_train.
-Base: Whisper tiny.en, 3 s encoder context, greedy decoding capped at the config's
-max_tokens. WER/CER after Whisper's English text normaliser.
+Base: Whisper tiny.en at a 3 s encoder context, taught that context on adult voices
+(lorakit.plugins.s2lora_whisper.base), greedy decoding capped at the config's
+max_tokens. WER/CER after Whisper's English text normaliser; adult_test shows what
+adapting to children costs on adults.
 
 | test set | clips | WER before | WER after | CER before | CER after |
 |---|---|---|---|---|---|
