@@ -20,8 +20,7 @@ A user's own checkpoint (`--model.checkpoint`) is used as it is.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
+import itertools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from tqdm import tqdm
 
 from lorakit.domains.speech.manifest import read_manifest
 from lorakit.domains.speech.pretrained import cache_dir, sha256, tiny_en_checkpoint
-from lorakit.domains.speech.synthetic import AdultSetConfig, build_adult_set
+from lorakit.domains.speech.synthetic import AdultSetConfig, build_adult_set, settings_id
 from lorakit.domains.speech.whisper_model import SAMPLE_RATE, context_samples
 
 from .data import UtteranceDataset, collate
@@ -49,8 +48,10 @@ class BaseRecipe:
 
 
 def base_path(recipe: BaseRecipe) -> Path:
-    key = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode()).hexdigest()[:10]
-    return cache_dir() / "whisper" / f"tiny.en-ctx{recipe.n_audio_ctx}-adult-{key}.pt"
+    """Keyed like the corpora (`settings_id`): a change to the recipe, the adult set, the
+    vocabulary or the generator gives a new file."""
+    return (cache_dir() / "whisper"
+            / f"tiny.en-ctx{recipe.n_audio_ctx}-adult-{settings_id(recipe)}.pt")
 
 
 def embedded_base(n_audio_ctx: int = 150, threads: int | None = None) -> Path:
@@ -71,34 +72,32 @@ def build_base(recipe: BaseRecipe, out: Path, threads: int | None = None) -> Pat
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    with torch.random.fork_rng():
-        torch.manual_seed(recipe.seed)
-        module = WhisperAdapterModule(checkpoint=str(source), n_audio_ctx=recipe.n_audio_ctx,
-                                      method="full", lr=recipe.lr)
-        module._reference.clear()   # no frozen copy needed here
-        model = module.model.train()
-        samples = context_samples(recipe.n_audio_ctx)
-        data = UtteranceDataset(read_manifest(manifest), "adult_train", samples)
-        loader = DataLoader(data, batch_size=recipe.batch_size, shuffle=True,
-                            collate_fn=collate, drop_last=True,
-                            generator=torch.Generator().manual_seed(recipe.seed))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
-        step, losses = 0, []
-        with tqdm(total=recipe.steps, desc="tiny.en: 3 s context on adult voices",
-                  unit="step") as bar:
-            while step < recipe.steps:
-                for batch in loader:
-                    loss = module.cross_entropy(batch)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    losses.append(float(loss))
-                    step += 1
-                    bar.update()
-                    bar.set_postfix(loss=f"{losses[-1]:.3f}")
-                    if step == recipe.steps:
-                        break
-    torch.set_num_threads(previous)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(recipe.seed)
+            module = WhisperAdapterModule(checkpoint=str(source),
+                                          n_audio_ctx=recipe.n_audio_ctx, method="full",
+                                          lr=recipe.lr)
+            model = module.model.train()
+            samples = context_samples(recipe.n_audio_ctx)
+            data = UtteranceDataset(read_manifest(manifest), "adult_train", samples)
+            loader = DataLoader(data, batch_size=recipe.batch_size, shuffle=True,
+                                collate_fn=collate, drop_last=True,
+                                generator=torch.Generator().manual_seed(recipe.seed))
+            epochs = (batch for _ in itertools.count() for batch in loader)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
+            losses = []
+            bar = tqdm(itertools.islice(epochs, recipe.steps), total=recipe.steps,
+                       desc="tiny.en: 3 s context on adult voices", unit="step")
+            for batch in bar:
+                loss = module.cross_entropy(batch)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    finally:
+        torch.set_num_threads(previous)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".partial")
     torch.save({"dims": asdict(model.dims),
