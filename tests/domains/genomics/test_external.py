@@ -1,0 +1,27 @@
+"""CPC2 run as a separate command (make install puts it in .venv/tools/cpc2)."""
+import pytest
+
+from lorakit.domains.genomics import external
+from lorakit.domains.genomics.metrics import binary_metrics
+from lorakit.domains.genomics.synthetic import synthetic_transcripts
+from lorakit.errors import LoraKitError
+
+needs_cpc2 = pytest.mark.skipif(external.find_cpc2() is None,
+                                reason="cpc2 not installed (make install puts it in .venv)")
+
+
+@needs_cpc2
+def test_cpc2_scores_every_record_and_tells_coding_from_noncoding():
+    records, labels = synthetic_transcripts(40, 40, seed=3, hard_fraction=0.0)
+    probs = external.run_cpc2(records)
+    assert set(probs) == {r.id for r in records}
+    assert all(0.0 <= p <= 1.0 for p in probs.values())
+    auroc = binary_metrics(labels, [probs[r.id] for r in records])["auroc"]
+    assert auroc > 0.9
+
+
+def test_missing_cpc2_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("LORAKIT_CPC2", str(tmp_path / "no-such-cpc2"))
+    assert external.find_cpc2() is None
+    with pytest.raises(LoraKitError, match="pip install cpc2-standalone"):
+        external.run_cpc2([])
