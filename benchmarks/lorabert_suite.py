@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from lorakit.adapter_file import atomic_write
-from lorakit.domains.genomics.metrics import binary_metrics, plot_roc
+from lorakit.domains.genomics.metrics import plot_roc
 
 SUITE = "lorabert"
 COLUMNS = ["name", "accuracy", "mcc", "auroc", "sensitivity", "specificity",
@@ -45,9 +45,12 @@ def _cut_test(test, per_class: int, seed: int = 0):
 
 def run(out_dir, threads: int = 1, quick: bool = False, epochs: int | None = None,
         train_per_class: int | None = None, pretrained: str | None = None) -> dict:
-    from lorakit.domains.genomics.external import find_cpc2, run_cpc2
-    from lorakit.domains.genomics.fasta import Record
-    from lorakit.plugins.lorabert.experiment import run_baseline, run_model, split_items
+    from lorakit.plugins.lorabert.experiment import (
+        run_baseline,
+        run_cpc2_row,
+        run_model,
+        split_items,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -70,18 +73,9 @@ def run(out_dir, threads: int = 1, quick: bool = False, epochs: int | None = Non
               f"({time.time() - t0:.0f} s)", flush=True)
     for kind in ("orf", "kmer", "length"):
         rows.append(run_baseline(kind, splits))
-    cpc2 = find_cpc2()
+    cpc2 = run_cpc2_row(splits)
     if cpc2:
-        test = splits["test"]
-        t0 = time.perf_counter()
-        probs = run_cpc2([Record(t.id, t.seq) for t in test], cpc2)
-        predict_s = time.perf_counter() - t0
-        p = np.asarray([probs[t.id] for t in test])
-        labels = [t.label for t in test]
-        rows.append({"name": "CPC2 (shipped model)", **binary_metrics(labels, p),
-                     "trainable_params": 0, "total_params": 0, "train_s": 0.0,
-                     "predict_s_per_1000": 1000 * predict_s / len(test),
-                     "probs": p.tolist(), "labels": labels})
+        rows.append(cpc2)
 
     by = {r["name"]: r for r in rows}
     classic = [r for r in rows if r["name"] in ("ORF/Fickett/hexamer LR", "k-mer LR",
@@ -109,7 +103,7 @@ def run(out_dir, threads: int = 1, quick: bool = False, epochs: int | None = Non
              f"fine-tuning; {threads} CPU thread(s). Base: "
              + (pretrained or "the embedded k-mer BERT (plugins/lorabert/base)")
              + ". CPC2 uses its own shipped model"
-             + (" (run)." if cpc2 else " (not installed: pip install cpc2-standalone)."))
+             + (" (run)." if cpc2 else " (not installed: `make install` puts it in .venv/tools/cpc2)."))
     return {"figures": figures, "rows": table_rows, "notes": notes}
 
 

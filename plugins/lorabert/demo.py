@@ -23,7 +23,12 @@ COLUMNS = ["name", "accuracy", "sensitivity", "specificity", "precision", "f1", 
 def demo(out_dir: Path = Path("lorabert_demo"), threads: int = 1, train_per_class: int = 400,
          epochs: int = 2, test_per_class: int | None = 300) -> dict:
     from lorakit.benchmarks.lorabert_suite import _cut_test
-    from lorakit.plugins.lorabert.experiment import run_baseline, run_model, split_items
+    from lorakit.plugins.lorabert.experiment import (
+        run_baseline,
+        run_cpc2_row,
+        run_model,
+        split_items,
+    )
 
     from .predict_tsv import PredictionRow, write_predictions
     out = Path(out_dir)
@@ -37,6 +42,8 @@ def demo(out_dir: Path = Path("lorabert_demo"), threads: int = 1, train_per_clas
     lora = run_model("LoRA-BERT", splits, out, epochs=epochs, mode="lora", lr=2e-3)
     module = lora.pop("module")
     rows = [lora] + [run_baseline(k, splits) for k in ("orf", "kmer", "length")]
+    cpc2 = run_cpc2_row(splits)
+    rows += [cpc2] if cpc2 else []
     table_rows = [{k: v for k, v in r.items() if k not in ("probs", "labels")} for r in rows]
     plot_roc({r["name"]: (r["labels"], r["probs"]) for r in rows}, out / "roc.png",
              title="CPAT human, held-out test split")

@@ -99,3 +99,23 @@ def run_baseline(kind: str, splits: dict[str, list[Transcript]]) -> dict:
             "trainable_params": b.n_parameters(), "total_params": b.n_parameters(),
             "train_s": train_s, "predict_s_per_1000": 1000 * predict_s / len(test),
             "probs": probs.tolist(), "labels": labels.tolist()}
+
+
+def run_cpc2_row(splits: dict[str, list[Transcript]]) -> dict | None:
+    """CPC2 with its own shipped model on the test split (nothing trained here), or None
+    when its command is not installed."""
+    from lorakit.domains.genomics.external import find_cpc2, run_cpc2
+    from lorakit.domains.genomics.fasta import Record
+    exe = find_cpc2()
+    if exe is None:
+        return None
+    test = splits["test"]
+    t0 = time.perf_counter()
+    probs = run_cpc2([Record(t.id, t.seq) for t in test], exe)
+    predict_s = time.perf_counter() - t0
+    p = np.asarray([probs[t.id] for t in test])
+    labels = [t.label for t in test]
+    return {"name": "CPC2 (shipped model)", **binary_metrics(labels, p),
+            "trainable_params": 0, "total_params": 0, "train_s": 0.0,
+            "predict_s_per_1000": 1000 * predict_s / len(test),
+            "probs": p.tolist(), "labels": labels}

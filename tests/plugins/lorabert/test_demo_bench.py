@@ -8,11 +8,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.timeout(1800)
 def test_demo_reports_lora_bert_and_the_baselines(tmp_path):
+    from lorakit.domains.genomics.external import find_cpc2
     from lorakit.plugins.lorabert.demo import demo
     figures = demo(tmp_path, threads=1, train_per_class=60, epochs=1, test_per_class=40)
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["LoRA-BERT", "ORF/Fickett/hexamer LR", "k-mer LR",
-                                         "length only"]
+                                         "length only"] + (["CPC2 (shipped model)"]
+                                                           if find_cpc2() else [])
     for name in ("report.md", "roc.png", "predictions.tsv"):
         assert (tmp_path / name).is_file()
     assert figures["lora_bert_auroc"] > 0.6 and figures["n_test"] == 80
