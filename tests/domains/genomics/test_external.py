@@ -21,7 +21,15 @@ def test_cpc2_scores_every_record_and_tells_coding_from_noncoding():
 
 
 def test_missing_cpc2_is_one_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("LORAKIT_CPC2", str(tmp_path / "no-such-cpc2"))
+    monkeypatch.delenv("LORAKIT_CPC2", raising=False)
+    monkeypatch.setattr(external.shutil, "which", lambda name: None)
+    monkeypatch.setattr(external, "TOOL_ENV", tmp_path / "no-tool-env")
     assert external.find_cpc2() is None
     with pytest.raises(LoraKitError, match="pip install cpc2-standalone"):
         external.run_cpc2([])
+
+
+def test_lorakit_cpc2_naming_a_missing_file_is_an_error_not_a_skip(monkeypatch, tmp_path):
+    monkeypatch.setenv("LORAKIT_CPC2", str(tmp_path / "no-such-cpc2"))
+    with pytest.raises(LoraKitError, match="LORAKIT_CPC2=.*no-such-cpc2 does not exist"):
+        external.find_cpc2()
