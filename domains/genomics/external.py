@@ -23,11 +23,11 @@ TOOL_ENV = Path(sys.prefix) / "tools" / "cpc2"
 
 
 def find_cpc2() -> str | None:
-    """The `cpc2` command, or None when none is installed; $LORAKIT_CPC2 naming a file
-    that does not exist is an error, not a quiet fall-back."""
+    """The `cpc2` command, or None when none is installed; $LORAKIT_CPC2 naming no file
+    (missing, or a folder) is an error, not a quiet fall-back."""
     chosen = os.environ.get("LORAKIT_CPC2")
     if chosen and not Path(chosen).is_file():
-        raise LoraKitError(f"LORAKIT_CPC2={chosen} does not exist: point it at the `cpc2` "
+        raise LoraKitError(f"LORAKIT_CPC2={chosen} is not a file: point it at the `cpc2` "
                            "command of cpc2-standalone, or unset it")
     exe = chosen or shutil.which("cpc2") or str(TOOL_ENV / "bin" / "cpc2")
     return exe if Path(exe).exists() else None

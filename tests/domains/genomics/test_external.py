@@ -29,7 +29,12 @@ def test_missing_cpc2_is_one_clear_error(monkeypatch, tmp_path):
         external.run_cpc2([])
 
 
-def test_lorakit_cpc2_naming_a_missing_file_is_an_error_not_a_skip(monkeypatch, tmp_path):
-    monkeypatch.setenv("LORAKIT_CPC2", str(tmp_path / "no-such-cpc2"))
-    with pytest.raises(LoraKitError, match="LORAKIT_CPC2=.*no-such-cpc2 does not exist"):
+@pytest.mark.parametrize("make_folder", [False, True], ids=["missing", "a folder"])
+def test_lorakit_cpc2_naming_no_file_is_an_error_not_a_skip(monkeypatch, tmp_path,
+                                                             make_folder):
+    chosen = tmp_path / "no-such-cpc2"
+    if make_folder:
+        chosen.mkdir()
+    monkeypatch.setenv("LORAKIT_CPC2", str(chosen))
+    with pytest.raises(LoraKitError, match="LORAKIT_CPC2=.*no-such-cpc2 is not a file"):
         external.find_cpc2()
