@@ -49,6 +49,26 @@ def binary_metrics(labels, probs, threshold: float = 0.5) -> dict[str, float]:
             "mcc": div(tp * tn - fp * fn, denom), "auroc": auroc(y, p)}
 
 
+def paired_bootstrap(labels, probs_a, probs_b, metric: str, n: int = 2000, seed: int = 0,
+                     threshold: float = 0.5) -> dict[str, float]:
+    """`metric` of model a minus model b on the same transcripts, with a 95% percentile
+    interval from `n` paired bootstrap resamples of the transcripts (both models scored on
+    each resample), so a gap can be told from the noise of one test set."""
+    y = np.asarray(labels)
+    a, b = np.asarray(probs_a, dtype=np.float64), np.asarray(probs_b, dtype=np.float64)
+    if not len(y) == len(a) == len(b):
+        raise ValueError(f"paired_bootstrap: {len(y)} labels, {len(a)} and {len(b)} scores")
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n):
+        i = rng.integers(0, len(y), len(y))
+        diffs.append(binary_metrics(y[i], a[i], threshold)[metric]
+                     - binary_metrics(y[i], b[i], threshold)[metric])
+    lo, hi = np.nanpercentile(diffs, [2.5, 97.5])
+    return {"diff": binary_metrics(y, a, threshold)[metric]
+            - binary_metrics(y, b, threshold)[metric], "lo": float(lo), "hi": float(hi)}
+
+
 def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     """(false positive rate, true positive rate) at every distinct threshold."""
     y = np.asarray(labels).astype(bool)

@@ -13,6 +13,7 @@ from lorakit.domains.genomics.metrics import (
     auroc,
     binary_metrics,
     markdown_table,
+    paired_bootstrap,
     plot_roc,
     roc_curve,
 )
@@ -85,3 +86,19 @@ def test_roc_plot_and_table_are_written(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = markdown_table([{"name": "a", "mcc": 0.5}], ["name", "mcc"])
     assert table.splitlines()[2] == "| a | 0.500 |"
+
+
+def test_paired_bootstrap_separates_a_real_gap_from_noise():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 600)
+    good = np.clip(y + rng.normal(0, 0.35, 600), 0, 1)
+    bad = np.clip(y + rng.normal(0, 0.9, 600), 0, 1)
+    gap = paired_bootstrap(y, good, bad, "mcc", n=300)
+    assert gap["lo"] > 0 and gap["diff"] == pytest.approx(
+        binary_metrics(y, good)["mcc"] - binary_metrics(y, bad)["mcc"])
+    # two scorers of the same quality on 100 transcripts: the interval straddles zero
+    a, b = (y[:100] + rng.normal(0, 0.6, 100) for _ in range(2))
+    tie = paired_bootstrap(y[:100], a, b, "auroc", n=300)
+    assert tie["lo"] < 0 < tie["hi"]
+    with pytest.raises(ValueError, match="600 labels"):
+        paired_bootstrap(y, good, bad[:10], "mcc")

@@ -27,5 +27,9 @@ def test_quick_benchmark_gives_rows_figures_and_the_roc_plot(tmp_path):
     names = [r["name"] for r in res["rows"]]
     assert names[:6] == ["LoRA-BERT", "full fine-tuning", "frozen encoder + head",
                          "ORF/Fickett/hexamer LR", "k-mer LR", "length only"]
-    assert res["figures"]["lora_param_fraction"] <= 0.05
+    figures = res["figures"]
+    assert figures["lora_param_fraction"] <= 0.05
+    for metric in ("mcc", "auroc"):
+        lo, hi = (figures[f"lora_{metric}_minus_best_classic_ci95_{e}"] for e in ("lo", "hi"))
+        assert lo <= figures[f"lora_{metric}_minus_best_classic"] <= hi
     assert (tmp_path / "report.md").is_file() and (tmp_path / "roc.png").is_file()
