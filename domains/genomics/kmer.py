@@ -188,16 +188,14 @@ class KmerTokenizer:
     def frame_windows(self, seq: str, max_tokens: int, overlap: int = 0) -> list[Window]:
         """`windows` of every frame, window-major (window 0 of frames 0..F-1, then window
         1, ...); `group` is the window's index, `start`/`end` are positions in `seq`."""
-        out = []
-        for f in range(self.frames):
-            for j, w in enumerate(self.windows(seq[f:], max_tokens, overlap)):
-                out.append(Window(w.ids, w.start + f, w.end + f, f, j))
-        return sorted(out, key=lambda w: (w.group, w.frame))
+        return self._every_frame(seq, lambda s: self.windows(s, max_tokens, overlap))
 
     def frame_head_tail(self, seq: str, max_tokens: int) -> list[Window]:
         """`head_tail` of every frame."""
-        out = []
-        for f in range(self.frames):
-            w = self.head_tail(seq[f:], max_tokens)
-            out.append(Window(w.ids, w.start + f, w.end + f, f, 0))
-        return out
+        return self._every_frame(seq, lambda s: [self.head_tail(s, max_tokens)])
+
+    def _every_frame(self, seq: str, cut) -> list[Window]:
+        """`cut` applied to each frame's stream seq[f:], positions mapped back to `seq`."""
+        out = [Window(w.ids, w.start + f, w.end + f, f, j)
+               for f in range(self.frames) for j, w in enumerate(cut(seq[f:]))]
+        return sorted(out, key=lambda w: (w.group, w.frame))
