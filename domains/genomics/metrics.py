@@ -20,15 +20,10 @@ def auroc(labels, scores) -> float:
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     order = np.argsort(s, kind="mergesort")
+    # each run of equal scores gets the mean of its 1-based positions in sorted order
+    _, first, size = np.unique(s[order], return_index=True, return_counts=True)
     ranks = np.empty(len(s))
-    sorted_s = s[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
+    ranks[order] = np.repeat(first + (size + 1) / 2, size)
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
