@@ -7,6 +7,7 @@
     lorakit.load_adapter(other_model, "a.safetensors")
 """
 from .adapter_file import load_adapter, read_adapter, save_adapter
+from .averaging import AdapterEMA
 from .config import LoRAConfig
 from .errors import (
                      AdapterFileError,
@@ -22,7 +23,8 @@ from .peft_interop import export_peft, import_peft
 from .version import __version__
 
 __all__ = [
-    "AdapterFileError", "AdapterMismatchError", "Adapters", "CheckpointError", "DataError",
+    "AdapterEMA", "AdapterFileError", "AdapterMismatchError", "Adapters", "CheckpointError",
+    "DataError",
     "LoRAConfig", "LoRALayer", "LoRALinear", "LoraKitError", "S2LoRALinear", "SharedBasis",
     "TargetNotFoundError", "__version__", "adapters_of", "attach", "export_peft",
     "import_peft", "load_adapter", "read_adapter", "save_adapter",
