@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from .errors import LoraKitError
@@ -57,6 +58,9 @@ def run_lightning_cli(plugin: Plugin, argv: list[str]):
     defaults = {cmd: {"default_config_files": [plugin.default_config],
                       "prog": f"lorakit {plugin.name} {cmd}"} for cmd in LIGHTNING_COMMANDS}
     defaults["description"] = f"lorakit {plugin.name}: {plugin.summary}"
+    # lorakit hands LightningCLI its share of the command line on purpose (the plugin name
+    # is ours); Lightning's warning against args and sys.argv together does not apply
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return LightningCLI(module_cls, data_cls, args=argv, parser_kwargs=defaults,
                         save_config_kwargs={"overwrite": True})
 
