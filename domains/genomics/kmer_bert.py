@@ -65,16 +65,26 @@ class KmerBertClassifier(nn.Module):
     carries composition (codon usage), the max lets one strongly coding stretch (an ORF
     among UTRs) speak for the whole transcript, and the count gives back the length that
     cutting into windows hides (length alone reaches AUROC ~0.90 on CPAT's human set).
-    `classifier` (LayerNorm, dropout, linear) is the head LoRA-BERT trains in full.
+    `classifier` is the head LoRA-BERT trains in full: LayerNorm, dropout, then one
+    hidden layer of `head_hidden` units (GELU) before the output, or with `head_hidden`
+    0 a single linear layer. The hidden layer lets the head weigh coding evidence
+    differently by length (a short transcript's one ORF against a long one's several
+    windows), which a linear head on the same features cannot.
     """
 
-    def __init__(self, bert, num_labels: int = 2, dropout: float = 0.1) -> None:
+    def __init__(self, bert, num_labels: int = 2, dropout: float = 0.1,
+                 head_hidden: int = 32) -> None:
         super().__init__()
+        if head_hidden < 0:
+            raise ValueError(f"head_hidden must be >= 0, got {head_hidden}")
         self.bert = bert
         width = 2 * bert.config.hidden_size + 1
         # LayerNorm first: the max half of the features has another scale than the mean half
-        self.classifier = nn.Sequential(nn.LayerNorm(width), nn.Dropout(dropout),
-                                        nn.Linear(width, num_labels))
+        layers: list[nn.Module] = [nn.LayerNorm(width), nn.Dropout(dropout)]
+        if head_hidden:
+            layers += [nn.Linear(width, head_hidden), nn.GELU()]
+        layers.append(nn.Linear(head_hidden or width, num_labels))
+        self.classifier = nn.Sequential(*layers)
 
     @property
     def config(self):
@@ -111,7 +121,7 @@ class KmerBertClassifier(nn.Module):
         return self.classifier(features)
 
 
-def load_classifier(folder, num_labels: int = 2) -> KmerBertClassifier:
+def load_classifier(folder, num_labels: int = 2, head_hidden: int = 32) -> KmerBertClassifier:
     """The encoder of a k-mer BERT folder (any MLM head is dropped) with a new head."""
     from transformers import BertModel
     from transformers.utils import logging as hf_logging
@@ -125,4 +135,4 @@ def load_classifier(folder, num_labels: int = 2) -> KmerBertClassifier:
         raise CheckpointError(f"could not load the BERT in {folder}: {err}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
-    return KmerBertClassifier(bert, num_labels).train()
+    return KmerBertClassifier(bert, num_labels, head_hidden=head_hidden).train()

@@ -1,7 +1,8 @@
 """`LoRABertModule`: LoRA-BERT's training loop (lncRNA vs mRNA from k-mer tokens).
 
     transcript ── k-mers ── windows of max_tokens ── BERT + LoRA(query, value)
-        ── token states of all its windows ── [mean ; max ; log length] ── classifier
+        ── token states of all its windows ── [mean ; max ; log length]
+        ── classifier (LayerNorm, dropout, Linear-GELU-Linear; trained in full)
         ── logits
         ── softmax ── coding probability
 
@@ -78,6 +79,8 @@ class LoRABertModule(AdapterModule):
             reading frames).
         window_batch: windows per forward pass in evaluation and prediction.
         threshold: coding probability at and above which a transcript is called coding.
+        head_hidden: units of the classification head's hidden layer (GELU); 0: a linear
+            head on the pooled features.
         predictions: TSV written by `predict` (CPC2-like columns).
         adapter: a lorakit adapter file (written at the end of `fit` as
             lorabert_adapter.safetensors in the log folder) to start from or predict with.
@@ -89,6 +92,7 @@ class LoRABertModule(AdapterModule):
                  long_mode: LongMode = "windows", max_tokens: int | None = None,
                  window_overlap: int = 0, pooling: Pooling = "tokens",
                  max_train_windows: int = 4, window_batch: int = 64, threshold: float = 0.5,
+                 head_hidden: int = 32,
                  predictions: str = "predictions.tsv", adapter: str | None = None,
                  lr: float = 2e-3,
                  weight_decay: float = 0.01, optimizer: str = "adamw") -> None:
@@ -102,7 +106,9 @@ class LoRABertModule(AdapterModule):
                                    f"got {value!r}")
         folder = Path(pretrained) if pretrained else BASE_DIR
         self.tokenizer = load_tokenizer(folder, stride=stride, frames=frames)
-        self.model = load_classifier(folder, num_labels=2)
+        if head_hidden < 0:
+            raise LoraKitError(f"model.head_hidden must be >= 0, got {head_hidden}")
+        self.model = load_classifier(folder, num_labels=2, head_hidden=head_hidden)
         limit = self.model.config.max_position_embeddings - 2
         self.max_tokens = min(max_tokens or limit, limit)
         if max_tokens and max_tokens > limit:
@@ -258,7 +264,8 @@ class LoRABertModule(AdapterModule):
         path = folder / "lorabert_adapter.safetensors"
         self.adapters.save(path, {"plugin": "lorabert", "step": int(self.global_step),
                                   "long_mode": self.long_mode, "pooling": self.pooling,
-                                  "max_tokens": self.max_tokens})
+                                  "max_tokens": self.max_tokens,
+                                  "head_hidden": self.hparams.head_hidden})
         rank_zero_info(f"lorabert: adapter saved to {path}")
 
     # --- prediction -----------------------------------------------------------------
