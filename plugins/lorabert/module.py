@@ -38,7 +38,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from lorakit.adapter_file import load_adapter
+from lorakit.adapter_file import load_adapter, read_adapter
 from lorakit.config import LoRAConfig
 from lorakit.domains.genomics.features import longest_orf
 from lorakit.domains.genomics.kmer import Window
@@ -83,7 +83,8 @@ class LoRABertModule(AdapterModule):
             head on the pooled features.
         predictions: TSV written by `predict` (CPC2-like columns).
         adapter: a lorakit adapter file (written at the end of `fit` as
-            lorabert_adapter.safetensors in the log folder) to start from or predict with.
+            lorabert_adapter.safetensors in the log folder) to start from or predict with;
+            its head_hidden (in the file's metadata) overrides model.head_hidden.
     """
 
     def __init__(self, pretrained: str | None = None, stride: int | None = None,
@@ -108,6 +109,13 @@ class LoRABertModule(AdapterModule):
         self.tokenizer = load_tokenizer(folder, stride=stride, frames=frames)
         if head_hidden < 0:
             raise LoraKitError(f"model.head_hidden must be >= 0, got {head_hidden}")
+        if adapter:  # the head's shape is the adapter's: it holds the trained head
+            made = read_adapter(adapter)[0].get("extra", {}).get("head_hidden")
+            if made is not None and int(made) != head_hidden:
+                rank_zero_info(f"lorabert: {adapter} holds a head with {made} hidden units; "
+                               f"using model.head_hidden {made}")
+                head_hidden = int(made)
+                self.hparams.head_hidden = head_hidden
         self.model = load_classifier(folder, num_labels=2, head_hidden=head_hidden)
         limit = self.model.config.max_position_embeddings - 2
         self.max_tokens = min(max_tokens or limit, limit)

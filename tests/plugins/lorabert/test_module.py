@@ -50,6 +50,18 @@ def test_head_mode_freezes_the_encoder():
     assert trainable and all(n.startswith("model.classifier.") for n in trainable)
 
 
+def test_the_head_has_one_hidden_layer_unless_head_hidden_is_zero():
+    deep = LoRABertModule(head_hidden=16).model.classifier
+    linears = [m for m in deep if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(257, 16), (16, 2)]
+    assert any(isinstance(m, torch.nn.GELU) for m in deep)
+    flat = LoRABertModule(head_hidden=0).model.classifier
+    assert [(m.in_features, m.out_features) for m in flat
+            if isinstance(m, torch.nn.Linear)] == [(257, 2)]
+    with pytest.raises(LoraKitError, match="model.head_hidden"):
+        LoRABertModule(head_hidden=-1)
+
+
 def test_bad_options_and_folders_are_refused(tmp_path):
     with pytest.raises(LoraKitError, match="model.mode"):
         LoRABertModule(mode="qlora")
@@ -136,6 +148,10 @@ def test_fit_writes_an_adapter_file_that_reproduces_the_model(tmp_path):
     assert np.allclose(predict_probs(m, test), predict_probs(again, test), atol=1e-6)
     with pytest.raises(LoraKitError, match="needs model.mode 'lora'"):
         LoRABertModule(adapter=str(path), mode="full")
+    # the file says which head it holds, so a module asked for another width follows it
+    other_width = LoRABertModule(adapter=str(path), head_hidden=8)
+    assert other_width.hparams.head_hidden == 32
+    assert np.allclose(predict_probs(m, test), predict_probs(other_width, test), atol=1e-6)
 
 
 def codon_base(folder, frames=3):
