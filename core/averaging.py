@@ -74,16 +74,17 @@ class AdapterEMA(pl.Callback):
         return [(s * scale).to(p.dtype) for s, p in zip(self._sum, self._params)]
 
     @torch.no_grad()
+    def _copy_in(self, tensors: list[torch.Tensor]) -> None:
+        for p, t in zip(self._params, tensors):
+            p.copy_(t)
+
     def _swap_in(self) -> None:
         self._raw = [p.detach().clone() for p in self._params]
-        for p, a in zip(self._params, self.averaged()):
-            p.copy_(a)
+        self._copy_in(self.averaged())
 
-    @torch.no_grad()
     def _swap_out(self) -> None:
         if self._raw is not None:
-            for p, r in zip(self._params, self._raw):
-                p.copy_(r)
+            self._copy_in(self._raw)
             self._raw = None
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
@@ -95,9 +96,7 @@ class AdapterEMA(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._swap_out()
-        with torch.no_grad():
-            for p, a in zip(self._params, self.averaged()):
-                p.copy_(a)
+        self._copy_in(self.averaged())
 
     # --- resume: the average travels in the Lightning checkpoint -----------------------
     def state_dict(self) -> dict:
