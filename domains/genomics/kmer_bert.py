@@ -75,8 +75,6 @@ class KmerBertClassifier(nn.Module):
     def __init__(self, bert, num_labels: int = 2, dropout: float = 0.1,
                  head_hidden: int = 32) -> None:
         super().__init__()
-        if head_hidden < 0:
-            raise ValueError(f"head_hidden must be >= 0, got {head_hidden}")
         self.bert = bert
         width = 2 * bert.config.hidden_size + 1
         # LayerNorm first: the max half of the features has another scale than the mean half

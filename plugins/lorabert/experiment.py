@@ -13,7 +13,6 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from lorakit.averaging import AdapterEMA
 from lorakit.domains.genomics.baselines import Baseline
 from lorakit.domains.genomics.metrics import binary_metrics
 
@@ -61,10 +60,8 @@ def predict_probs(module: LoRABertModule, items: list[Transcript],
 
 def run_model(name: str, splits: dict[str, list[Transcript]], out_dir: Path,
               epochs: int = 2, batch_size: int = 8, seed: int = 0,
-              ema_decay: float | None = None, **module_kw) -> dict:
-    """Fit a LoRABertModule (mode etc. in `module_kw`), score it on the test split;
-    `ema_decay`: hand over the moving average of the trained weights (lorakit.AdapterEMA)
-    instead of the last step's."""
+              **module_kw) -> dict:
+    """Fit a LoRABertModule (mode etc. in `module_kw`), score it on the test split."""
     pl.seed_everything(seed, verbose=False)
     module = LoRABertModule(**module_kw)
     trainable = sum(p.numel() for p in module.trainable_parameters())
@@ -73,8 +70,7 @@ def run_model(name: str, splits: dict[str, list[Transcript]], out_dir: Path,
                          enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=False, gradient_clip_val=1.0,
                          default_root_dir=str(out_dir), num_sanity_val_steps=0,
-                         limit_val_batches=0,
-                         callbacks=[AdapterEMA(ema_decay)] if ema_decay is not None else [])
+                         limit_val_batches=0)
     t0 = time.perf_counter()
     trainer.fit(module, _loader(splits["train"], batch_size, True))
     train_s = time.perf_counter() - t0
