@@ -116,3 +116,20 @@ def test_a_resume_with_another_decay_is_refused(tmp_path):
 def test_a_decay_outside_zero_one_is_refused(decay):
     with pytest.raises(lorakit.LoraKitError, match="decay"):
         AdapterEMA(decay)
+
+
+class Frozen(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 2).requires_grad_(False)
+
+    def training_step(self, batch, _):
+        return None
+
+    def configure_optimizers(self):
+        return None
+
+
+def test_a_module_with_nothing_to_average_is_refused(tmp_path):
+    with pytest.raises(lorakit.LoraKitError, match="no trainable parameters to average"):
+        trainer(tmp_path, 1, callbacks=[AdapterEMA()]).fit(Frozen(), loader())
