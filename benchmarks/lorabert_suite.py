@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lorakit.adapter_file import atomic_write
+from lorakit.atomic import atomic_write
 from lorakit.domains.genomics.metrics import paired_bootstrap, plot_roc
 
 SUITE = "lorabert"

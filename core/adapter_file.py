@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .atomic import atomic_write
 from .config import LoRAConfig
 from .errors import AdapterFileError, AdapterMismatchError
 from .inject import Adapters, attach, check_fingerprint
@@ -38,22 +37,6 @@ FORMAT = 1
 def fingerprint_hash(fingerprint: dict[str, list[int]]) -> str:
     text = json.dumps(sorted(fingerprint.items()), separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)`, then rename tmp onto `path`; never leave a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_adapter(adapters: Adapters, path, extra: dict | None = None) -> Path:

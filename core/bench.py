@@ -15,7 +15,7 @@ import os
 import platform
 from pathlib import Path
 
-from .adapter_file import atomic_write
+from .atomic import atomic_write
 from .errors import LoraKitError
 from .registry import bench_suites, resolve
 

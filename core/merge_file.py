@@ -11,7 +11,8 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .adapter_file import atomic_write, read_adapter
+from .adapter_file import read_adapter
+from .atomic import atomic_write
 from .config import LoRAConfig
 from .errors import AdapterFileError, AdapterMismatchError
 

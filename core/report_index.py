@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from .adapter_file import atomic_write
+from .atomic import atomic_write
 
 
 def write_index(out: Path, entries: list[dict]) -> Path:

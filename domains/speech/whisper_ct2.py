@@ -135,7 +135,7 @@ def convert_ct2_whisper(model_bin) -> dict:
 
 def convert_ct2_dir(model_dir, out_path) -> Path:
     """Convert `model_dir/model.bin` and write it as an openai-whisper `.pt` at `out_path`."""
-    from lorakit.adapter_file import atomic_write
+    from lorakit.atomic import atomic_write
 
     model_dir, out_path = Path(model_dir), Path(out_path)
     checkpoint = convert_ct2_whisper(model_dir / "model.bin")

@@ -37,7 +37,8 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lorakit.adapter_file import atomic_write, read_adapter
+from lorakit.adapter_file import read_adapter
+from lorakit.atomic import atomic_write
 from lorakit.errors import AdapterFileError
 from lorakit.peft_interop import PREFIX, export_peft
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lorakit.adapter_file import atomic_write
+from lorakit.atomic import atomic_write
 from lorakit.domains.genomics.metrics import markdown_table, plot_roc
 
 COLUMNS = ["name", "accuracy", "sensitivity", "specificity", "precision", "f1", "mcc",

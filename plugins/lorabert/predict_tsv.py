@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorakit.adapter_file import atomic_write
+from lorakit.atomic import atomic_write
 from lorakit.errors import DataError
 
 COLUMNS = ["#ID", "transcript_length", "ORF_length", "coding_probability", "label",
