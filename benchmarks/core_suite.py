@@ -94,8 +94,8 @@ def time_inference(size: dict, rounds: int, steps: int) -> dict[str, float]:
     adapters = lorakit.attach(merged, lorakit.LoRAConfig(rank=8, alpha=16,
                                                          targets=["*.query", "*.value"]))
     with torch.no_grad():
-        for layer in adapters.layers.values():
-            layer.lora_B.normal_(std=0.02)
+        for variant in adapters.variants().values():
+            variant.lora_B.normal_(std=0.02)
     adapters.merge()
     models = {"base": base, "merged": merged}
     times: dict[str, list[float]] = {k: [] for k in models}

@@ -2,11 +2,15 @@
 
     import lorakit
     cfg = lorakit.LoRAConfig(rank=8, alpha=16, targets=["*.query", "*.value"])
-    adapters = lorakit.attach(model, cfg)
-    adapters.save("a.safetensors")
-    lorakit.load_adapter(other_model, "a.safetensors")
+    adapters = lorakit.attach(model, cfg)                   # adapter "default", active
+    lorakit.attach(model, other_cfg, name="child")          # a second one, inactive
+    adapters.set_active({"default": 1.0, "child": 0.5})     # or one name, or None
+    with adapters.route(torch.tensor([0, 1, -1])):          # one adapter per batch row
+        model(x)
+    adapters.save("a.safetensors", name="default")
+    lorakit.load_adapter(other_model, "a.safetensors", name="default")
 """
-from .adapter_file import load_adapter, read_adapter, save_adapter
+from .adapter_file import read_adapter, save_adapter
 from .averaging import AdapterEMA
 from .config import LoRAConfig
 from .errors import (
@@ -17,15 +21,17 @@ from .errors import (
                      LoraKitError,
                      TargetNotFoundError,
 )
-from .inject import Adapters, adapters_of, attach
-from .layers import LoRALayer, LoRALinear, S2LoRALinear, SharedBasis
+from .inject import Adapters, adapters_of, attach, load_adapter
+from .kinds import KINDS, LayerKind
+from .layers import LoRALayer
 from .peft_interop import export_peft, import_peft
+from .variants import VARIANTS, LoRA, S2LoRA, SharedBasis, Variant
 from .version import __version__
 
 __all__ = [
-    "AdapterEMA", "AdapterFileError", "AdapterMismatchError", "Adapters", "CheckpointError",
-    "DataError",
-    "LoRAConfig", "LoRALayer", "LoRALinear", "LoraKitError", "S2LoRALinear", "SharedBasis",
-    "TargetNotFoundError", "__version__", "adapters_of", "attach", "export_peft",
-    "import_peft", "load_adapter", "read_adapter", "save_adapter",
+    "KINDS", "VARIANTS", "AdapterEMA", "AdapterFileError", "AdapterMismatchError", "Adapters",
+    "CheckpointError", "DataError", "LayerKind", "LoRA", "LoRAConfig", "LoRALayer",
+    "LoraKitError", "S2LoRA", "SharedBasis", "TargetNotFoundError", "Variant", "__version__",
+    "adapters_of", "attach", "export_peft", "import_peft", "load_adapter", "read_adapter",
+    "save_adapter",
 ]

@@ -1,15 +1,22 @@
-"""The adapter file: one `.safetensors` file, its metadata in the header.
+"""The adapter file: one `.safetensors` file per adapter, its metadata in the header.
 
     header["lorakit"] = JSON {
-        "format": 1, "version": <lorakit version>,
+        "format": 2, "version": <lorakit version>, "name": <adapter name>,
         "config": {method, rank, alpha, dropout, rslora, init, targets, modules_to_save},
-        "fingerprint": {<module path>: [out, in], <module.param>: [shape...]},
+        "fingerprint": {<module path>: [base weight shape], <module.param>: [shape...]},
         "fingerprint_sha256": <hash of the above>,
+        "kinds": {<module path>: "linear" | "conv1d" | "conv2d" | "embedding"},
         "extra": {...}            # whatever a plugin adds (base model name, steps, ...)
     }
-    tensors:  <path>.lora_A (r × in), <path>.lora_B (out × r)      plain LoRA
+    tensors:  the method's own keys (`Variant.file_keys`), e.g.
+              <path>.lora_A (r × in), <path>.lora_B (out × r)      plain LoRA
               shared.<in>x<out>.lora_A / .lora_B, <path>.lora_lambda (r)   S2-LoRA
               <path>.<name>                                          modules_to_save
+
+A's `in` and B's `out` are those of ΔW as a matrix (`lorakit.kinds`): a Linear's
+in/out features, a Conv2d's in·k·k and out channels, an Embedding's table size and
+width. Format 1 (lorakit 0.1) had no `kinds` and no `name`: every module was a Linear.
+A file of a newer format than this lorakit reads is refused, naming both.
 
 safetensors stores raw tensors and a JSON header, so nothing is ever unpickled.
 Writes go to a temporary file in the same folder and are renamed into place, so a
@@ -27,11 +34,12 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_write
 from .config import LoRAConfig
-from .errors import AdapterFileError, AdapterMismatchError
-from .inject import Adapters, attach, check_fingerprint
+from .errors import AdapterFileError, LoraKitError
+from .kinds import kind_named
+from .variants import variant_named
 from .version import __version__
 
-FORMAT = 1
+FORMAT = 2
 
 
 def fingerprint_hash(fingerprint: dict[str, list[int]]) -> str:
@@ -39,18 +47,30 @@ def fingerprint_hash(fingerprint: dict[str, list[int]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def save_adapter(adapters: Adapters, path, extra: dict | None = None) -> Path:
-    path = Path(path)
-    fp = adapters.fingerprint()
-    meta = {"format": FORMAT, "version": __version__, "config": adapters.config.to_dict(),
-            "fingerprint": fp, "fingerprint_sha256": fingerprint_hash(fp), "extra": extra or {}}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in adapters.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"lorakit": json.dumps(meta)}))
-    return path
+def payload(adapters, name: str | None = None,
+            extra: dict | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of adapter `name` on a handle, exactly as its file holds them."""
+    name = adapters._one(name)
+    fp = adapters.fingerprint(name)
+    meta = {"format": FORMAT, "version": __version__, "name": name,
+            "config": adapters.configs[name].to_dict(), "fingerprint": fp,
+            "fingerprint_sha256": fingerprint_hash(fp), "kinds": adapters.kinds(name),
+            "extra": extra or {}}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in adapters.state_dict(name).items()}
+    return meta, tensors
+
+
+def save_adapter(adapters, path, extra: dict | None = None, name: str | None = None) -> Path:
+    meta, tensors = payload(adapters, name, extra)
+    return atomic_write(Path(path), lambda tmp: save_file(
+        tensors, tmp, metadata={"lorakit": json.dumps(meta)}))
 
 
 def read_adapter(path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(metadata, tensors) of an adapter file, or an `AdapterFileError` that says why not."""
+    """(metadata, tensors) of an adapter file, or an `AdapterFileError` that says why not.
+
+    The metadata always has `kinds` and `name` (filled in for a format-1 file).
+    """
     path = Path(path)
     if not path.is_file():
         raise AdapterFileError(f"adapter file {path} does not exist")
@@ -69,36 +89,48 @@ def read_adapter(path) -> tuple[dict, dict[str, torch.Tensor]]:
             "adapter, use lorakit.import_peft on its folder (adapter_config.json beside it).")
     try:
         meta = json.loads(header["lorakit"])
-        LoRAConfig.from_dict(meta["config"])
+        fmt = int(meta["format"])
+        config = meta["config"]
         fp = meta["fingerprint"]
     except (ValueError, KeyError, TypeError) as err:
         raise AdapterFileError(f"{path} has damaged lorakit metadata ({err})") from None
+    if fmt > FORMAT:
+        raise AdapterFileError(
+            f"{path} is adapter format {fmt}, written by lorakit {meta.get('version', '?')}; "
+            f"this lorakit {__version__} reads formats up to {FORMAT}. Upgrade lorakit to "
+            "load it.")
     if meta.get("fingerprint_sha256") != fingerprint_hash(fp):
         raise AdapterFileError(f"{path}: the base-model fingerprint in its metadata does not "
                                "match its checksum; the file was edited or damaged")
+    try:
+        cls = variant_named(LoRAConfig.from_dict(config).method, source=str(path))
+        if fmt == 1:   # every adapted module was a Linear; its keys tell them from saved ones
+            meta["kinds"] = {p: "linear" for p in fp if f"{p}.lora_A" in tensors
+                             or f"{p}.lora_lambda" in tensors}
+            meta["name"] = "default"
+        for p, kind in meta["kinds"].items():
+            missing = [k for k in cls.file_keys(p, kind_named(kind, str(path)), fp[p])
+                       if k not in tensors]
+            if missing:
+                raise AdapterFileError(f"{path} lacks tensor {missing[0]!r} of module {p!r}; "
+                                       "the file is damaged")
+    except AdapterFileError:
+        raise
+    except LoraKitError as err:
+        raise AdapterFileError(f"{path}: {err}") from None
+    except (KeyError, TypeError) as err:
+        raise AdapterFileError(f"{path} has damaged lorakit metadata ({err})") from None
     return meta, tensors
 
 
-def load_adapter(model: torch.nn.Module, path) -> Adapters:
-    """Attach the adapters a file describes to `model` and load their weights.
+def layer_entries(meta: dict):
+    """(path, kind class, weight shape) of every adapted module a file describes."""
+    for path, kind in meta["kinds"].items():
+        yield path, kind_named(kind), meta["fingerprint"][path]
 
-    Refuses (AdapterMismatchError) a file made for another base, naming the first
-    module that differs.
-    """
-    meta, tensors = read_adapter(path)
-    check_fingerprint(model, meta["fingerprint"], source=f"adapter {path}")
-    config = LoRAConfig.from_dict(meta["config"])
-    adapters = attach(model, config)
-    if set(adapters.fingerprint()) != set(meta["fingerprint"]):
-        extra = sorted(set(adapters.fingerprint()) - set(meta["fingerprint"]))
-        adapters.detach()
-        raise AdapterMismatchError(
-            f"adapter {path}: its target patterns match more modules in this model than in "
-            f"the base it was made for (e.g. {extra[:3]}); load it onto the model it was "
-            "trained on")
-    try:
-        adapters.load_state_dict(tensors, source=f"adapter {path}")
-    except Exception:
-        adapters.detach()
-        raise
-    return adapters
+
+def saved_keys(meta: dict, tensors: dict) -> list[str]:
+    """Keys of the modules_to_save tensors: every key no adapted module claims."""
+    cls = variant_named(meta["config"]["method"])
+    claimed = {k for p, kind, shape in layer_entries(meta) for k in cls.file_keys(p, kind, shape)}
+    return [k for k in tensors if k not in claimed]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from .errors import LoraKitError
 
@@ -44,12 +44,12 @@ class LoRAConfig:
             raise LoraKitError(f"LoRAConfig.rank must be >= 1, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
             raise LoraKitError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout}")
-        if self.method not in ("lora", "s2lora"):
-            raise LoraKitError(
-                f"LoRAConfig.method must be 'lora' or 's2lora', got {self.method!r}")
-        if self.init not in ("kaiming", "gaussian"):
-            raise LoraKitError(
-                f"LoRAConfig.init must be 'kaiming' or 'gaussian', got {self.init!r}")
+        if self.method not in get_args(Method):
+            raise LoraKitError(f"LoRAConfig.method must be one of {list(get_args(Method))}, "
+                               f"got {self.method!r}")
+        if self.init not in get_args(Init):
+            raise LoraKitError(f"LoRAConfig.init must be one of {list(get_args(Init))}, "
+                               f"got {self.init!r}")
         if isinstance(self.targets, str):
             self.targets = [self.targets]
         if not self.targets:
@@ -66,5 +66,11 @@ class LoRAConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> LoRAConfig:
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
+        """The config a dict describes; a key this lorakit does not know is refused, by name
+        (dropping it would load the adapter with a setting silently lost)."""
+        unknown = [k for k in data if k not in cls.__dataclass_fields__]
+        if unknown:
+            raise LoraKitError(f"unknown adapter config key {unknown[0]!r} (known: "
+                               f"{', '.join(cls.__dataclass_fields__)}); it was written by "
+                               "another lorakit version or edited")
+        return cls(**data)

@@ -1,22 +1,35 @@
-"""`attach`: put adapters into any `nn.Module`, and the `Adapters` handle that manages them.
+"""`attach`: put named adapters into any `nn.Module`, and the `Adapters` handle that manages them.
 
-The model is changed from the outside only: each matched `nn.Linear` (or subclass)
-is replaced in its parent by a layer that holds it as `.base`; `detach()` puts the
-original modules back. Which parameters are adapters is never guessed from names:
-the handle knows its layers (torchtune's `adapter_params()` idea).
+The model is changed from the outside only: each matched module (an `nn.Linear` or
+subclass, GPT-2's `Conv1D`, an `nn.Conv2d`, an `nn.Embedding`) is replaced in its
+parent by a `LoRALayer` that holds it as `.base`; `detach()` puts the originals back.
+Several adapters, each with its own name, method, rank and targets, live on one
+model; any subset is active (with weights), each merges on its own, and `route`
+gives every row of a batch its own adapter in one pass. Which parameters are
+adapters is never guessed from names: the handle knows its layers (torchtune's
+`adapter_params()` idea), and every method-specific step goes through the variant
+protocol (`lorakit.variants`).
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
 
+from .adapter_file import read_adapter, save_adapter
 from .config import LoRAConfig
 from .errors import AdapterMismatchError, LoraKitError, TargetNotFoundError
-from .layers import LoRALayer, LoRALinear, S2LoRALinear, SharedBasis, adapter_dtype
+from .kinds import KINDS, kind_of
+from .layers import LoRALayer, variant_layers
+from .variants import Variant, adapter_dtype, variant_named
+
+DEFAULT = "default"
+_HANDLES: weakref.WeakKeyDictionary[nn.Module, Adapters] = weakref.WeakKeyDictionary()
 
 
 def matches(path: str, pattern: str) -> bool:
@@ -32,33 +45,50 @@ def _set_child(model: nn.Module, path: str, child: nn.Module) -> None:
     setattr(parent, name, child)
 
 
-def _describe(module: nn.Module) -> str:
-    if isinstance(module, nn.Linear):
-        return f"Linear(in={module.in_features}, out={module.out_features})"
-    return type(module).__name__
+def describe(module: nn.Module) -> str:
+    if isinstance(module, LoRALayer):
+        module = module.base
+    kind = kind_of(module)
+    return kind.describe_shape(module.weight.shape) if kind else type(module).__name__
 
 
-def find_targets(model: nn.Module, patterns: list[str]) -> dict[str, nn.Linear]:
-    """The `nn.Linear` modules whose paths match any pattern, or a clear error."""
-    linears = {p: m for p, m in model.named_modules() if isinstance(m, nn.Linear)}
-    found: dict[str, nn.Linear] = {}
+def adaptable_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Path -> module for every module lorakit can adapt (a `LoRALayer` stands for its base)."""
+    found: dict[str, nn.Module] = {}
+    inside: list[str] = []
+    for path, module in model.named_modules():
+        if any(path.startswith(q) for q in inside):
+            continue
+        if isinstance(module, LoRALayer):
+            found[path] = module
+            inside.append(path + ".")
+        elif path and kind_of(module) is not None:
+            found[path] = module
+    return found
+
+
+def find_targets(model: nn.Module, patterns: list[str]) -> dict[str, nn.Module]:
+    """The adaptable modules whose paths match any pattern, in model order, or a clear error."""
+    adaptable = adaptable_modules(model)
+    found: dict[str, nn.Module] = {}
+    kinds = "nn.Linear (and subclasses), GPT-2's Conv1D, nn.Conv2d and nn.Embedding"
     for pattern in patterns:
-        hits = {p: m for p, m in linears.items() if matches(p, pattern)}
+        hits = {p: m for p, m in adaptable.items() if matches(p, pattern)}
         if not hits:
             others = [p for p, _ in model.named_modules() if p and matches(p, pattern)]
             if others:
-                kinds = ", ".join(f"{p} ({_describe(model.get_submodule(p))})" for p in others[:4])
+                names = ", ".join(f"{p} ({describe(model.get_submodule(p))})" for p in others[:4])
                 raise TargetNotFoundError(
-                    f"target pattern {pattern!r} matched no nn.Linear, only: {kinds}. "
-                    "lorakit adapts nn.Linear modules (and subclasses); point the pattern "
-                    "at the Linear layers inside them.")
-            examples = ", ".join(list(linears)[:8]) or "(the model has no nn.Linear)"
+                    f"target pattern {pattern!r} matched no module lorakit can adapt, only: "
+                    f"{names}. lorakit adapts {kinds}; point the pattern at those layers "
+                    "inside them.")
+            examples = ", ".join(list(adaptable)[:8]) or "(the model has none)"
             raise TargetNotFoundError(
                 f"target pattern {pattern!r} matched no module of {type(model).__name__}. "
-                f"Linear modules that do exist: {examples}"
-                + (" ..." if len(linears) > 8 else ""))
+                f"Adaptable modules that do exist: {examples}"
+                + (" ..." if len(adaptable) > 8 else ""))
         found.update(hits)
-    order = {p: i for i, p in enumerate(linears)}
+    order = {p: i for i, p in enumerate(adaptable)}
     return dict(sorted(found.items(), key=lambda kv: order[kv[0]]))
 
 
@@ -73,82 +103,332 @@ def find_modules(model: nn.Module, patterns: list[str]) -> dict[str, nn.Module]:
                 f"modules_to_save pattern {pattern!r} matched no module; top-level modules: "
                 f"{names}")
         found.update(hits)
-    outer = {p: m for p, m in found.items()
-             if not any(p.startswith(q + ".") for q in found if q != p)}
-    return outer
+    return {p: m for p, m in found.items()
+            if not any(p.startswith(q + ".") for q in found if q != p)}
+
+
+@dataclass
+class _Named:
+    """What the handle keeps per adapter besides its variants: config and saved modules."""
+    config: LoRAConfig
+    saved: dict[str, nn.Module]
+
+
+ActiveSpec = str | Sequence[str] | Mapping[str, float] | None
 
 
 class Adapters:
-    """The handle `attach` returns: list, save, load, merge, disable and detach adapters."""
+    """The handle of a model's adapters: add, list, activate, route, save, merge, delete."""
 
-    def __init__(self, model: nn.Module, config: LoRAConfig, layers: dict[str, LoRALayer],
-                 saved: dict[str, nn.Module], requires_grad_before: dict[int, bool]) -> None:
+    def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.config = config
-        self.layers = layers
-        self.saved = saved
-        self._requires_grad_before = requires_grad_before
+        self.layers: dict[str, LoRALayer] = {}
+        self.named: dict[str, _Named] = {}
+        self._active: dict[str, float] = {}
+        self._requires_grad_before = {id(p): p.requires_grad for p in model.parameters()}
 
-    # --- what is an adapter -------------------------------------------------------
+    # --- names and configs --------------------------------------------------------------
     @property
-    def bases(self) -> dict[str, SharedBasis]:
-        """The shared A/B of S2-LoRA, keyed 'shared.<in>x<out>'."""
-        out: dict[str, SharedBasis] = {}
+    def names(self) -> list[str]:
+        """Adapter names in the order they were attached (the order `route` ids index)."""
+        return list(self.named)
+
+    def _one(self, name: str | None) -> str:
+        if name is None:
+            if len(self.named) == 1:
+                return next(iter(self.named))
+            raise LoraKitError(f"this model carries adapters {self.names}: name the one you mean")
+        if name not in self.named:
+            raise LoraKitError(f"no adapter named {name!r} on this model; it has {self.names}")
+        return name
+
+    @property
+    def configs(self) -> dict[str, LoRAConfig]:
+        return {n: a.config for n, a in self.named.items()}
+
+    @property
+    def config(self) -> LoRAConfig:
+        """The config of the model's only adapter (see `configs` when there are several)."""
+        return self.named[self._one(None)].config
+
+    @property
+    def saved(self) -> dict[str, nn.Module]:
+        return {p: m for a in self.named.values() for p, m in a.saved.items()}
+
+    def variants(self, name: str | None = None) -> dict[str, Variant]:
+        """Module path -> adapter `name`'s variant, for every module it adapts."""
+        return variant_layers(self.layers, self._one(name))
+
+    # --- adding and deleting ------------------------------------------------------------
+    def add(self, config: LoRAConfig, name: str = DEFAULT) -> Adapters:
+        if not name or "." in name or "/" in name:
+            raise LoraKitError(f"adapter name {name!r}: use a non-empty name without '.' or '/'")
+        if name in self.named:
+            raise LoraKitError(f"this model already has an adapter named {name!r}; delete() it "
+                               "or attach under another name")
+        cls = variant_named(config.method, source=f"adapter {name!r}")
+        targets = find_targets(self.model, config.targets)
+        saved = find_modules(self.model, config.modules_to_save) if config.modules_to_save else {}
+        clash = [p for p in targets if any(p == s or p.startswith(s + ".") for s in saved)]
+        if clash:
+            raise LoraKitError(f"module {clash[0]!r} is both an adapter target and in "
+                               "modules_to_save; choose one")
+        taken = {p: n for n, a in self.named.items() for p in a.saved}
+        for path in saved:
+            if path in taken:
+                raise LoraKitError(f"module {path!r} is already trained in full by adapter "
+                                   f"{taken[path]!r}; two adapters cannot both save it")
+        first = not self.named
+        if first:
+            self.model.requires_grad_(False)
+        shared: dict[str, nn.Module] = {}
+        for path, module in targets.items():
+            layer = module if isinstance(module, LoRALayer) else self._wrap(path, module)
+            base_weight = layer.base.weight
+            key = cls.shared_key(layer.kind)
+            if key is not None and key not in shared:
+                shared[key] = cls.make_shared(layer.kind, config, adapter_dtype(base_weight),
+                                              base_weight.device)
+            variant = cls(layer.kind, config, adapter_dtype(base_weight), base_weight.device,
+                          shared.get(key) if key is not None else None)
+            layer.variants[name] = variant.train(layer.base.training)
+        for module in saved.values():
+            module.requires_grad_(True)
+        self.named[name] = _Named(config, saved)
+        if first:
+            self.set_active(name)
+        return self
+
+    def _wrap(self, path: str, module: nn.Module) -> LoRALayer:
+        layer = LoRALayer(module, kind_of(module)(module))
+        layer.train(module.training)
+        _set_child(self.model, path, layer)
+        order = list(adaptable_modules(self.model))
+        self.layers[path] = layer
+        self.layers = dict(sorted(self.layers.items(), key=lambda kv: order.index(kv[0])))
+        return layer
+
+    def delete(self, name: str) -> None:
+        """Remove adapter `name`; layers left without adapters get their base module back."""
+        name = self._one(name)
+        self.unmerge(name)
+        for path, layer in list(self.layers.items()):
+            if name in layer.variants:
+                del layer.variants[name]
+                layer.active.pop(name, None)
+                if not len(layer.variants):
+                    _set_child(self.model, path, layer.base)
+                    del self.layers[path]
+        for module in self.named[name].saved.values():
+            for p in module.parameters():
+                p.requires_grad_(self._requires_grad_before.get(id(p), False))
+        del self.named[name]
+        self._active.pop(name, None)
+        if not self.named:
+            self._forget()
+
+    def _forget(self) -> None:
+        for p in self.model.parameters():
+            p.requires_grad_(self._requires_grad_before.get(id(p), p.requires_grad))
+        _HANDLES.pop(self.model, None)
+
+    def detach(self, merge: bool = False) -> nn.Module:
+        """Remove every adapter (folding the active ones into the base weights if `merge`)."""
+        if merge:
+            self.merge()
         for layer in self.layers.values():
-            if isinstance(layer, S2LoRALinear):
-                out[f"shared.{layer.in_features}x{layer.out_features}"] = layer.basis
-        return out
-
-    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """Every trainable tensor under the key it has in the adapter file."""
-        for key, basis in self.bases.items():
-            yield f"{key}.lora_A", basis.lora_A
-            yield f"{key}.lora_B", basis.lora_B
+            if not merge:
+                for name in list(layer.merged):
+                    layer.unmerge(name)
         for path, layer in self.layers.items():
-            if isinstance(layer, LoRALinear):
-                yield f"{path}.lora_A", layer.lora_A
-                yield f"{path}.lora_B", layer.lora_B
-            else:
-                yield f"{path}.lora_lambda", layer.lora_lambda
-        for path, module in self.saved.items():
-            for name, p in module.named_parameters():
-                yield f"{path}.{name}", p
+            _set_child(self.model, path, layer.base)
+        self.layers, self.named, self._active = {}, {}, {}
+        self._forget()
+        return self.model
 
-    def parameters(self) -> Iterator[nn.Parameter]:
-        for _, p in self.named_parameters():
-            yield p
+    # --- which adapters act -------------------------------------------------------------
+    @property
+    def active(self) -> dict[str, float]:
+        """Active adapter names and their weights."""
+        return dict(self._active)
+
+    def set_active(self, spec: ActiveSpec) -> None:
+        """One name, several names (weight 1 each), {name: weight}, or None for none."""
+        if spec is None:
+            active: dict[str, float] = {}
+        elif isinstance(spec, str):
+            active = {spec: 1.0}
+        elif isinstance(spec, Mapping):
+            active = {n: float(w) for n, w in spec.items()}
+        else:
+            active = {n: 1.0 for n in spec}
+        for n in active:
+            self._one(n)
+        for layer in self.layers.values():
+            for n, w in layer.merged.items():
+                if active.get(n) != w:
+                    raise LoraKitError(f"adapter {n!r} is merged into the base weights with "
+                                       f"weight {w:g}; unmerge({n!r}) before changing it")
+        self._active = active
+        for layer in self.layers.values():
+            layer.active = {n: w for n, w in active.items() if n in layer.variants}
+
+    @contextlib.contextmanager
+    def activated(self, spec: ActiveSpec):
+        """`set_active(spec)` inside the block, the previous choice after it."""
+        before = self.active
+        self.set_active(spec)
+        try:
+            yield self.model
+        finally:
+            self.set_active(before)
+
+    def set_enabled(self, enabled: bool) -> None:
+        if not enabled and self.merged:
+            raise LoraKitError("adapters are merged into the base weights; unmerge() before "
+                               "disabling them, or use `with adapters.disabled():`")
+        for layer in self.layers.values():
+            layer.enabled = enabled
+
+    @contextlib.contextmanager
+    def disabled(self):
+        """The frozen base model inside the block, without copying it."""
+        merged = {p: dict(layer.merged) for p, layer in self.layers.items()}
+        for layer in self.layers.values():
+            for name in list(layer.merged):
+                layer.unmerge(name)
+        states = {p: layer.enabled for p, layer in self.layers.items()}
+        self.set_enabled(False)
+        try:
+            yield self.model
+        finally:
+            for p, layer in self.layers.items():
+                layer.enabled = states[p]
+                for name, weight in merged[p].items():
+                    layer.merge(name, weight)
+
+    @contextlib.contextmanager
+    def route(self, ids):
+        """Each row of the batch uses its own adapter, in one pass (Punica's BGMV idea).
+
+        `ids`: one entry per row, an index into `names` or a name, -1 or None for the
+        bare base. Inside the block the model's forward gathers each row's A and B from
+        stacked tensors (padded to the largest rank) and runs two batched matmuls; the
+        active set is ignored. Without autograd the stacks are built once for the block.
+        """
+        names = self.names
+        index = self._route_index(ids, names)
+        if self.merged:
+            raise LoraKitError("unmerge() before a routed forward: merged adapters would act "
+                               "on every row")
+        build = not torch.is_grad_enabled()
+        try:
+            for path, layer in self.layers.items():
+                if not layer.kind.routable:
+                    raise LoraKitError(f"module {path!r} is a {layer.kind.describe()}: "
+                                       "mixed-adapter batches work on Linear, Conv1D and "
+                                       "Embedding layers")
+                with torch.no_grad():
+                    stacks = layer.stacks(names) if build else None
+                layer.routing = (index.to(layer.base.weight.device), names, stacks)
+            yield self.model
+        finally:
+            for layer in self.layers.values():
+                layer.routing = None
+
+    @staticmethod
+    def _route_index(ids, names: list[str]) -> torch.Tensor:
+        if isinstance(ids, torch.Tensor):
+            index = ids.long().flatten().clone()
+        else:
+            lookup = {n: i for i, n in enumerate(names)}
+            try:
+                index = torch.tensor([-1 if i is None else lookup[i] if isinstance(i, str)
+                                      else int(i) for i in ids], dtype=torch.long)
+            except KeyError as err:
+                raise LoraKitError(f"route: no adapter named {err.args[0]!r}; this model has "
+                                   f"{names}") from None
+        bad = index[(index < -1) | (index >= len(names))]
+        if len(bad):
+            raise LoraKitError(f"route: adapter id {int(bad[0])} is out of range; ids are "
+                               f"0..{len(names) - 1} for {names}, or -1 for the bare base")
+        index[index == -1] = len(names)
+        return index
+
+    # --- what is trainable --------------------------------------------------------------
+    def named_parameters(self, name: str | None = None) -> Iterator[tuple[str, nn.Parameter]]:
+        """Adapter `name`'s trainable tensors under the keys they have in its file."""
+        name = self._one(name)
+        variants = self.variants(name)
+        seen: set[str] = set()
+        for variant in variants.values():
+            for key, p in variant.shared_tensors().items():
+                if key not in seen:
+                    seen.add(key)
+                    yield key, p
+        for path, variant in variants.items():
+            for n, p in variant.own_tensors().items():
+                yield f"{path}.{n}", p
+        for path, module in self.named[name].saved.items():
+            for n, p in module.named_parameters():
+                yield f"{path}.{n}", p
+
+    def parameters(self, name: str | None = None) -> Iterator[nn.Parameter]:
+        """One adapter's tensors, or every adapter's when `name` is None."""
+        names = self.names if name is None else [self._one(name)]
+        seen: set[int] = set()
+        for n in names:
+            for _, p in self.named_parameters(n):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    yield p
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by kind, for optimizers that treat them differently."""
-        groups: dict[str, list[nn.Parameter]] = {"lora": [], "lambda": [], "full": []}
-        for key, p in self.named_parameters():
-            kind = ("lambda" if key.endswith(".lora_lambda")
-                    else "lora" if key.endswith((".lora_A", ".lora_B")) else "full")
-            groups[kind].append(p)
-        return {k: v for k, v in groups.items() if v}
+        """Every adapter's parameters by kind ('lora', 'lambda', 'full'), for the optimizer."""
+        groups: dict[str, list[nn.Parameter]] = {}
+        seen: set[int] = set()
 
-    def trainable_count(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        def put(kind: str, p: nn.Parameter) -> None:
+            if id(p) not in seen:
+                seen.add(id(p))
+                groups.setdefault(kind, []).append(p)
+        for name, named in self.named.items():
+            for variant in self.variants(name).values():
+                for p in variant.shared_tensors().values():
+                    put("lora", p)
+                for n, p in variant.own_tensors().items():
+                    put(variant.param_kinds.get(n, "lora"), p)
+            for module in named.saved.values():
+                for p in module.parameters():
+                    put("full", p)
+        return groups
+
+    def trainable_count(self, name: str | None = None) -> int:
+        return sum(p.numel() for p in self.parameters(name))
 
     def total_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    # --- state --------------------------------------------------------------------
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        state = {k: p.detach() for k, p in self.named_parameters()}
-        for path, module in self.saved.items():
-            for name, b in module.named_buffers():
-                state[f"{path}.{name}"] = b.detach()
+    # --- state --------------------------------------------------------------------------
+    def state_dict(self, name: str | None = None) -> dict[str, torch.Tensor]:
+        name = self._one(name)
+        state = {k: p.detach() for k, p in self.named_parameters(name)}
+        for path, module in self.named[name].saved.items():
+            for n, b in module.named_buffers():
+                state[f"{path}.{n}"] = b.detach()
         return state
 
     @torch.no_grad()
-    def load_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
-        """Copy tensors in; S2-LoRA bases shrink to a pruned file's rank first."""
-        for key, basis in self.bases.items():
-            a = state.get(f"{key}.lora_A")
-            if a is not None and a.shape[0] != basis.rank:
-                self._resize(key, a.shape[0])
-        own = self.state_dict()
+    def load_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict",
+                        name: str | None = None) -> None:
+        """Copy tensors in; a variant first fits itself to the file's shapes (a pruned rank)."""
+        name = self._one(name)
+        by_method: dict[type, list[Variant]] = {}
+        for variant in self.variants(name).values():
+            by_method.setdefault(type(variant), []).append(variant)
+        for cls, members in by_method.items():
+            cls.fit_to_state(members, state)
+        own = self.state_dict(name)
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if missing or unexpected:
@@ -165,168 +445,113 @@ class Adapters:
                     f"the model needs {tuple(target.shape)} (another rank or base model?)")
             target.copy_(value.to(target.dtype))
 
-    def _resize(self, key: str, rank: int) -> None:
-        for layer in self.layers.values():
-            if isinstance(layer, S2LoRALinear) and \
-                    f"shared.{layer.in_features}x{layer.out_features}" == key:
-                basis = layer.basis
-                break
-        basis.lora_A = nn.Parameter(basis.lora_A.data[:rank].clone())
-        basis.lora_B = nn.Parameter(basis.lora_B.data[:, :rank].clone())
-        for layer in self.layers.values():
-            if isinstance(layer, S2LoRALinear) and layer.basis is basis:
-                layer.lora_lambda = nn.Parameter(layer.lora_lambda.data[:rank].clone())
-
-    def fingerprint(self) -> dict[str, list[int]]:
-        """Names and shapes of the adapted weights: what an adapter file is checked against."""
-        fp = {p: [layer.out_features, layer.in_features] for p, layer in self.layers.items()}
-        for path, module in self.saved.items():
-            for name, p in module.named_parameters():
-                fp[f"{path}.{name}"] = list(p.shape)
+    def fingerprint(self, name: str | None = None) -> dict[str, list[int]]:
+        """Names and weight shapes of what adapter `name` adapts: what its file is checked
+        against (a Linear's [out, in], a Conv1D's [in, out], an Embedding's [num, dim])."""
+        name = self._one(name)
+        fp = {p: list(layer.base.weight.shape) for p, layer in self.layers.items()
+              if name in layer.variants}
+        for path, module in self.named[name].saved.items():
+            for n, p in module.named_parameters():
+                fp[f"{path}.{n}"] = list(p.shape)
         return fp
 
-    def save(self, path, metadata: dict | None = None) -> None:
-        from .adapter_file import save_adapter
-        save_adapter(self, path, metadata)
+    def kinds(self, name: str | None = None) -> dict[str, str]:
+        name = self._one(name)
+        return {p: layer.kind.name for p, layer in self.layers.items() if name in layer.variants}
 
-    # --- merge, switch, detach ----------------------------------------------------
+    def save(self, path, metadata: dict | None = None, name: str | None = None):
+        return save_adapter(self, path, metadata, name=name)
+
+    # --- merging ------------------------------------------------------------------------
     @property
     def merged(self) -> bool:
         return any(layer.merged for layer in self.layers.values())
 
-    def merge(self) -> None:
-        """Fold ΔW into the base weights: inference at the base model's cost."""
+    def merge(self, name: str | None = None) -> None:
+        """Fold adapter `name` (default: every active one) into the base weights, with its
+        active weight: inference at the base model's cost."""
+        names = list(self._active) if name is None else [self._one(name)]
+        for n in names:
+            if n not in self._active:
+                raise LoraKitError(f"adapter {n!r} is not active; set_active it before merging")
+            for layer in self.layers.values():
+                if n in layer.variants:
+                    layer.merge(n, self._active[n])
+
+    def unmerge(self, name: str | None = None) -> None:
+        names = self.names if name is None else [self._one(name)]
         for layer in self.layers.values():
-            layer.merge()
+            for n in names:
+                layer.unmerge(n)
 
-    def unmerge(self) -> None:
-        for layer in self.layers.values():
-            layer.unmerge()
-
-    def set_enabled(self, enabled: bool) -> None:
-        if not enabled and self.merged:
-            raise LoraKitError("adapters are merged into the base weights; unmerge() before "
-                               "disabling them, or use `with adapters.disabled():`")
-        for layer in self.layers.values():
-            layer.enabled = enabled
-
-    @contextlib.contextmanager
-    def disabled(self):
-        """The frozen base model inside the block, without copying it."""
-        was_merged = self.merged
-        if was_merged:
-            self.unmerge()
-        states = {p: layer.enabled for p, layer in self.layers.items()}
-        self.set_enabled(False)
-        try:
-            yield self.model
-        finally:
-            for p, layer in self.layers.items():
-                layer.enabled = states[p]
-            if was_merged:
-                self.merge()
-
-    def detach(self, merge: bool = False) -> nn.Module:
-        """Put the original modules back (with ΔW folded in if `merge`); returns the model."""
-        if merge:
-            self.merge()
-        else:
-            self.unmerge()
-        for path, layer in self.layers.items():
-            _set_child(self.model, path, layer.base)
-        for p in self.model.parameters():
-            p.requires_grad_(self._requires_grad_before.get(id(p), p.requires_grad))
-        self.layers = {}
-        self.saved = {}
-        return self.model
-
-    # --- S2-LoRA sparsity ---------------------------------------------------------
-    def _s2_layers(self) -> dict[str, S2LoRALinear]:
-        return {p: layer_ for p, layer_ in self.layers.items() if isinstance(layer_, S2LoRALinear)}
-
+    # --- method-specific terms, through the protocol ------------------------------------
     def l1_penalty(self) -> torch.Tensor:
-        """Σ|λ| over every S2-LoRA matrix (zero for plain LoRA), to add to the loss."""
-        terms = [layer_.lora_lambda.abs().sum() for layer_ in self._s2_layers().values()]
-        if not terms:
-            return torch.zeros(())
-        return torch.stack(terms).sum()
+        """The methods' own loss terms summed over every module (S2-LoRA: Σ|λ|; zero for
+        plain LoRA), to add to the loss."""
+        terms = [t for layer in self.layers.values() for v in layer.variants.values()
+                 if (t := v.penalty()) is not None]
+        return torch.stack(terms).sum() if terms else torch.zeros(())
 
-    def sparsity_report(self, tol: float = 1e-3) -> list[dict]:
-        """Per matrix: rank, ranks in use (|λ| > tol) and the fraction switched off."""
+    def sparsity_report(self, tol: float = 1e-3, name: str | None = None) -> list[dict]:
+        """Per module: rank, ranks in use and the fraction switched off."""
         rows = []
-        for path, layer in self.layers.items():
-            if isinstance(layer, S2LoRALinear):
-                lam = layer.lora_lambda.detach().abs()
-                active = int((lam > tol).sum())
-                rows.append({"module": path, "rank": layer.rank, "active": active,
-                             "sparsity": 1.0 - active / layer.rank})
-            else:
-                rows.append({"module": path, "rank": layer.rank, "active": layer.rank,
-                             "sparsity": 0.0})
+        for path, v in self.variants(name).items():
+            active = v.active_rank(tol)
+            rows.append({"module": path, "rank": v.rank, "active": active,
+                         "sparsity": 1.0 - active / max(v.rank, 1)})
         return rows
 
     @torch.no_grad()
-    def prune(self, tol: float = 1e-3) -> dict[str, int]:
-        """Drop the ranks whose λ is ≤ tol in every matrix sharing a basis; returns new ranks."""
+    def prune(self, tol: float = 1e-3, name: str | None = None) -> dict[str, int]:
+        """Drop the ranks a method can drop (S2-LoRA: |λ| ≤ tol in every matrix sharing a
+        basis); returns the new rank per group."""
         if self.merged:
             raise LoraKitError("unmerge() before prune(): the merged weights hold the old ranks")
-        new_ranks = {}
-        for key, basis in self.bases.items():
-            users = [layer_ for layer_ in self._s2_layers().values() if layer_.basis is basis]
-            lam = torch.stack([layer_.lora_lambda.abs() for layer_ in users])
-            keep = (lam > tol).any(dim=0)
-            for layer in users:
-                layer.lora_lambda = nn.Parameter(layer.lora_lambda.data[keep].clone())
-            basis.lora_A = nn.Parameter(basis.lora_A.data[keep].clone())
-            basis.lora_B = nn.Parameter(basis.lora_B.data[:, keep].clone())
-            new_ranks[key] = int(keep.sum())
-        return new_ranks
+        by_method: dict[type, list[Variant]] = {}
+        for v in self.variants(name).values():
+            by_method.setdefault(type(v), []).append(v)
+        out: dict[str, int] = {}
+        for cls, members in by_method.items():
+            out.update(cls.prune(members, tol))
+        return out
 
     def __repr__(self) -> str:
-        return (f"Adapters(method={self.config.method!r}, layers={len(self.layers)}, "
+        inner = ", ".join(f"{n}: {a.config.method} r={a.config.rank}"
+                          for n, a in self.named.items())
+        return (f"Adapters({inner}; active={self._active}, layers={len(self.layers)}, "
                 f"trainable={self.trainable_count():,}, total={self.total_count():,})")
 
 
-def attach(model: nn.Module, config: LoRAConfig) -> Adapters:
-    """Wrap the `nn.Linear` modules matching `config.targets`, freeze everything else."""
-    if any(isinstance(m, LoRALayer) for m in model.modules()):
-        raise LoraKitError(f"{type(model).__name__} already carries lorakit adapters; "
-                           "detach() them before attaching new ones")
-    targets = find_targets(model, config.targets)
-    saved = find_modules(model, config.modules_to_save) if config.modules_to_save else {}
-    clash = [p for p in targets if any(p == s or p.startswith(s + ".") for s in saved)]
-    if clash:
-        raise LoraKitError(f"module {clash[0]!r} is both an adapter target and in "
-                           "modules_to_save; choose one")
-    requires_grad_before = {id(p): p.requires_grad for p in model.parameters()}
-    model.requires_grad_(False)
+def attach(model: nn.Module, config: LoRAConfig, name: str = DEFAULT) -> Adapters:
+    """Add adapter `name` to the modules matching `config.targets`, freeze the base.
 
-    layers: dict[str, LoRALayer] = {}
-    bases: dict[tuple, SharedBasis] = {}
-    for path, linear in targets.items():
-        if config.method == "lora":
-            layer: LoRALayer = LoRALinear(linear, config.rank, config.scale, config.dropout,
-                                          config.init)
-        else:
-            shape = (linear.in_features, linear.out_features)
-            if shape not in bases:
-                bases[shape] = SharedBasis(*shape, config.rank, config.init,
-                                           adapter_dtype(linear.weight), linear.weight.device)
-            layer = S2LoRALinear(linear, bases[shape], config.scale, config.dropout)
-        layer.train(linear.training)
-        _set_child(model, path, layer)
-        layers[path] = layer
-    for module in saved.values():
-        module.requires_grad_(True)
-    return Adapters(model, config, layers, saved, requires_grad_before)
+    The first adapter of a model is active; later ones are added inactive, as in PEFT
+    (`set_active` chooses). Returns the model's one handle.
+    """
+    handle = _HANDLES.get(model)
+    if handle is None:
+        if any(isinstance(m, LoRALayer) for m in model.modules()):
+            raise LoraKitError(f"{type(model).__name__} carries lorakit adapters attached to "
+                               "another module (its parent or a copy); attach to that one")
+        handle = Adapters(model)
+        try:
+            handle.add(config, name)
+        except Exception:
+            handle.detach()
+            raise
+        _HANDLES[model] = handle
+        return handle
+    return handle.add(config, name)
 
 
-def adapters_of(model: nn.Module) -> list[str]:
-    """Paths of the adapter layers inside a model (to find them without the handle)."""
-    return [p for p, m in model.named_modules() if isinstance(m, LoRALayer)]
+def adapters_of(model: nn.Module) -> Adapters | None:
+    """The handle of a model's adapters, or None if it carries none."""
+    return _HANDLES.get(model)
 
 
-def check_fingerprint(model: nn.Module, fingerprint: dict[str, list[int]], source: str) -> None:
+def check_fingerprint(model: nn.Module, fingerprint: dict[str, list[int]],
+                      kinds: dict[str, str], source: str) -> None:
     """Raise `AdapterMismatchError` naming the first module that differs from the adapter's base."""
     for path, shape in fingerprint.items():
         try:
@@ -335,31 +560,53 @@ def check_fingerprint(model: nn.Module, fingerprint: dict[str, list[int]], sourc
             module = None
         if isinstance(module, LoRALayer):
             module = module.base
-        if isinstance(module, nn.Linear):
-            here = [module.out_features, module.in_features]
-            if here != list(shape):
+        if path in kinds:
+            kind = KINDS[kinds[path]]
+            there = kind.describe_shape(shape)
+            if module is None:
                 raise AdapterMismatchError(
-                    f"{source} was made for another base model: module {path!r} is "
-                    f"Linear(in={shape[1]}, out={shape[0]}) there but "
-                    f"Linear(in={here[1]}, out={here[0]}) in this {type(model).__name__}. "
-                    "Load it onto the model it was trained on.")
+                    f"{source} was made for another base model: it adapts module {path!r} "
+                    f"({there}), which this {type(model).__name__} does not have. Load it "
+                    "onto the model it was trained on.")
+            if kind_of(module) is not kind or list(module.weight.shape) != list(shape):
+                raise AdapterMismatchError(
+                    f"{source} was made for another base model: module {path!r} is {there} "
+                    f"there but {describe(module)} in this {type(model).__name__}. Load it "
+                    "onto the model it was trained on.")
             continue
-        if module is None:
-            # a modules_to_save tensor: `<module>.<param>`
-            try:
-                tensor = model.get_parameter(path)
-            except AttributeError:
-                tensor = None
-            if tensor is not None:
-                if list(tensor.shape) != list(shape):
-                    raise AdapterMismatchError(
-                        f"{source} was made for another base model: parameter {path!r} has "
-                        f"shape {list(shape)} there but {list(tensor.shape)} here.")
-                continue
+        try:   # a modules_to_save tensor: `<module>.<param>`
+            tensor = model.get_parameter(path)
+        except AttributeError:
+            tensor = None
+        if tensor is None:
             raise AdapterMismatchError(
-                f"{source} was made for another base model: it adapts module {path!r}, "
+                f"{source} was made for another base model: it trains {path!r} in full, "
                 f"which this {type(model).__name__} does not have. Load it onto the model it "
                 "was trained on.")
-        raise AdapterMismatchError(
-            f"{source} was made for another base model: {path!r} is a Linear there but "
-            f"{_describe(module)} here.")
+        if list(tensor.shape) != list(shape):
+            raise AdapterMismatchError(
+                f"{source} was made for another base model: parameter {path!r} has "
+                f"shape {list(shape)} there but {list(tensor.shape)} here.")
+
+
+def load_adapter(model: nn.Module, path, name: str = DEFAULT) -> Adapters:
+    """Attach the adapter a file describes to `model` as `name` and load its weights.
+
+    Refuses (AdapterMismatchError) a file made for another base, naming the first
+    module that differs; a refused load leaves the model as it was.
+    """
+    meta, tensors = read_adapter(path)
+    check_fingerprint(model, meta["fingerprint"], meta["kinds"], source=f"adapter {path}")
+    adapters = attach(model, LoRAConfig.from_dict(meta["config"]), name)
+    try:
+        if set(adapters.fingerprint(name)) != set(meta["fingerprint"]):
+            extra = sorted(set(adapters.fingerprint(name)) - set(meta["fingerprint"]))
+            raise AdapterMismatchError(
+                f"adapter {path}: its target patterns match more modules in this model than "
+                f"in the base it was made for (e.g. {extra[:3]}); load it onto the model it "
+                "was trained on")
+        adapters.load_state_dict(tensors, source=f"adapter {path}", name=name)
+    except Exception:
+        adapters.delete(name)
+        raise
+    return adapters

@@ -2,7 +2,8 @@
 
 Works on any base saved as safetensors (a transformers `model.safetensors`, a
 diffusers `diffusion_pytorch_model.safetensors`, a converted checkpoint) without
-building the model: W ← W + scale · ΔW for every adapted `<path>.weight`.
+building the model: W ← W + ΔW for every adapted `<path>.weight`, ΔW computed from
+the file's tensors by the adapter's own method and put in the weight's own layout.
 """
 from __future__ import annotations
 
@@ -11,15 +12,17 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .adapter_file import read_adapter
+from .adapter_file import layer_entries, read_adapter, saved_keys
 from .atomic import atomic_write
 from .config import LoRAConfig
 from .errors import AdapterFileError, AdapterMismatchError
+from .variants import variant_named
 
 
 def merge_into_state_file(adapter, base, out, prefix: str = "") -> int:
     meta, tensors = read_adapter(adapter)
     config = LoRAConfig.from_dict(meta["config"])
+    method = variant_named(config.method)
     try:
         with safe_open(str(base), framework="pt") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
@@ -27,21 +30,14 @@ def merge_into_state_file(adapter, base, out, prefix: str = "") -> int:
     except Exception as err:
         raise AdapterFileError(f"base weights {base} are not a readable safetensors file "
                                f"({err})") from None
+    for key in saved_keys(meta, tensors):   # a modules_to_save tensor: replaced, not added to
+        name = prefix + key
+        if name not in state:
+            raise AdapterMismatchError(f"{base} has no tensor {name!r} for the adapter's "
+                                       "saved module; check --prefix")
+        state[name] = tensors[key].to(state[name].dtype)
     merged = 0
-    for path, shape in meta["fingerprint"].items():
-        if f"{path}.lora_A" in tensors:
-            delta = tensors[f"{path}.lora_B"] @ tensors[f"{path}.lora_A"]
-        elif f"{path}.lora_lambda" in tensors:
-            key = f"shared.{shape[1]}x{shape[0]}"
-            delta = (tensors[f"{key}.lora_B"] * tensors[f"{path}.lora_lambda"]) \
-                @ tensors[f"{key}.lora_A"]
-        else:  # a modules_to_save tensor: replaced, not added to
-            name = prefix + path
-            if name not in state:
-                raise AdapterMismatchError(f"{base} has no tensor {name!r} for the adapter's "
-                                           "saved module; check --prefix")
-            state[name] = tensors[path].to(state[name].dtype)
-            continue
+    for path, kind, shape in layer_entries(meta):
         name = f"{prefix}{path}.weight"
         if name not in state:
             raise AdapterMismatchError(
@@ -51,7 +47,8 @@ def merge_into_state_file(adapter, base, out, prefix: str = "") -> int:
             raise AdapterMismatchError(f"{base}: {name!r} has shape {list(state[name].shape)}, "
                                        f"the adapter was made for {list(shape)}")
         w = state[name]
-        state[name] = (w.float() + config.scale * delta.float()).to(w.dtype)
+        delta = method.file_delta(tensors, path, kind, shape, config.scale)
+        state[name] = (w.float() + delta).to(w.dtype)
         merged += 1
     atomic_write(Path(out), lambda tmp: save_file(state, tmp, metadata=base_meta))
     return merged

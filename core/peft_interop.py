@@ -1,87 +1,135 @@
-"""Plain LoRA adapters to and from PEFT's on-disk layout.
+"""lorakit adapters to and from PEFT's on-disk layout.
 
     out_dir/adapter_config.json        {"peft_type": "LORA", "r", "lora_alpha", ...}
     out_dir/adapter_model.safetensors  base_model.model.<path>.lora_A.weight (r × in)
                                        base_model.model.<path>.lora_B.weight (out × r)
+                                       base_model.model.<path>.lora_embedding_A / _B (Embedding)
                                        base_model.model.<module>.<param>   (modules_to_save)
+    out_dir/<name>/...                 every other named adapter (PEFT's save_pretrained rule:
+                                       "default" at the top, the others in sub-folders)
 
 so `peft.PeftModel.from_pretrained(model, out_dir)` (and transformers/diffusers,
-which read the same files) load what lorakit trained. S2-LoRA exports too: each
-matrix gets A and B·diag(λᵢ), which is exactly its update. PEFT scales by
-lora_alpha / r just as lorakit does, so alpha and rank carry over unchanged.
+which read the same files) load what lorakit trained. Any method whose update is a
+product B A per module (`Variant.peft`) exports: S2-LoRA as A and B·diag(λᵢ), which
+is exactly its update. The layer kind gives the layout (a Conv2d's factors as 4-d
+convolutions, GPT-2's Conv1D with `fan_in_fan_out`). PEFT scales by lora_alpha / r;
+a module whose rank differs from the common one (a pruned S2-LoRA basis) gets its own
+entry in `rank_pattern` and `alpha_pattern`, so every module keeps lorakit's scale.
 """
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .adapter_file import read_adapter
+from .adapter_file import layer_entries, payload, read_adapter, saved_keys
 from .atomic import atomic_write
 from .config import LoRAConfig
-from .errors import AdapterFileError
-from .inject import Adapters, attach, check_fingerprint
+from .errors import AdapterFileError, AdapterMismatchError
+from .inject import DEFAULT, Adapters, attach, describe
+from .kinds import kind_of
+from .layers import LoRALayer
+from .variants import variant_named
 
 PREFIX = "base_model.model."
+CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
-def export_peft(adapter_file, out_dir) -> Path:
-    """Write `adapter_file` as a PEFT LoRA folder; returns the folder."""
-    meta, tensors = read_adapter(adapter_file)
+def _write_peft(meta: dict, tensors: dict[str, torch.Tensor], out_dir: Path,
+                source: str) -> Path:
     config = LoRAConfig.from_dict(meta["config"])
-    out_dir = Path(out_dir)
-    layers = [p for p, shape in meta["fingerprint"].items() if f"{p}.lora_lambda" in tensors
-              or f"{p}.lora_A" in tensors]
+    method = variant_named(config.method)
+    if not method.peft:
+        raise AdapterFileError(f"{source}: method {config.method!r} has no PEFT LoRA layout")
     peft_tensors: dict[str, torch.Tensor] = {}
-    for path in layers:
-        if config.method == "lora":
-            a, b = tensors[f"{path}.lora_A"], tensors[f"{path}.lora_B"]
-        else:
-            out_f, in_f = meta["fingerprint"][path]
-            key = f"shared.{in_f}x{out_f}"
-            a = tensors[f"{key}.lora_A"]
-            b = tensors[f"{key}.lora_B"] * tensors[f"{path}.lora_lambda"]
-        peft_tensors[f"{PREFIX}{path}.lora_A.weight"] = a.clone().contiguous()
-        peft_tensors[f"{PREFIX}{path}.lora_B.weight"] = b.contiguous()
-    layer_keys = {f"{p}.{s}" for p in layers for s in ("lora_A", "lora_B", "lora_lambda")}
-    for key, value in tensors.items():
-        if key not in layer_keys and not key.startswith("shared."):
-            peft_tensors[PREFIX + key] = value.contiguous()
-    ranks = {a.shape[0] for k, a in peft_tensors.items() if k.endswith(".lora_A.weight")}
-    rank = ranks.pop() if len(ranks) == 1 else config.rank
-    # PEFT derives scale from (alpha, r); keep lorakit's scale exactly
-    alpha = config.scale * (rank ** 0.5 if config.rslora else rank)
+    ranks: dict[str, int] = {}
+    kinds = set()
+    for path, kind, shape in layer_entries(meta):
+        a, b = method.file_factors(tensors, path, kind, shape)
+        if a.shape[0] == 0:      # every rank pruned: ΔW = 0, nothing for PEFT to hold
+            continue
+        a, b = kind.to_peft(a, b, shape)
+        peft_tensors[f"{PREFIX}{path}.{kind.peft_a}"] = a.clone().contiguous()
+        peft_tensors[f"{PREFIX}{path}.{kind.peft_b}"] = b.clone().contiguous()
+        ranks[path] = a.shape[0]
+        kinds.add(kind.name)
+    for key in saved_keys(meta, tensors):
+        peft_tensors[PREFIX + key] = tensors[key].contiguous()
+    rank = Counter(ranks.values()).most_common(1)[0][0] if ranks else config.rank
+
+    def alpha(r: int) -> float:   # PEFT derives scale from (alpha, r): keep lorakit's exactly
+        return config.scale * (r ** 0.5 if config.rslora else r)
+    pattern = {p: r for p, r in ranks.items() if r != rank}
     peft_config = {
         "peft_type": "LORA", "task_type": None, "base_model_name_or_path": None,
-        "r": rank, "lora_alpha": alpha, "lora_dropout": config.dropout,
-        "use_rslora": config.rslora, "bias": "none", "fan_in_fan_out": False,
-        "target_modules": layers, "modules_to_save": config.modules_to_save or None,
+        "r": rank, "lora_alpha": alpha(rank), "lora_dropout": config.dropout,
+        "use_rslora": config.rslora, "bias": "none", "fan_in_fan_out": "conv1d" in kinds,
+        "target_modules": list(ranks), "modules_to_save": config.modules_to_save or None,
         "init_lora_weights": True, "inference_mode": True,
-        "rank_pattern": {}, "alpha_pattern": {},
+        "rank_pattern": pattern, "alpha_pattern": {p: alpha(r) for p, r in pattern.items()},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "adapter_model.safetensors",
+    atomic_write(out_dir / WEIGHTS,
                  lambda tmp: save_file(peft_tensors, tmp, metadata={"format": "pt"}))
-    atomic_write(out_dir / "adapter_config.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(peft_config, indent=2)))
+    atomic_write(out_dir / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(peft_config,
+                                                                               indent=2)))
     return out_dir
 
 
-def import_peft(peft_dir, model: torch.nn.Module) -> Adapters:
-    """Attach a PEFT LoRA adapter folder to `model` as lorakit adapters."""
+def export_peft(source, out_dir) -> Path:
+    """Write an adapter file, or every named adapter of a handle, as PEFT LoRA folders.
+
+    A handle's adapter "default" goes to `out_dir`, each other one to `out_dir/<name>`
+    (where PEFT's own `save_pretrained` puts them). Returns `out_dir`.
+    """
+    out_dir = Path(out_dir)
+    if isinstance(source, Adapters):
+        for name in source.names:
+            meta, tensors = payload(source, name)
+            folder = out_dir if name == DEFAULT else out_dir / name
+            _write_peft(meta, tensors, folder, source=f"adapter {name!r}")
+        return out_dir
+    meta, tensors = read_adapter(source)
+    return _write_peft(meta, tensors, out_dir, source=str(source))
+
+
+def peft_folders(peft_dir: Path, name: str | None) -> list[tuple[Path, str]]:
+    """(folder, adapter name) of every PEFT adapter under `peft_dir`: the top one as `name`
+    (or "default"), and, unless a name was given, each sub-folder under its own name."""
+    found = []
+    if (peft_dir / CONFIG).is_file():
+        found.append((peft_dir, name or DEFAULT))
+    if name is None and peft_dir.is_dir():
+        found += [(sub, sub.name) for sub in sorted(peft_dir.iterdir())
+                  if sub.is_dir() and (sub / CONFIG).is_file()]
+    if not found:
+        raise AdapterFileError(f"{peft_dir} is not a PEFT adapter folder: no {CONFIG}")
+    return found
+
+
+def import_peft(peft_dir, model: torch.nn.Module, name: str | None = None) -> Adapters:
+    """Attach a PEFT LoRA folder to `model` as lorakit adapters, every named one it holds.
+
+    With `name`, only the folder's own adapter is imported, under that name.
+    """
     peft_dir = Path(peft_dir)
-    config_path = peft_dir / "adapter_config.json"
-    weights = peft_dir / "adapter_model.safetensors"
-    if not config_path.is_file():
-        raise AdapterFileError(f"{peft_dir} is not a PEFT adapter folder: no adapter_config.json")
+    adapters = None
+    for folder, adapter_name in peft_folders(peft_dir, name):
+        adapters = _import_one(folder, model, adapter_name)
+    return adapters
+
+
+def _read_peft(peft_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    config_path, weights = peft_dir / CONFIG, peft_dir / WEIGHTS
     if not weights.is_file():
         pickled = peft_dir / "adapter_model.bin"
         hint = (" It has adapter_model.bin, a pickle, which lorakit never loads: re-save it "
                 "with save_pretrained(..., safe_serialization=True).") if pickled.exists() else ""
-        raise AdapterFileError(f"{peft_dir} has no adapter_model.safetensors.{hint}")
+        raise AdapterFileError(f"{peft_dir} has no {WEIGHTS}.{hint}")
     try:
         pc = json.loads(config_path.read_text())
     except ValueError as err:
@@ -89,39 +137,63 @@ def import_peft(peft_dir, model: torch.nn.Module) -> Adapters:
     if pc.get("peft_type") != "LORA":
         raise AdapterFileError(f"{config_path}: peft_type {pc.get('peft_type')!r}; lorakit "
                                "imports LORA adapters only")
-    unsupported = [k for k in ("rank_pattern", "alpha_pattern") if pc.get(k)]
-    unsupported += [k for k in ("use_dora", "lora_bias") if pc.get(k)]
+    unsupported = [k for k in ("rank_pattern", "alpha_pattern", "use_dora", "lora_bias")
+                   if pc.get(k)]
     if unsupported:
-        raise AdapterFileError(f"{config_path} uses {unsupported}, which lorakit does not import")
+        raise AdapterFileError(f"{config_path} uses {unsupported}, which lorakit does not "
+                               "import (one rank and alpha per adapter, plain LoRA)")
     try:
         with safe_open(str(weights), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:
         raise AdapterFileError(f"{weights} is truncated or corrupt ({err})") from None
-    stripped = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in tensors.items()}
-    paths = sorted({k[: -len(".lora_A.weight")] for k in stripped if k.endswith(".lora_A.weight")})
-    if not paths:
-        raise AdapterFileError(f"{weights} holds no lora_A weights")
-    saved = list(pc.get("modules_to_save") or [])
+    return pc, {k.removeprefix(PREFIX): v for k, v in tensors.items()}
+
+
+def _import_one(peft_dir: Path, model: torch.nn.Module, name: str) -> Adapters:
+    pc, stripped = _read_peft(peft_dir)
+    suffixes = {"lora_A.weight": "lora_B.weight", "lora_embedding_A": "lora_embedding_B"}
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key in stripped:
+        for a_suffix, b_suffix in suffixes.items():
+            if key.endswith("." + a_suffix):
+                path = key[: -len(a_suffix) - 1]
+                factors[path] = (stripped[key], stripped[f"{path}.{b_suffix}"])
+    if not factors:
+        raise AdapterFileError(f"{peft_dir / WEIGHTS} holds no lora_A weights")
+    state = {}
+    for path, (a, b) in factors.items():
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            raise AdapterMismatchError(
+                f"PEFT adapter {peft_dir} adapts module {path!r}, which this "
+                f"{type(model).__name__} does not have; load it onto the model it was "
+                "trained on") from None
+        base = module.base if isinstance(module, LoRALayer) else module
+        kind = kind_of(base)
+        if kind is None:
+            raise AdapterMismatchError(f"PEFT adapter {peft_dir}: module {path!r} is a "
+                                       f"{type(base).__name__}, which lorakit cannot adapt")
+        a, b = kind.from_peft(a, b)
+        if kind.matrix_shape(base.weight.shape) != (b.shape[0], a.shape[1]):
+            raise AdapterMismatchError(
+                f"PEFT adapter {peft_dir} was made for another base model: module {path!r} "
+                f"has an update of {b.shape[0]} x {a.shape[1]} there but is "
+                f"{describe(base)} here")
+        state[f"{path}.lora_A"], state[f"{path}.lora_B"] = a, b
+    layer_keys = {k for k in stripped if any(k.endswith(s) for p in suffixes.items() for s in p)}
+    state.update({k: v for k, v in stripped.items() if k not in layer_keys})
     config = LoRAConfig(rank=int(pc["r"]), alpha=float(pc["lora_alpha"]),
                         dropout=float(pc.get("lora_dropout") or 0.0),
-                        rslora=bool(pc.get("use_rslora")), targets=paths, modules_to_save=saved)
-    check_fingerprint(model, {p: list(stripped[f"{p}.lora_B.weight"].shape[:1])
-                              + list(stripped[f"{p}.lora_A.weight"].shape[1:]) for p in paths},
-                      source=f"PEFT adapter {peft_dir}")
-    adapters = attach(model, config)
-    state = {}
-    for p in paths:
-        state[f"{p}.lora_A"] = stripped[f"{p}.lora_A.weight"]
-        state[f"{p}.lora_B"] = stripped[f"{p}.lora_B.weight"]
-    layer_keys = {f"{p}.lora_{s}.weight" for p in paths for s in "AB"}
-    state.update({k: v for k, v in stripped.items() if k not in layer_keys})
-    own = adapters.state_dict()
-    for key, value in own.items():  # buffers PEFT does not save keep the model's values
-        state.setdefault(key, value)
+                        rslora=bool(pc.get("use_rslora")), targets=list(factors),
+                        modules_to_save=list(pc.get("modules_to_save") or []))
+    adapters = attach(model, config, name)
     try:
-        adapters.load_state_dict(state, source=f"PEFT adapter {peft_dir}")
+        for key, value in adapters.state_dict(name).items():
+            state.setdefault(key, value)   # buffers PEFT does not save keep the model's values
+        adapters.load_state_dict(state, source=f"PEFT adapter {peft_dir}", name=name)
     except Exception:
-        adapters.detach()
+        adapters.delete(name)
         raise
     return adapters

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lorakit.adapter_file import load_adapter
+from lorakit import load_adapter
 from lorakit.config import LoRAConfig
 from lorakit.errors import LoraKitError
 from lorakit.lightning_module import AdapterModule

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lorakit.adapter_file import load_adapter, read_adapter
+from lorakit import load_adapter, read_adapter
 from lorakit.config import LoRAConfig
 from lorakit.domains.imaging.guided_unet import COND_PROJ, GuidedUNet, load_unet, unet_folder
 from lorakit.domains.imaging.sampling import add_noise, ddim_sample, load_scheduler

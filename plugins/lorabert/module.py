@@ -38,7 +38,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from lorakit.adapter_file import load_adapter, read_adapter
+from lorakit import load_adapter, read_adapter
 from lorakit.config import LoRAConfig
 from lorakit.domains.genomics.features import longest_orf
 from lorakit.domains.genomics.kmer import Window

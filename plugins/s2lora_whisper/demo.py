@@ -57,8 +57,9 @@ def plot_loss(history: LossHistory, path: Path) -> None:
 
 
 def plot_lambda(adapters, path: Path) -> None:
-    names = list(adapters.layers)
-    lam = torch.stack([adapters.layers[n].lora_lambda.detach().abs().cpu() for n in names])
+    variants = adapters.variants()
+    names = list(variants)
+    lam = torch.stack([variants[n].lora_lambda.detach().abs().cpu() for n in names])
     fig, ax = plt.subplots(figsize=(4 + 0.3 * lam.shape[1], 0.16 * len(names) + 1.2))
     image = ax.imshow(lam.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_yticks(range(len(names)), [n.replace("blocks.", "") for n in names], fontsize=6)

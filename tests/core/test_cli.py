@@ -80,10 +80,9 @@ def adapter_file(tmp_path, tiny_bert):
     adapters = lorakit.attach(model, lorakit.LoRAConfig(rank=4, method="s2lora",
                                                         targets=["*.query", "*.value"]))
     with torch.no_grad():
-        for layer in adapters.layers.values():
-            layer.lora_lambda[:2] = 0.0
-        for basis in adapters.bases.values():
-            basis.lora_B.normal_()
+        for v in adapters.variants().values():
+            v.lora_lambda[:2] = 0.0
+            v.basis.lora_B.normal_()
     adapters.save(tmp_path / "a.safetensors")
     adapters.detach()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},

@@ -4,7 +4,6 @@ import torch
 from torch import nn
 
 import lorakit
-from lorakit.layers import S2LoRALinear
 
 
 def test_glob_patterns_select_query_and_value_of_a_bert(tiny_bert):
@@ -31,7 +30,7 @@ def test_pattern_matching_nothing_lists_existing_linear_paths(tiny_bert):
 
 
 def test_pattern_matching_only_non_linear_modules_says_so(tiny_bert):
-    with pytest.raises(lorakit.TargetNotFoundError, match="matched no nn.Linear.*LayerNorm"):
+    with pytest.raises(lorakit.TargetNotFoundError, match="matched no module lorakit can adapt.*LayerNorm"):
         lorakit.attach(tiny_bert(), lorakit.LoRAConfig(targets=["*.attention.output.LayerNorm"]))
 
 
@@ -62,7 +61,8 @@ def test_detach_puts_the_original_modules_and_grad_flags_back(tiny_bert):
     adapters.detach()
     assert model.bert.encoder.layer[0].attention.self.query is query
     assert all(p.requires_grad for p in model.parameters())
-    assert lorakit.adapters_of(model) == []
+    assert lorakit.adapters_of(model) is None
+    assert not any(isinstance(m, lorakit.LoRALayer) for m in model.modules())
 
 
 def test_detach_with_merge_keeps_the_update_in_plain_linear_modules(tiny_bert):
@@ -78,11 +78,18 @@ def test_detach_with_merge_keeps_the_update_in_plain_linear_modules(tiny_bert):
     assert torch.allclose(model(input_ids=ids).logits, adapted, atol=1e-5)
 
 
-def test_attaching_twice_is_refused(tiny_bert):
+def test_attaching_the_same_name_twice_is_refused(tiny_bert):
     model = tiny_bert()
     lorakit.attach(model, lorakit.LoRAConfig(targets=["*.query"]))
-    with pytest.raises(lorakit.LoraKitError, match="already carries lorakit adapters"):
+    with pytest.raises(lorakit.LoraKitError, match="already has an adapter named 'default'"):
         lorakit.attach(model, lorakit.LoRAConfig(targets=["*.value"]))
+
+
+def test_attaching_to_a_submodule_of_an_adapted_model_is_refused(tiny_bert):
+    model = tiny_bert()
+    lorakit.attach(model, lorakit.LoRAConfig(targets=["*.query"]))
+    with pytest.raises(lorakit.LoraKitError, match="attached to another module"):
+        lorakit.attach(model.bert, lorakit.LoRAConfig(targets=["*.value"]))
 
 
 def test_modules_to_save_are_trained_in_full_and_saved(tiny_bert, tmp_path):
@@ -99,7 +106,7 @@ def test_s2lora_shares_a_and_b_per_shape_and_counts_parameters_by_formula(tiny_b
     targets = ["*.query", "*.value", "*.intermediate.dense", "*.output.dense"]
     adapters = lorakit.attach(model, lorakit.LoRAConfig(rank=4, method="s2lora", targets=targets))
     layers = list(adapters.layers.values())
-    assert all(isinstance(layer_, S2LoRALinear) for layer_ in layers)
+    assert all(isinstance(v, lorakit.S2LoRA) for v in adapters.variants().values())
     shapes = {(layer_.in_features, layer_.out_features) for layer_ in layers}
     # 32x32 (query, value, attention.output.dense), 32->64 (intermediate), 64->32 (output)
     assert shapes == {(32, 32), (32, 64), (64, 32)}
@@ -107,7 +114,7 @@ def test_s2lora_shares_a_and_b_per_shape_and_counts_parameters_by_formula(tiny_b
     assert adapters.trainable_count() == formula
     q0 = model.bert.encoder.layer[0].attention.self.query
     v1 = model.bert.encoder.layer[1].attention.self.value
-    assert q0.basis is v1.basis
+    assert q0.variants["default"].basis is v1.variants["default"].basis
 
 
 def test_s2lora_l1_penalty_and_pruning_keep_outputs(tiny_bert):
@@ -116,13 +123,12 @@ def test_s2lora_l1_penalty_and_pruning_keep_outputs(tiny_bert):
     adapters = lorakit.attach(model, lorakit.LoRAConfig(rank=6, method="s2lora",
                                                         targets=["*.query", "*.value"]))
     with torch.no_grad():
-        for basis in adapters.bases.values():
-            basis.lora_B.normal_()
-        for i, layer in enumerate(adapters.layers.values()):
-            layer.lora_lambda.copy_(torch.tensor([1.0, 0.0, 0.5, 0.0, 0.0, 0.0]) * (i + 1))
-        layer.lora_lambda[3] = 2.0  # rank 3 used by one matrix only: kept
+        for i, v in enumerate(adapters.variants().values()):
+            v.basis.lora_B.normal_()
+            v.lora_lambda.copy_(torch.tensor([1.0, 0.0, 0.5, 0.0, 0.0, 0.0]) * (i + 1))
+        v.lora_lambda[3] = 2.0  # rank 3 used by one matrix only: kept
     assert adapters.l1_penalty().item() == pytest.approx(sum(
-        layer_.lora_lambda.abs().sum().item() for layer_ in adapters.layers.values()))
+        v.lora_lambda.abs().sum().item() for v in adapters.variants().values()))
     report = adapters.sparsity_report()
     assert report[0] == {"module": "bert.encoder.layer.0.attention.self.query", "rank": 6,
                          "active": 2, "sparsity": pytest.approx(4 / 6)}

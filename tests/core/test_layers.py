@@ -76,17 +76,17 @@ def test_adapted_model_starts_equal_to_base_because_b_is_zero():
 def test_scale_is_alpha_over_r_or_over_sqrt_r_with_rslora():
     assert lorakit.LoRAConfig(rank=4, alpha=16).scale == 4.0
     assert lorakit.LoRAConfig(rank=4, alpha=16, rslora=True).scale == 8.0
-    layer = lorakit.attach(mlp(4, 4, torch.float32),
-                           lorakit.LoRAConfig(rank=4, alpha=16, rslora=True,
-                                              targets=["0"])).layers["0"]
-    assert layer.scale == 8.0
+    variant = lorakit.attach(mlp(4, 4, torch.float32),
+                             lorakit.LoRAConfig(rank=4, alpha=16, rslora=True,
+                                                targets=["0"])).variants()["0"]
+    assert variant.scale == 8.0
 
 
 def test_gaussian_init_has_std_one_over_rank():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(512, 512))
     layer = lorakit.attach(model, lorakit.LoRAConfig(rank=8, init="gaussian",
-                                                     targets=["0"])).layers["0"]
+                                                     targets=["0"])).variants()["0"]
     assert abs(layer.lora_A.std().item() - 1 / 8) < 0.01
     assert torch.count_nonzero(layer.lora_B) == 0
 

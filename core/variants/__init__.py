@@ -1,0 +1,24 @@
+"""Adapter methods, one class each under one protocol (`base.Variant`).
+
+Adding a method: one file here with its `Variant` subclass, one line in `VARIANTS`,
+its name in `LoRAConfig.method`, and its tests.
+"""
+from __future__ import annotations
+
+from ..errors import LoraKitError
+from .base import Variant, adapter_dtype
+from .lora import LoRA
+from .s2lora import S2LoRA, SharedBasis
+
+VARIANTS: dict[str, type[Variant]] = {v.method: v for v in (LoRA, S2LoRA)}
+
+
+def variant_named(method: str, source: str = "adapter") -> type[Variant]:
+    if method not in VARIANTS:
+        raise LoraKitError(f"{source}: unknown adapter method {method!r}; this lorakit knows "
+                           f"{', '.join(VARIANTS)}")
+    return VARIANTS[method]
+
+
+__all__ = ["LoRA", "S2LoRA", "SharedBasis", "VARIANTS", "Variant", "adapter_dtype",
+           "variant_named"]

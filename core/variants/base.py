@@ -1,0 +1,145 @@
+"""The variant protocol: what every adapter method is, in one class.
+
+A `Variant` is one named adapter on one adapted module: it holds that adapter's
+trainable tensors for the module and says
+
+- its tensors and their keys in the adapter file (`own_tensors`, `shared_tensors`,
+  `file_keys`) and the optimizer group of each (`param_kinds`);
+- its init (in `__init__`, and `make_shared` for tensors several modules share);
+- its contribution to the layer's output (`forward`) and ΔW for the live layer
+  (`delta_weight`), both already scaled;
+- ΔW from file tensors alone (`file_factors`, `file_delta`), for `adapter merge`,
+  `adapter inspect` and PEFT export;
+- its PEFT mapping (`peft`: whether PEFT's LoRA layout holds it exactly, as A and B).
+
+The layer, the handle, the adapter file, PEFT interop, merge and inspect call these
+and never ask which method they hold. A method that is not a plain product B A
+(DoRA, a mixture) overrides `forward`, `delta_weight`, `factors` and `file_delta`.
+"""
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..config import LoRAConfig
+from ..kinds import LayerKind
+
+
+def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
+    """Adapters of half-precision bases train in float32, as PEFT's autocast does."""
+    if weight.dtype in (torch.float16, torch.bfloat16) or not weight.is_floating_point():
+        return torch.float32
+    return weight.dtype
+
+
+def init_down_projection(a: torch.Tensor, init: str) -> None:
+    if init == "kaiming":
+        # the same as nn.Linear's own weight init, and PEFT's default
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+    else:
+        nn.init.normal_(a, std=1.0 / a.shape[0])
+
+
+class Variant(nn.Module):
+    """One named adapter on one module; subclasses are the methods (LoRA, S2-LoRA, ...)."""
+
+    method: ClassVar[str]
+    param_kinds: ClassVar[dict[str, str]] = {}   # tensor name -> optimizer group ("lora")
+    peft: ClassVar[bool] = True                  # PEFT's LoRA layout holds it exactly
+
+    def __init__(self, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
+                 device: torch.device, shared: nn.Module | None = None) -> None:
+        super().__init__()
+        self.scale = float(config.scale)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+    # --- tensors that several modules share (S2-LoRA's basis) -------------------------
+    @classmethod
+    def shared_key(cls, kind: LayerKind) -> str | None:
+        """File-key prefix of the tensors this module shares with others, or None."""
+        return None
+
+    @classmethod
+    def make_shared(cls, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
+                    device: torch.device) -> nn.Module | None:
+        return None
+
+    # --- what is trainable, under which file key ---------------------------------------
+    def own_tensors(self) -> dict[str, nn.Parameter]:
+        """This module's own tensors by name; the file key is `<module path>.<name>`."""
+        return {n: p for n, p in self.named_parameters(recurse=False)}
+
+    def shared_tensors(self) -> dict[str, nn.Parameter]:
+        """Tensors shared with other modules, by their full file key."""
+        return {}
+
+    @classmethod
+    def file_keys(cls, path: str, kind: type[LayerKind], weight_shape) -> list[str]:
+        """The keys a file holds for this module (its own and the shared ones it uses)."""
+        raise NotImplementedError
+
+    # --- maths of the live layer -------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return self.factors()[0].shape[0]
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B), unscaled, with ΔW = scale · B A."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, kind: LayerKind) -> torch.Tensor:
+        """scale · B A x, in the kind's own sense of applying A and B."""
+        a, b = self.factors()
+        if kind.float_input:
+            x = self.dropout(x.to(a.dtype))
+        # the scale rides on the r-wide middle: the cheapest place for it
+        return kind.up(kind.down(x, a) * self.scale, b)
+
+    def delta_weight(self) -> torch.Tensor:
+        """scale · B A (out × in)."""
+        a, b = self.factors()
+        return (b @ a) * self.scale
+
+    def penalty(self) -> torch.Tensor | None:
+        """A term the method adds to the loss (S2-LoRA's Σ|λ|), or None."""
+        return None
+
+    def active_rank(self, tol: float) -> int:
+        return self.rank
+
+    # --- ΔW from file tensors alone ----------------------------------------------------
+    @classmethod
+    def file_factors(cls, tensors: dict[str, torch.Tensor], path: str,
+                     kind: type[LayerKind], weight_shape) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B), unscaled, of module `path` read from an adapter file's tensors."""
+        raise NotImplementedError
+
+    @classmethod
+    def file_delta(cls, tensors, path, kind: type[LayerKind], weight_shape,
+                   scale: float) -> torch.Tensor:
+        """scale · B A in the base weight's layout, from file tensors alone."""
+        a, b = cls.file_factors(tensors, path, kind, weight_shape)
+        return kind.to_weight(scale * (b.float() @ a.float()), weight_shape)
+
+    @classmethod
+    def file_active_rank(cls, tensors, path, kind, weight_shape, tol: float) -> int:
+        """Ranks in use: the rank the update really has, not the nominal r."""
+        a, b = cls.file_factors(tensors, path, kind, weight_shape)
+        delta = b.float() @ a.float()
+        return int(torch.linalg.matrix_rank(delta)) if delta.abs().max() > 0 else 0
+
+    # --- group operations over every module of one adapter -----------------------------
+    @classmethod
+    def fit_to_state(cls, members: list[Variant], state: dict[str, torch.Tensor]) -> None:
+        """Reshape to a file's tensors before loading them (a pruned rank); default: nothing."""
+
+    @classmethod
+    def prune(cls, members: list[Variant], tol: float) -> dict[str, int]:
+        """Drop unused ranks; returns the new rank per shared group. Default: nothing to drop."""
+        return {}
+
+    def extra_repr(self) -> str:
+        return f"method={self.method}, rank={self.rank}, scale={self.scale:g}"
