@@ -84,6 +84,10 @@ class LayerKind:
     def up(self, h: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return F.linear(h, b)
 
+    def per_rank(self, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Scale each of the r channels of `down`'s output by v (r)."""
+        return h * v
+
     # --- mixed-adapter batches: row i uses a_rows[i], b_rows[i] ------------------------
     def routed(self, x: torch.Tensor, a_stack: torch.Tensor, b_stack: torch.Tensor,
                index: torch.Tensor) -> torch.Tensor:
@@ -215,6 +219,9 @@ class Conv2dKind(LayerKind):
 
     def up(self, h, b):
         return F.conv2d(h, b[:, :, None, None])
+
+    def per_rank(self, h, v):
+        return h * v[:, None, None]       # channels first
 
     def routed(self, x, a_stack, b_stack, index):
         raise LoraKitError("mixed-adapter batches are not supported on Conv2d layers; "

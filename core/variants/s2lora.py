@@ -68,7 +68,8 @@ class S2LoRA(Variant):
         a = self.basis.lora_A
         if kind.float_input:
             x = self.dropout(x.to(a.dtype))
-        return kind.up(kind.down(x, a) * (self.lora_lambda * self.scale), self.basis.lora_B)
+        h = kind.per_rank(kind.down(x, a), self.lora_lambda * self.scale)
+        return kind.up(h, self.basis.lora_B)
 
     def penalty(self) -> torch.Tensor:
         return self.lora_lambda.abs().sum()
