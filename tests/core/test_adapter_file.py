@@ -108,3 +108,61 @@ def test_nothing_is_unpickled_when_loading(saved, tiny_bert, monkeypatch):
     monkeypatch.setattr(pickle, "loads", no_pickle)
     monkeypatch.setattr(torch, "load", no_pickle)
     lorakit.load_adapter(tiny_bert(), saved)
+
+
+def rewrite_meta(path, edit):
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["lorakit"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    edit(meta)
+    save_file(tensors, str(path), metadata={"lorakit": json.dumps(meta)})
+
+
+def test_a_newer_format_is_refused_naming_both_versions(saved, tiny_bert):
+    rewrite_meta(saved, lambda m: m.update(format=99, version="9.0.0"))
+    with pytest.raises(lorakit.AdapterFileError,
+                       match=r"adapter format 99, written by lorakit 9\.0\.0; this lorakit "
+                             r"\S+ reads formats up to 2"):
+        lorakit.load_adapter(tiny_bert(), saved)
+
+
+def test_an_unknown_config_key_is_refused_by_name(saved, tiny_bert):
+    rewrite_meta(saved, lambda m: m["config"].update(lora_shift=0.5))
+    with pytest.raises(lorakit.AdapterFileError, match="unknown adapter config key 'lora_shift'"):
+        lorakit.load_adapter(tiny_bert(), saved)
+
+
+def test_a_format_1_file_of_lorakit_0_1_still_loads_as_linear_modules(saved, tiny_bert):
+    adapted = tiny_bert()
+    lorakit.load_adapter(adapted, saved)
+    ids = torch.randint(0, 60, (2, 7))
+
+    def to_format_1(meta):
+        meta["format"] = 1
+        del meta["kinds"], meta["name"]
+    rewrite_meta(saved, to_format_1)
+    meta, _ = lorakit.read_adapter(saved)
+    assert meta["name"] == "default" and set(meta["kinds"].values()) == {"linear"}
+    old = tiny_bert()
+    lorakit.load_adapter(old, saved)
+    assert torch.equal(old(input_ids=ids).logits, adapted(input_ids=ids).logits)
+
+
+def test_a_file_missing_a_module_tensor_names_it(saved, tiny_bert):
+    with safe_open(str(saved), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()
+                   if k != "bert.encoder.layer.1.attention.self.value.lora_B"}
+    save_file(tensors, str(saved), metadata=meta)
+    with pytest.raises(lorakit.AdapterFileError,
+                       match="lacks tensor 'bert.encoder.layer.1.attention.self.value.lora_B'"):
+        lorakit.load_adapter(tiny_bert(), saved)
+
+
+def test_every_method_in_the_config_has_one_variant_class():
+    from typing import get_args
+
+    from lorakit.config import Method
+    assert set(get_args(Method)) == set(lorakit.VARIANTS)
+    for name, cls in lorakit.VARIANTS.items():
+        assert cls.method == name and issubclass(cls, lorakit.Variant)

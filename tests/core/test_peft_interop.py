@@ -66,3 +66,27 @@ def test_import_onto_the_wrong_base_names_the_module(tmp_path, tiny_bert):
         .save_pretrained(str(tmp_path))
     with pytest.raises(lorakit.AdapterMismatchError, match="layer.0.attention.self.query"):
         lorakit.import_peft(tmp_path, tiny_bert(hidden=16))
+
+
+def test_a_pruned_s2lora_adapter_exports_with_a_rank_pattern_peft_honours(tiny_bert, tmp_path):
+    ids = torch.randint(0, 60, (3, 12))
+    model = tiny_bert()
+    targets = ["*.query", "*.value", "*.intermediate.dense"]   # bases 32x32 and 32x64
+    adapters = lorakit.attach(model, lorakit.LoRAConfig(rank=6, alpha=12, method="s2lora",
+                                                        targets=targets))
+    randomise(adapters.parameters())
+    with torch.no_grad():
+        for path, v in adapters.variants().items():
+            keep = 2 if "intermediate" in path else 4      # ranks in use per basis
+            v.lora_lambda[keep:] = 0.0
+    assert adapters.prune() == {"shared.32x32": 4, "shared.32x64": 2}
+    ours = model(input_ids=ids).logits
+    adapters.save(tmp_path / "a.safetensors")
+    out = lorakit.export_peft(tmp_path / "a.safetensors", tmp_path / "peft")
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 4 and cfg["lora_alpha"] == 8.0          # scale 12/6 kept: alpha = 2·r
+    assert cfg["rank_pattern"] == {f"bert.encoder.layer.{i}.intermediate.dense": 2
+                                   for i in range(2)}
+    assert set(cfg["alpha_pattern"].values()) == {4.0}
+    peft_model = peft.PeftModel.from_pretrained(tiny_bert(), str(out)).eval()
+    assert (ours - peft_model(input_ids=ids).logits).abs().max().item() <= 1e-5
