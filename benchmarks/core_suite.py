@@ -1,4 +1,5 @@
-"""Core suite: lorakit LoRA against PEFT LoRA and full fine-tuning on one transformers BERT.
+"""Core suite: lorakit LoRA against PEFT LoRA and full fine-tuning on one transformers BERT,
+and mixed-adapter batches (`mixed_batches.py`).
 
 Step time: the three contenders live in one process and are timed in turns
 (round-robin, median of rounds), so load on the machine hits them alike.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from lorakit.benchmarks import mixed_batches
 from lorakit.benchmarks.memory import reset_peak_rss, rss_mb
 
 SIZES = {"full": dict(hidden=256, layers=4, heads=4, seq=128, batch=16, vocab=8000),
@@ -176,25 +178,35 @@ def run(out_dir: Path, threads: int = 1, quick: bool = False) -> dict:
         "merged_inference_vs_base": inference["merged"] / inference["base"],
     }
     plot(out_dir, step_times, memory, inference)
+    mixed = mixed_batches.run(out_dir, size_name, threads, rounds)
+    rows += mixed["rows"]
+    figures.update(mixed["figures"])
     notes = (f"BERT hidden {size['hidden']}, {size['layers']} layers, sequence {size['seq']}, "
              f"batch {size['batch']}, rank 8 on query/value, AdamW; {threads} torch thread(s). "
              f"Step times: median of {rounds} rounds of {steps} steps, contenders in turns in "
              "one process. Memory: peak RSS of a fresh process per contender while it trains (the peak is "
              "reset after imports and model building; training_mb = peak minus the RSS before "
              "the first step). Goals: step_time_vs_peft <= 1.0, "
-             "peak_memory_vs_peft <= 1.0, merged_inference_vs_base <= 1.02.")
+             "peak_memory_vs_peft <= 1.0, merged_inference_vs_base <= 1.02.\n\n" + mixed["notes"])
     return {"figures": figures, "rows": rows, "notes": notes}
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="core suite worker: peak memory of one contender")
-    p.add_argument("--memory", choices=CONTENDERS, required=True)
+    p = argparse.ArgumentParser(description="core suite worker: the memory of one contender, "
+                                            "in a fresh process")
+    work = p.add_mutually_exclusive_group(required=True)
+    work.add_argument("--memory", choices=CONTENDERS, help="peak RSS while training")
+    work.add_argument("--idle-memory", type=int, metavar="N",
+                      help="resident memory added by N idle named adapters")
     p.add_argument("--size", choices=list(SIZES), default="full")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    print(json.dumps(memory_child(a.memory, a.size, a.steps)))
+    if a.idle_memory:
+        print(json.dumps(mixed_batches.idle_memory_child(a.size, a.idle_memory)))
+    else:
+        print(json.dumps(memory_child(a.memory, a.size, a.steps)))
 
 
 if __name__ == "__main__":
