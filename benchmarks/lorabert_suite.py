@@ -22,26 +22,13 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from lorakit.atomic import atomic_write
 from lorakit.domains.genomics.metrics import paired_bootstrap, plot_roc
 
 SUITE = "lorabert"
 COLUMNS = ["name", "accuracy", "mcc", "auroc", "sensitivity", "specificity",
            "trainable_params", "train_s", "predict_s_per_1000"]
-
-
-def _cut_test(test, per_class: int, seed: int = 0):
-    rng = np.random.default_rng(seed + 1)
-    kept, count = [], {0: 0, 1: 0}
-    for i in rng.permutation(len(test)):
-        t = test[i]
-        if count[t.label] < per_class:
-            kept.append(t)
-            count[t.label] += 1
-    return kept
 
 
 def _gap_to_best(lora: dict, best: dict, metric: str) -> dict[str, float]:
@@ -56,6 +43,7 @@ def _gap_to_best(lora: dict, best: dict, metric: str) -> dict[str, float]:
 def run(out_dir, threads: int = 1, quick: bool = False, epochs: int | None = None,
         train_per_class: int | None = None, pretrained: str | None = None) -> dict:
     from lorakit.plugins.lorabert.experiment import (
+        cut_per_class,
         run_baseline,
         run_cpc2_row,
         run_model,
@@ -69,7 +57,7 @@ def run(out_dir, threads: int = 1, quick: bool = False, epochs: int | None = Non
     train_per_class = train_per_class or (150 if quick else None)
     splits = split_items("cpat_human", train_per_class=train_per_class)
     if quick:
-        splits["test"] = _cut_test(splits["test"], 200)
+        splits["test"] = cut_per_class(splits["test"], 200, seed=1)
     rows = []
     for name, kw in (("LoRA-BERT", {"mode": "lora", "lr": 2e-3}),
                      ("full fine-tuning", {"mode": "full", "lr": 3e-4}),
@@ -127,10 +115,7 @@ if __name__ == "__main__":
     p.add_argument("--train-per-class", type=int, default=None)
     p.add_argument("--pretrained", default=None, help="k-mer BERT folder (default: embedded)")
     a = p.parse_args()
-    from lorakit.bench import machine, write_report
+    from lorakit.bench import machine, write_results
     res = run(a.out, a.threads, a.quick, a.epochs, a.train_per_class, a.pretrained)
-    res = {"suite": SUITE, "machine": machine(), **res}
-    atomic_write(Path(a.out) / "results.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(res, indent=2)))
-    write_report(Path(a.out), res)
+    res = write_results(Path(a.out), {"suite": SUITE, "machine": machine(), **res})
     print(json.dumps(res["figures"], indent=1))

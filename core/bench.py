@@ -1,4 +1,4 @@
-"""The benchmark runner: one shape of result for every suite.
+"""The benchmark runner: one shape of result for every suite (and every demo).
 
 A suite is a function `run(out_dir, threads=1, quick=False) -> dict` with keys
 `figures` (a flat map of named numbers, ratios measured side by side in one run),
@@ -7,10 +7,17 @@ plots into `out_dir`. The runner adds `suite` and `machine` and writes
 
     out_dir/results.json   {"suite", "machine", "figures", "rows", "notes"}
     out_dir/report.md      the table, the figures and the plots
+    out_dir/report.html    the same report for a browser
+
+A demo (`lorakit.demo_report`) writes the same shape through `write_results`, with a
+few optional keys the report shows when present: `title`, `headline` (the numbers
+that come first, each with its unit and the claim or goal it answers), `units`
+(figure -> unit), `tables` (heading -> rows) and `plots` (PNG paths under out_dir).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -18,6 +25,7 @@ from pathlib import Path
 from .atomic import atomic_write
 from .errors import LoraKitError
 from .registry import bench_suites, resolve
+from .report_html import write_markdown_and_html
 
 
 def machine() -> dict:
@@ -35,33 +43,86 @@ def machine() -> dict:
             "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
 
 
+def fmt_number(v) -> str:
+    """A number as a person reads it: 3 significant digits, thousands separated."""
+    if isinstance(v, bool) or v is None:
+        return "" if v is None else str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        rounded = f"{v:.3g}"
+        if math.isfinite(v) and 1e3 <= abs(float(rounded)) < 1e12:
+            return f"{float(rounded):,.0f}"
+        return rounded
+    return str(v)
+
+
 def markdown_table(rows: list[dict]) -> str:
     if not rows:
         return "(no rows)\n"
     cols = list(dict.fromkeys(k for row in rows for k in row))
-
-    def fmt(v) -> str:
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return "" if v is None else str(v)
-
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(row.get(c)) for c in cols) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt_number(row.get(c)).replace("|", "\\|") for c in cols)
+              + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: Path, result: dict) -> None:
-    md = [f"# Benchmark: {result['suite']}\n",
-          "Machine: " + ", ".join(f"{k} {v}" for k, v in result["machine"].items()) + "\n",
-          "## Figures\n", markdown_table([{"figure": k, "value": v}
-                                          for k, v in result["figures"].items()]),
-          "## Rows\n", markdown_table(result["rows"])]
+def headline_rows(result: dict) -> list[dict]:
+    """The headline as table rows: measure, measured, baseline, claim / goal."""
+    rows = []
+    for h in result.get("headline", []):
+        unit = f" {h['unit']}" if h.get("unit") else ""
+        baseline = h.get("baseline")
+        rows.append({
+            "measure": h["measure"], "measured": fmt_number(h["value"]) + unit,
+            "baseline": "" if baseline is None else
+            fmt_number(baseline) + unit + (f" ({h['baseline_name']})"
+                                           if h.get("baseline_name") else ""),
+            "paper's claim / issue's goal": h.get("claim", "")})
+    return rows
+
+
+def figure_rows(result: dict) -> list[dict]:
+    units = result.get("units") or {}
+    if not units:
+        return [{"figure": k, "value": v} for k, v in result["figures"].items()]
+    return [{"figure": k, "value": v, "unit": units.get(k, "")}
+            for k, v in result["figures"].items()]
+
+
+def plots(out_dir: Path, result: dict) -> list[str]:
+    """The result's own list of PNGs (paths under out_dir), else every PNG in out_dir."""
+    return list(result.get("plots") or sorted(p.name for p in out_dir.glob("*.png")))
+
+
+def write_report(out_dir: Path, result: dict) -> Path:
+    """report.md and report.html from `result`; returns the HTML path."""
+    out_dir = Path(out_dir)
+    title = result.get("title") or f"Benchmark: {result['suite']}"
+    md = [f"# {title}\n",
+          "Machine: " + ", ".join(f"{k} {v}" for k, v in result["machine"].items()) + "\n"]
+    if result.get("headline"):
+        md += ["## Headline\n", markdown_table(headline_rows(result))]
+    md += ["## Rows\n", markdown_table(result["rows"])]
+    for heading, rows in (result.get("tables") or {}).items():
+        md += [f"## {heading}\n", markdown_table(rows)]
     if result.get("notes"):
         md += ["## Notes\n", result["notes"].strip() + "\n"]
-    pngs = sorted(p.name for p in out_dir.glob("*.png"))
+    md += ["## Figures\n", markdown_table(figure_rows(result))]
+    pngs = plots(out_dir, result)
     if pngs:
         md += ["## Plots\n"] + [f"![{p}]({p})\n" for p in pngs]
-    atomic_write(out_dir / "report.md", lambda tmp: Path(tmp).write_text("\n".join(md)))
+    return write_markdown_and_html(out_dir / "report.md", title, "\n".join(md))
+
+
+def write_results(out_dir: Path, result: dict) -> dict:
+    """results.json, report.md and report.html of one suite or demo run."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / "results.json",
+                 lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2, default=float)))
+    write_report(out_dir, result)
+    return result
 
 
 def run_suite(name: str, out_dir: Path, threads: int = 1, quick: bool = False) -> dict:
@@ -76,7 +137,4 @@ def run_suite(name: str, out_dir: Path, threads: int = 1, quick: bool = False) -
     raw = resolve(suites[name])(out_dir, threads=threads, quick=quick)
     result = {"suite": name, "machine": machine(), "figures": dict(raw.get("figures", {})),
               "rows": list(raw.get("rows", [])), "notes": raw.get("notes", "")}
-    atomic_write(out_dir / "results.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2, default=float)))
-    write_report(out_dir, result)
-    return result
+    return write_results(out_dir, result)

@@ -4,7 +4,7 @@
     lorakit <plugin> fit|validate|test|predict ...   that plugin's LightningCLI (--help: every option)
     lorakit <plugin> demo [--out DIR]                its embedded default, end to end
     lorakit demo --all [--out DIR]                   every installed plugin's demo + an index page
-    lorakit bench --suite NAME|all --out DIR         benchmark suites: results.json, report.md, PNGs
+    lorakit bench --suite NAME|all --out DIR         benchmark suites: results.json, report.md/.html, PNGs
     lorakit adapter inspect|merge|export-peft ...    work on adapter files
 
 Errors that lorakit raises on purpose (bad input, wrong base model) are printed as
@@ -87,7 +87,8 @@ def cmd_plugin(name: str, argv: list[str]) -> int:
         a = p.parse_args(argv[1:])
         figures = run_plugin_demo(plugin, a.out, a.threads)
         print(json.dumps(figures, indent=2, default=str))
-        print(f"report: {a.out / 'report.md'}")
+        html = a.out / "report.html"
+        print(f"report: {html if html.is_file() else a.out / 'report.md'}")
         return 0
     if argv and argv[0] in plugin.commands:
         return resolve(plugin.commands[argv[0]])(argv[1:]) or 0
@@ -129,14 +130,13 @@ def cmd_demo(args) -> int:
             traceback.print_exc()
             entries.append({"name": name, "status": f"FAILED: {type(err).__name__}: {err}"})
             continue
-        entries.append({"name": name, "status": "ok", "report": f"{name}/report.md",
-                        "figures": figures})
+        entries.append({"name": name, "status": "ok", "folder": name, "figures": figures})
     if args.all or not args.names:
         print("== benchmark: core", flush=True)
         from .bench import run_suite
         result = run_suite("core", out / "core-benchmark", threads=args.threads, quick=args.quick)
-        entries.append({"name": "core benchmark", "status": "ok",
-                        "report": "core-benchmark/report.md", "figures": result["figures"]})
+        entries.append({"name": "core benchmark", "status": "ok", "folder": "core-benchmark",
+                        "figures": result["figures"]})
     index = write_index(out, entries)
     print(f"index: {index}")
     failed = [e["name"] for e in entries if e["status"].startswith("FAILED")]
@@ -158,7 +158,7 @@ def cmd_bench(args) -> int:
         out = args.out / name if args.suite == "all" else args.out
         result = run_suite(name, out, threads=args.threads, quick=args.quick)
         print(json.dumps(result["figures"], indent=2))
-        print(f"report: {out / 'report.md'}")
+        print(f"report: {out / 'report.html'}")
     return 0
 
 

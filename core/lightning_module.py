@@ -10,11 +10,20 @@ then gives it, without further code:
 - checkpoints that hold the adapters and training state only (the frozen base is
   rebuilt from its own checkpoint, so a checkpoint is megabytes, not gigabytes),
   plus the RNG states, so a resumed run continues exactly where it stopped;
+- the adapter file at the end of `fit`, on rank zero only: `adapter.safetensors` in
+  `output_folder()` (below), with the subclass's `adapter_metadata()` in its header;
+  a subclass that writes more files beside it (a sparsity report, an export in
+  another library's layout) does so in `on_adapter_saved(path)`;
 - nothing that breaks DDP/FSDP or mixed precision: it is a plain LightningModule.
+
+One output-folder rule for every plugin: `output_dir` when given, else the run's own
+folder under `--trainer.default_root_dir` (the logger's version folder when the logger
+has one, `trainer.log_dir`; else `default_root_dir` itself).
 """
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -27,6 +36,7 @@ from .errors import LoraKitError
 from .inject import Adapters, attach
 
 ADAPTER_KEY = "lorakit_adapters"
+ADAPTER_FILE = "adapter.safetensors"
 
 
 class AdapterModule(pl.LightningModule):
@@ -36,16 +46,19 @@ class AdapterModule(pl.LightningModule):
         lr: learning rate of the adapter parameters.
         weight_decay: AdamW weight decay (never applied to S2-LoRA's λ, which has an L1 penalty).
         optimizer: "adamw", "adam" or "sgd".
+        output_dir: where the adapter and the run's other files are written; None: the
+            run's folder under --trainer.default_root_dir (trainer.log_dir).
     """
 
     def __init__(self, lr: float = 1e-3, weight_decay: float = 0.0,
-                 optimizer: str = "adamw") -> None:
+                 optimizer: str = "adamw", output_dir: str | None = None) -> None:
         super().__init__()
         if optimizer not in ("adamw", "adam", "sgd"):
             raise LoraKitError(f"optimizer must be 'adamw', 'adam' or 'sgd', got {optimizer!r}")
         self.lr = lr
         self.weight_decay = weight_decay
         self.optimizer_name = optimizer
+        self.output_dir = output_dir
         self.adapters: Adapters | None = None
         # the checkpoint holds adapters only; the frozen base comes from its own file
         self.strict_loading = False
@@ -90,6 +103,56 @@ class AdapterModule(pl.LightningModule):
         if self.trainer.is_global_zero:  # self.log() is not allowed in on_fit_start
             for logger in self.loggers:
                 logger.log_metrics({"params/trainable": trainable, "params/total": total}, step=0)
+
+    # --- the adapter file at the end of fit ------------------------------------------
+    def output_folder(self) -> Path:
+        """`output_dir` when given, else the run's folder: trainer.log_dir (the logger's
+        version folder), or trainer.default_root_dir when there is no logger.
+
+        Call it on every rank: trainer.log_dir is a collective under DDP."""
+        if self.output_dir:
+            return Path(self.output_dir)
+        if self._trainer is None:
+            raise LoraKitError(f"{type(self).__name__} is not attached to a Trainer and has "
+                               "no output_dir: pass output_dir (or a folder) to say where "
+                               "files go")
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
+    def adapter_metadata(self) -> dict:
+        """What the subclass adds to the adapter file's header (`extra`): JSON-able values."""
+        return {}
+
+    def on_adapter_saved(self, path: Path) -> None:
+        """Called after `path` (the adapter file) is written: write files that go beside it."""
+
+    def save_adapter(self, folder: str | Path | None = None) -> Path:
+        """Write `adapter.safetensors` into `folder` (default: `output_folder()`), then call
+        `on_adapter_saved`. A merged adapter is saved unmerged and merged again after."""
+        if self.adapters is None:
+            raise LoraKitError(f"{type(self).__name__} has no adapters to save (trained in "
+                               "full or with a frozen encoder)")
+        path = Path(folder if folder is not None else self.output_folder()) / ADAPTER_FILE
+        merged = self.adapters.merged
+        if merged:
+            self.adapters.unmerge()
+        try:
+            self.adapters.save(path, self.adapter_metadata())
+        finally:
+            if merged:
+                self.adapters.merge()
+        self.on_adapter_saved(path)
+        return path
+
+    def on_fit_end(self) -> None:
+        """Save the adapter on rank zero (after callbacks such as AdapterEMA handed over)."""
+        if self.adapters is None:
+            return
+        folder = self.output_folder()   # every rank: a collective under DDP
+        if self.trainer.is_global_zero:
+            path = self.save_adapter(folder)
+            rank_zero_info(f"lorakit: adapter ({path.stat().st_size / 1024:.1f} KB, "
+                           f"{self.adapters.trainable_count():,} trainable parameters) "
+                           f"written to {path}")
 
     # --- checkpoints: adapters and training state only ------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:

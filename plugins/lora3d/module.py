@@ -3,10 +3,11 @@
 fit:      on_fit_start runs the frozen DUSt3R (adapters off) over the scene's pair graph,
           aligns the pointmaps robustly (align -> re-weight -> align) and keeps the
           high-confidence points as pseudo-labels; training_step fine-tunes the LoRA
-          adapters on them with DUSt3R's confidence-aware loss; on_fit_end saves the
-          adapter (safetensors) to `adapter_out`.
-predict:  aligns the adapted model's predictions and writes `output_dir`/cloud.ply,
-          poses.json and preview.png (depth, confidence before / after, a rendered view).
+          adapters on them with DUSt3R's confidence-aware loss; at the end of fit
+          `AdapterModule` saves adapter.safetensors into the output folder.
+predict:  aligns the adapted model's predictions and writes cloud.ply, poses.json and
+          preview.png (depth, confidence before / after, a rendered view) into the
+          output folder (`output_dir`, else the run's folder under default_root_dir).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from .calibrate import (
     pairwise_inference,
     pseudo_labels,
 )
-from .model import EMBEDDED, LORA_TARGETS, count_parameters, load_checkpoint
+from .model import EMBEDDED, LORA_TARGETS, load_checkpoint
 from .outputs import preview, write_ply, write_poses
 
 
@@ -52,9 +53,10 @@ class SelfCalibrationModule(AdapterModule):
         init: alignment initialisation, 'mst' (falls back to 'random' on a NaN focal).
         backend: aligner, 'auto', 'native' or 'upstream' (mini-dust3r's PointCloudOptimizer).
         loss_alpha: weight of -log(confidence) in the loss.
-        adapter_out: where fit saves the adapter (safetensors).
         adapter: an adapter file to load before predicting.
-        output_dir: where predict writes cloud.ply, poses.json, preview.png.
+        output_dir: where fit writes adapter.safetensors and predict writes cloud.ply,
+            poses.json, preview.png; None: the run's folder under
+            --trainer.default_root_dir.
         lr: adapter learning rate.
     """
 
@@ -63,10 +65,9 @@ class SelfCalibrationModule(AdapterModule):
                  round_iters: int = 50, reweight_rounds: int = 2, mu_factor: float = 1.0,
                  conf_threshold: float | None = None, keep_fraction: float = 0.5,
                  all_points: bool = False, init: str = "mst", backend: str = "auto",
-                 loss_alpha: float = 0.2, adapter_out: str | None = "lora3d_adapter.safetensors",
-                 adapter: str | None = None, output_dir: str = "lora3d_out",
-                 lr: float = 2e-3) -> None:
-        super().__init__(lr=lr, weight_decay=0.0, optimizer="adamw")
+                 loss_alpha: float = 0.2, adapter: str | None = None,
+                 output_dir: str | None = None, lr: float = 2e-3) -> None:
+        super().__init__(lr=lr, weight_decay=0.0, optimizer="adamw", output_dir=output_dir)
         self.save_hyperparameters()
         self.checkpoint = checkpoint
         self.model, self.model_args = load_checkpoint(checkpoint)
@@ -82,8 +83,6 @@ class SelfCalibrationModule(AdapterModule):
                                                     targets=list(targets or LORA_TARGETS)))
         if adapter is not None:
             self._load_adapter(adapter)
-        self.adapter_out = adapter_out
-        self.output_dir = output_dir
         self.labels: PseudoLabels | None = None
         self.stats: dict = {}
 
@@ -137,19 +136,10 @@ class SelfCalibrationModule(AdapterModule):
         self.log("train_regr", parts["regr"], batch_size=len(edges))
         return loss
 
-    def on_fit_end(self) -> None:
-        if self.adapter_out and self.trainer.is_global_zero:
-            path = Path(self.adapter_out)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.adapters.save(path, {"plugin": "lora3d", "base_model": self.model_args,
-                                      "checkpoint": self.checkpoint or EMBEDDED.name,
-                                      "steps": int(self.global_step),
-                                      "calibration": self.cfg.to_dict(),
-                                      "stats": self.stats})
-            base = count_parameters(self.model) - self.adapters.trainable_count()
-            print(f"lora3d: adapter saved to {path} "
-                  f"({path.stat().st_size / 1e6:.2f} MB; base model {base:,} parameters)",
-                  flush=True)
+    def adapter_metadata(self) -> dict:
+        return {"plugin": "lora3d", "base_model": self.model_args,
+                "checkpoint": self.checkpoint or EMBEDDED.name, "steps": int(self.global_step),
+                "calibration": self.cfg.to_dict(), "stats": self.stats}
 
     # --- predict -----------------------------------------------------------------------
     def predict_step(self, batch, batch_idx=0):
@@ -159,7 +149,7 @@ class SelfCalibrationModule(AdapterModule):
         if edges is None:
             from .calibrate import make_pairs
             edges = make_pairs(images.shape[0])
-        return self.reconstruct(images, names, edges, self.output_dir)
+        return self.reconstruct(images, names, edges, self.output_folder())
 
     def reconstruct(self, images, names, edges, out_dir) -> dict:
         # Lightning predicts under inference_mode; the aligner optimises, so leave it

@@ -100,20 +100,26 @@ def sampling_times(module, batch_sizes=(1, 64), steps: int | None = None, w: flo
     return [_batch_times(module, bs, steps, w, repeats) for bs in batch_sizes]
 
 
+def quality_rows(rows: list[dict]) -> list[dict]:
+    """`quality_table`'s rows as a report shows them."""
+    return [{"w": r["w"], "teacher CFG acc %": r["teacher_acc"],
+             "student acc %": r["student_acc"], "teacher FD": r["teacher_fd"],
+             "student FD": r["student_fd"], "mean abs diff": r["mean_abs_diff"]}
+            for r in rows]
+
+
+def timing_rows(rows: list[dict]) -> list[dict]:
+    """`sampling_times`' rows as a report shows them (ms per image, speed-ups as x)."""
+    return [{"batch": r["batch"], "teacher 2 passes ms/img": 1e3 * r["teacher_two_pass_s"],
+             "teacher 2B batch ms/img": 1e3 * r["teacher_doubled_batch_s"],
+             "student 1 pass ms/img": 1e3 * r["student_s"],
+             "speed-up vs 2 passes (x)": r["speedup_two_pass"],
+             "speed-up vs 2B batch (x)": r["speedup_doubled_batch"]} for r in rows]
+
+
 def quality_markdown(rows: list[dict]) -> str:
-    return markdown_table([{
-        "w": f"{r['w']:g}", "teacher CFG acc %": f"{r['teacher_acc']:.1f}",
-        "student acc %": f"{r['student_acc']:.1f}", "teacher FD": f"{r['teacher_fd']:.1f}",
-        "student FD": f"{r['student_fd']:.1f}", "mean abs diff": f"{r['mean_abs_diff']:.3f}",
-    } for r in rows])
+    return markdown_table(quality_rows(rows))
 
 
 def timing_markdown(rows: list[dict]) -> str:
-    return markdown_table([{
-        "batch": r["batch"],
-        "teacher 2 passes ms/img": f"{1e3 * r['teacher_two_pass_s']:.2f}",
-        "teacher 2B batch ms/img": f"{1e3 * r['teacher_doubled_batch_s']:.2f}",
-        "student 1 pass ms/img": f"{1e3 * r['student_s']:.2f}",
-        "speed-up vs 2 passes": f"{r['speedup_two_pass']:.2f}x",
-        "speed-up vs 2B batch": f"{r['speedup_doubled_batch']:.2f}x",
-    } for r in rows])
+    return markdown_table(timing_rows(rows))

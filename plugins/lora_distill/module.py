@@ -85,8 +85,8 @@ class DistillModule(AdapterModule):
             gives conditioning only (no images).
         predict_guidance: the w values `predict` samples grids for (default 1, 2, 3).
         predict_teacher: also sample the two-pass teacher in `predict`, for comparison.
-        output_dir: where the adapter, its diffusers export and predict grids go
-            (default: the trainer's log dir).
+        output_dir: where the adapter, its diffusers export (diffusers_lora/) and predict
+            grids go; None: the run's folder under --trainer.default_root_dir.
         lr, weight_decay, optimizer: of the adapter parameters.
     """
 
@@ -97,7 +97,8 @@ class DistillModule(AdapterModule):
                  predict_guidance: list[float] | None = None,
                  predict_teacher: bool = False, output_dir: str | None = None,
                  lr: float = 3e-3, weight_decay: float = 0.0, optimizer: str = "adamw") -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer)
+        super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer,
+                         output_dir=output_dir)
         check_guidance_range(guidance_min, guidance_max)
         predict_guidance = [1.0, 2.0, 3.0] if predict_guidance is None else predict_guidance
         for w in predict_guidance:
@@ -112,7 +113,6 @@ class DistillModule(AdapterModule):
         self.sample_steps, self.x0_steps = int(sample_steps), int(x0_steps)
         self.predict_guidance = [float(w) for w in predict_guidance]
         self.predict_teacher = predict_teacher
-        self.output_dir = output_dir
         if adapter is not None:
             meta, _ = read_adapter(adapter)
             guidance_embed_dim = int(meta.get("extra", {}).get("guidance_embed_dim",
@@ -268,7 +268,7 @@ class DistillModule(AdapterModule):
         self.adapters.unmerge()
         if not self._predictions:
             return
-        out_dir = self._out_dir() / "samples"
+        out_dir = self.output_folder() / "samples"
         per_row = self._row_length()
         for key in self._predictions[0]:
             if key == "cond":
@@ -286,15 +286,7 @@ class DistillModule(AdapterModule):
         return 10
 
     # --- saving the student -------------------------------------------------------------
-    def _out_dir(self) -> Path:
-        if self.output_dir:
-            return Path(self.output_dir)
-        trainer = getattr(self, "_trainer", None)
-        if trainer is not None:
-            return Path(trainer.log_dir or trainer.default_root_dir)
-        return Path("lora_distill")
-
-    def adapter_extra(self) -> dict:
+    def adapter_metadata(self) -> dict:
         c = self.model.conditioning
         return {"plugin": "lora-distill", "pretrained": self.pretrained,
                 "guidance_embed_dim": self.model.guidance_embed_dim,
@@ -303,27 +295,21 @@ class DistillModule(AdapterModule):
                 "conditioning": c.kind, "null_class": c.null_class,
                 "unet_class": type(self.model.unet).__name__}
 
-    def save_student(self, out_dir=None) -> dict[str, Path]:
-        """The lorakit adapter file and, for UNet2DConditionModel, its diffusers export."""
+    def on_adapter_saved(self, path: Path) -> None:
+        """A UNet2DConditionModel's student is also exported in diffusers' LoRA layout."""
         from .diffusers_export import export_diffusers
 
-        out_dir = Path(out_dir or self._out_dir())
-        adapter = out_dir / "adapter.safetensors"
-        was = self.adapters.merged
-        if was:
-            self.adapters.unmerge()
-        self.adapters.save(adapter, self.adapter_extra())
-        if was:
-            self.adapters.merge()
+        if self.model.native:
+            folder = export_diffusers(path, path.parent / "diffusers_lora")
+            rank_zero_info(f"lora-distill: diffusers LoRA -> {folder}")
+
+    def save_student(self, out_dir=None) -> dict[str, Path]:
+        """The lorakit adapter file and, for UNet2DConditionModel, its diffusers export."""
+        adapter = self.save_adapter(out_dir)
         paths = {"adapter": adapter}
         if self.model.native:
-            paths["diffusers"] = export_diffusers(adapter, out_dir / "diffusers_lora")
+            paths["diffusers"] = adapter.parent / "diffusers_lora"
         return paths
-
-    def on_train_end(self) -> None:
-        if self.trainer.is_global_zero:
-            paths = self.save_student()
-            rank_zero_info("lora-distill: " + ", ".join(f"{k} -> {v}" for k, v in paths.items()))
 
 
 def batch_size(batch: dict) -> int:

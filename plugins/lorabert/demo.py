@@ -2,18 +2,17 @@
 
 Fetches CPAT's human test set (cached), splits it stratified (seed 0), fine-tunes the
 embedded k-mer BERT with LoRA on part of the training split, fits the baselines on the
-same transcripts, and scores everything on the held-out test split: a Markdown table,
-report.md, results.json, roc.png and LoRA-BERT's predictions.tsv in `out_dir`; returns the
-headline figures.
+same transcripts, and scores everything on the held-out test split: results.json,
+report.md / report.html (lorakit.demo_report), roc.png and LoRA-BERT's predictions.tsv in
+`out_dir`; returns the headline figures.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from lorakit.atomic import atomic_write
+from lorakit.demo_report import Headline, write_demo_report
 from lorakit.domains.genomics.metrics import markdown_table, plot_roc
 
 COLUMNS = ["name", "accuracy", "sensitivity", "specificity", "precision", "f1", "mcc",
@@ -22,8 +21,8 @@ COLUMNS = ["name", "accuracy", "sensitivity", "specificity", "precision", "f1", 
 
 def demo(out_dir: Path = Path("lorabert_demo"), threads: int = 1, train_per_class: int = 400,
          epochs: int = 2, test_per_class: int | None = 300) -> dict:
-    from lorakit.benchmarks.lorabert_suite import _cut_test
     from lorakit.plugins.lorabert.experiment import (
+        cut_per_class,
         run_baseline,
         run_cpc2_row,
         run_model,
@@ -36,7 +35,7 @@ def demo(out_dir: Path = Path("lorabert_demo"), threads: int = 1, train_per_clas
     torch.set_num_threads(threads)
     splits = split_items("cpat_human", train_per_class=train_per_class)
     if test_per_class:
-        splits["test"] = _cut_test(splits["test"], test_per_class)
+        splits["test"] = cut_per_class(splits["test"], test_per_class, seed=1)
     print(f"lorabert demo: CPAT human, {len(splits['train'])} training and "
           f"{len(splits['test'])} test transcripts", flush=True)
     lora = run_model("LoRA-BERT", splits, out, epochs=epochs, mode="lora", lr=2e-3)
@@ -64,13 +63,19 @@ def demo(out_dir: Path = Path("lorabert_demo"), threads: int = 1, train_per_clas
                "kmer_lr_auroc": by["k-mer LR"]["auroc"],
                "length_only_auroc": by["length only"]["auroc"],
                "n_train": len(splits["train"]), "n_test": len(splits["test"])}
-    results = {"figures": figures, "rows": table_rows}
-    atomic_write(out / "results.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
-    report = (f"# lorabert demo\n\nCPAT human data (GPL-2, fetched and cached, not shipped), "
-              f"stratified split seed 0: LoRA-BERT and the baselines trained on the same "
-              f"{len(splits['train'])} transcripts, scored on {len(splits['test'])} held-out "
-              f"test transcripts.\n\n{table}\n![ROC](roc.png)\n\n"
-              "LoRA-BERT's test predictions: predictions.tsv\n")
-    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(report))
+    classic = "ORF/Fickett/hexamer LR"
+    goal = f"the issue's goal: at least match the {classic} baseline"
+    write_demo_report(
+        out, "lorabert", "lorabert demo: LoRA-BERT and the classic baselines on CPAT human",
+        [Headline("MCC, LoRA-BERT", by["LoRA-BERT"]["mcc"], "", by[classic]["mcc"], classic, goal),
+         Headline("AUROC, LoRA-BERT", by["LoRA-BERT"]["auroc"], "", by[classic]["auroc"], classic,
+                  goal),
+         Headline("trainable parameters, LoRA-BERT", by["LoRA-BERT"]["trainable_params"], "",
+                  None, "", "LoRA: a small share of the model is trained")],
+        figures, [{c: r.get(c) for c in COLUMNS} for r in table_rows],
+        f"CPAT human data (GPL-2, fetched and cached, not shipped), stratified split seed 0: "
+        f"LoRA-BERT and the baselines trained on the same {len(splits['train'])} "
+        f"transcripts, scored on {len(splits['test'])} held-out test transcripts. "
+        "LoRA-BERT's test predictions: predictions.tsv.",
+        units={"train_s": "s"}, plots=["roc.png"])
     return figures

@@ -29,15 +29,19 @@ def split_items(source: str = "cpat_human", train_per_class: int | None = None,
     dm.setup("fit")
     splits = dict(dm.splits)
     if train_per_class:
-        rng = np.random.default_rng(seed)
-        train = [splits["train"][i] for i in rng.permutation(len(splits["train"]))]
-        kept, count = [], {0: 0, 1: 0}
-        for t in train:
-            if count[t.label] < train_per_class:
-                kept.append(t)
-                count[t.label] += 1
-        splits["train"] = kept
+        splits["train"] = cut_per_class(splits["train"], train_per_class, seed)
     return splits
+
+
+def cut_per_class(items: list[Transcript], per_class: int, seed: int) -> list[Transcript]:
+    """At most `per_class` transcripts of each label, the first ones of a seeded shuffle."""
+    rng = np.random.default_rng(seed)
+    kept, count = [], {0: 0, 1: 0}
+    for i in rng.permutation(len(items)):
+        if count[items[i].label] < per_class:
+            kept.append(items[i])
+            count[items[i].label] += 1
+    return kept
 
 
 def _loader(items, batch_size, shuffle):

@@ -83,8 +83,11 @@ class LoRABertModule(AdapterModule):
             head on the pooled features.
         predictions: TSV written by `predict` (CPC2-like columns).
         adapter: a lorakit adapter file (written at the end of `fit` as
-            lorabert_adapter.safetensors in the log folder) to start from or predict with;
+            adapter.safetensors in the output folder) to start from or predict with;
             its head_hidden (in the file's metadata) overrides model.head_hidden.
+        output_dir: where fit writes adapter.safetensors; None: the run's folder under
+            --trainer.default_root_dir.
+        lr, weight_decay, optimizer: see `AdapterModule`.
     """
 
     def __init__(self, pretrained: str | None = None, stride: int | None = None,
@@ -95,11 +98,12 @@ class LoRABertModule(AdapterModule):
                  max_train_windows: int = 4, window_batch: int = 64, threshold: float = 0.5,
                  head_hidden: int = 32,
                  predictions: str = "predictions.tsv", adapter: str | None = None,
-                 lr: float = 2e-3,
+                 output_dir: str | None = None, lr: float = 2e-3,
                  weight_decay: float = 0.01, optimizer: str = "adamw") -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer)
-        # where predictions go is a choice of each run, not a property of the trained model
-        self.save_hyperparameters(ignore=["predictions"])
+        super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer,
+                         output_dir=output_dir)
+        # where files go is a choice of each run, not a property of the trained model
+        self.save_hyperparameters(ignore=["predictions", "output_dir"])
         for name, value, allowed in (("mode", mode, Mode), ("long_mode", long_mode, LongMode),
                                      ("pooling", pooling, Pooling)):
             if value not in allowed.__args__:
@@ -265,16 +269,10 @@ class LoRABertModule(AdapterModule):
     def on_test_epoch_end(self):
         self._eval_end("test")
 
-    def on_fit_end(self):
-        if self.adapters is None or not self.trainer.is_global_zero:
-            return
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        path = folder / "lorabert_adapter.safetensors"
-        self.adapters.save(path, {"plugin": "lorabert", "step": int(self.global_step),
-                                  "long_mode": self.long_mode, "pooling": self.pooling,
-                                  "max_tokens": self.max_tokens,
-                                  "head_hidden": self.hparams.head_hidden})
-        rank_zero_info(f"lorabert: adapter saved to {path}")
+    def adapter_metadata(self) -> dict:
+        return {"plugin": "lorabert", "step": int(self.global_step),
+                "long_mode": self.long_mode, "pooling": self.pooling,
+                "max_tokens": self.max_tokens, "head_hidden": self.hparams.head_hidden}
 
     # --- prediction -----------------------------------------------------------------
     def predict_step(self, batch, batch_idx):

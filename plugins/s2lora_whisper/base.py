@@ -31,9 +31,10 @@ from tqdm import tqdm
 from lorakit.domains.speech.manifest import read_manifest
 from lorakit.domains.speech.pretrained import cache_dir, sha256, tiny_en_checkpoint
 from lorakit.domains.speech.synthetic import AdultSetConfig, build_adult_set, settings_id
-from lorakit.domains.speech.whisper_model import SAMPLE_RATE, context_samples
+from lorakit.domains.speech.whisper_model import SAMPLE_RATE, context_samples, load_whisper
 
 from .data import UtteranceDataset, collate
+from .teacher_forcing import cross_entropy, transcription_tokenizer
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,6 @@ def embedded_base(n_audio_ctx: int = 150, threads: int | None = None) -> Path:
 
 def build_base(recipe: BaseRecipe, out: Path, threads: int | None = None) -> Path:
     """Fine-tune tiny.en by `recipe` and save it to `out` (written whole or not at all)."""
-    from .module import WhisperAdapterModule
-
     source = tiny_en_checkpoint()
     manifest = build_adult_set(recipe.adult_set) / "adult_train.jsonl"
     previous = torch.get_num_threads()
@@ -75,10 +74,8 @@ def build_base(recipe: BaseRecipe, out: Path, threads: int | None = None) -> Pat
     try:
         with torch.random.fork_rng():
             torch.manual_seed(recipe.seed)
-            module = WhisperAdapterModule(checkpoint=str(source),
-                                          n_audio_ctx=recipe.n_audio_ctx, method="full",
-                                          lr=recipe.lr)
-            model = module.model.train()
+            model = load_whisper(str(source), recipe.n_audio_ctx).requires_grad_(True).train()
+            tokenizer = transcription_tokenizer(model, "en")
             samples = context_samples(recipe.n_audio_ctx)
             data = UtteranceDataset(read_manifest(manifest), "adult_train", samples)
             loader = DataLoader(data, batch_size=recipe.batch_size, shuffle=True,
@@ -90,7 +87,7 @@ def build_base(recipe: BaseRecipe, out: Path, threads: int | None = None) -> Pat
             bar = tqdm(itertools.islice(epochs, recipe.steps), total=recipe.steps,
                        desc="tiny.en: 3 s context on adult voices", unit="step")
             for batch in bar:
-                loss = module.cross_entropy(batch)
+                loss = cross_entropy(model, tokenizer, batch["audio"], batch["text"])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
 from lorakit import LoRAConfig, load_adapter
@@ -40,6 +39,7 @@ from lorakit.errors import LoraKitError
 from lorakit.lightning_module import AdapterModule
 
 from .base import embedded_base
+from .teacher_forcing import cross_entropy, transcription_tokenizer
 
 TARGETS = ["*.query", "*.key", "*.value", "*.out", "*.mlp.0", "*.mlp.2"]
 
@@ -63,8 +63,8 @@ class WhisperAdapterModule(AdapterModule):
         adapter: a lorakit adapter file to start from (its method and rank win).
         language: transcription language for multilingual checkpoints.
         max_tokens: cap on decoded tokens per clip; short contexts hallucinate without it.
-        output_dir: where test metrics, predictions and the adapter are written;
-            None uses the trainer's log folder.
+        output_dir: where the adapter, sparsity.json, test metrics and predictions are
+            written; None: the run's folder under --trainer.default_root_dir.
         lambda_lr: learning rate of S2-LoRA's λ. λ starts at 1 and Adam moves it by about
             its learning rate a step, so λ needs a larger one than A, B to reach zero
             within a short run.
@@ -78,12 +78,11 @@ class WhisperAdapterModule(AdapterModule):
                  max_tokens: int = 12, output_dir: str | None = None, lr: float = 2e-3,
                  lambda_lr: float = 2e-2, weight_decay: float = 0.0,
                  optimizer: str = "adamw") -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer)
+        super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer,
+                         output_dir=output_dir)
         if method not in ("s2lora", "lora", "full"):
             raise LoraKitError(f"method must be 's2lora', 'lora' or 'full', got {method!r}")
         self.save_hyperparameters()
-        import whisper.tokenizer
-
         if checkpoint is None:
             checkpoint = embedded_base(n_audio_ctx) if n_audio_ctx else tiny_en_checkpoint()
         self.checkpoint = str(checkpoint)
@@ -91,10 +90,7 @@ class WhisperAdapterModule(AdapterModule):
         self.n_audio_ctx = self.model.dims.n_audio_ctx
         self.method, self.l1, self.lambda_lr, self.language = method, l1, lambda_lr, language
         self.max_tokens = max_tokens
-        self.output_dir = output_dir
-        self.tokenizer = whisper.tokenizer.get_tokenizer(
-            self.model.is_multilingual, num_languages=self.model.num_languages,
-            language=language, task="transcribe")
+        self.tokenizer = transcription_tokenizer(self.model, language)
         self.config = LoRAConfig(method=method if method != "full" else "lora", rank=rank,
                                  alpha=alpha, dropout=dropout, targets=targets or TARGETS)
         self._reference: list = []   # full fine-tuning's frozen base, kept out of state_dict
@@ -149,27 +145,9 @@ class WhisperAdapterModule(AdapterModule):
     def mel(self, audio: torch.Tensor) -> torch.Tensor:
         return log_mel(audio, self.n_audio_ctx, self.model.dims.n_mels)
 
-    def tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decoder inputs and next-token targets; the prompt is not a target (-100)."""
-        prompt = list(self.tokenizer.sot_sequence_including_notimestamps)
-        eot = self.tokenizer.eot
-        seqs = [prompt + self.tokenizer.encode(" " + t.strip()) + [eot] for t in texts]
-        longest = max(len(s) for s in seqs) - 1
-        if longest > self.model.dims.n_text_ctx:
-            raise LoraKitError(f"a transcript is {longest} tokens, more than the decoder's "
-                               f"{self.model.dims.n_text_ctx}")
-        inputs = torch.full((len(seqs), longest), eot, dtype=torch.long)
-        targets = torch.full((len(seqs), longest), -100, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            inputs[i, : len(s) - 1] = torch.tensor(s[:-1])
-            targets[i, len(prompt) - 1: len(s) - 1] = torch.tensor(s[len(prompt):])
-        return inputs.to(self.device), targets.to(self.device)
-
     # --- training -----------------------------------------------------------------------
     def cross_entropy(self, batch: dict) -> torch.Tensor:
-        inputs, targets = self.tokens(batch["text"])
-        logits = self.model(self.mel(batch["audio"]), inputs)
-        return F.cross_entropy(logits.transpose(1, 2).float(), targets)
+        return cross_entropy(self.model, self.tokenizer, batch["audio"], batch["text"])
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         ce = self.cross_entropy(batch)
@@ -226,33 +204,23 @@ class WhisperAdapterModule(AdapterModule):
         return rows
 
     def on_predict_epoch_end(self) -> None:
-        path = self.out_dir() / "predictions.jsonl"
+        path = self.output_folder() / "predictions.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in self._predictions)
         rank_zero_info(f"lorakit: {len(self._predictions)} transcripts written to {path}")
 
     # --- files ---------------------------------------------------------------------------
-    def out_dir(self) -> Path:
-        if self.output_dir:
-            return Path(self.output_dir)
-        trainer = self._trainer
-        return Path(trainer.log_dir or trainer.default_root_dir) if trainer else Path(".")
-
-    def write_json(self, name: str, data) -> Path:
-        path = self.out_dir() / name
+    def write_json(self, name: str, data, folder: Path | None = None) -> Path:
+        path = (folder or self.output_folder()) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=2))
         return path
 
-    def on_fit_end(self) -> None:
-        """Save the adapter file and λ's sparsity beside the logs."""
-        if self.adapters is None or self.trainer.global_rank != 0:
-            return
-        path = self.out_dir() / "adapter.safetensors"
-        self.adapters.save(path, {"base_checkpoint": Path(self.checkpoint).name,
-                                  "n_audio_ctx": self.n_audio_ctx,
-                                  "steps": self.trainer.global_step})
-        self.write_json("sparsity.json", self.adapters.sparsity_report())
-        rank_zero_info(f"lorakit: adapter ({path.stat().st_size / 1024:.1f} KB, "
-                       f"{self.adapters.trainable_count():,} parameters) written to {path}")
+    def adapter_metadata(self) -> dict:
+        return {"base_checkpoint": Path(self.checkpoint).name, "n_audio_ctx": self.n_audio_ctx,
+                "steps": int(self.global_step)}
+
+    def on_adapter_saved(self, path: Path) -> None:
+        """λ's sparsity beside the adapter file."""
+        self.write_json("sparsity.json", self.adapters.sparsity_report(), path.parent)

@@ -41,16 +41,38 @@ def test_plugin_fit_runs_lightning_cli_with_the_plugins_default_config(tmp_path)
     proc = lorakit_cli("toy", "fit", "--trainer.default_root_dir", tmp_path, "--model.rank", 3,
                        cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    meta, _ = lorakit.read_adapter(tmp_path / "toy.safetensors")
-    assert meta["config"]["rank"] == 3
+    meta, _ = lorakit.read_adapter(tmp_path / "adapter.safetensors")
+    assert meta["config"]["rank"] == 3 and meta["extra"] == {"plugin": "toy"}
+    assert f"written to {tmp_path / 'adapter.safetensors'}" in proc.stdout + proc.stderr
 
 
-def test_demo_writes_an_index_page_over_plugin_reports(tmp_path):
+def test_demo_index_shows_rounded_headlines_with_goals_plots_and_html_reports(tmp_path):
+    import re
+
     proc = lorakit_cli("demo", "toy", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    index = (tmp_path / "index.md").read_text()
-    assert "toy_metric" in index and "toy/report.md" in index
-    assert (tmp_path / "index.html").exists()
+    page = (tmp_path / "index.html").read_text()
+    # the headline table: 3 significant digits, the unit, the baseline and the goal
+    rows = re.findall(r"<tr>\s*(.*?)\s*</tr>", page, re.S)
+    cells = [re.findall(r"<t[hd]>(.*?)</t[hd]>", r) for r in rows]
+    assert ["measure", "measured", "baseline", "paper's claim / issue's goal"] in cells
+    assert ["toy metric after training", "0.986", "0.501 (untrained)",
+            "the issue's goal: at least 0.9"] in cells
+    assert ["training time", "12.3 s", "", ""] in cells
+    assert "0.98585" not in page
+    # links go to HTML reports that exist; plots are inline images that exist
+    hrefs = re.findall(r'href="([^"]+)"', page)
+    assert "toy/report.html" in hrefs
+    assert all((tmp_path / h).is_file() for h in hrefs)
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert images == ["toy/toy_curve.png"] and (tmp_path / images[0]).is_file()
+    # the plugin's report itself reads in a browser: HTML tables, the plot inline
+    report = (tmp_path / "toy" / "report.html").read_text()
+    assert "<table>" in report and '<img src="toy_curve.png"' in report
+    assert "| measure |" not in report
+    result = json.loads((tmp_path / "toy" / "results.json").read_text())
+    assert {"suite", "machine", "figures", "rows", "notes", "headline"} <= set(result)
+    assert result["figures"]["toy_metric"] == 0.9858555555555556   # full precision kept
 
 
 def test_bench_writes_results_json_of_the_common_shape(tmp_path):
@@ -61,6 +83,7 @@ def test_bench_writes_results_json_of_the_common_shape(tmp_path):
     assert result["figures"] == {"speedup": 2.0}
     assert {"cpu", "cores", "torch"} <= set(result["machine"])
     assert "| speedup | 2 |" in (tmp_path / "report.md").read_text()
+    assert "<td>speedup</td>" in (tmp_path / "report.html").read_text()
 
 
 def test_core_benchmark_quick_run_reports_the_promised_ratios(tmp_path):

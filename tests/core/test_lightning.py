@@ -1,4 +1,6 @@
 """The Lightning glue: adapter-only optimizer, small checkpoints, exact resume."""
+from pathlib import Path
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -11,8 +13,9 @@ from lorakit.lightning_module import AdapterModule
 class TinyClassifier(AdapterModule):
     """A BERT sequence classifier with LoRA on query/value, as a plugin would write it."""
 
-    def __init__(self, hidden: int = 64, rank: int = 4, lr: float = 1e-2, dropout: float = 0.1):
-        super().__init__(lr=lr)
+    def __init__(self, hidden: int = 64, rank: int = 4, lr: float = 1e-2, dropout: float = 0.1,
+                 output_dir: str | None = None):
+        super().__init__(lr=lr, output_dir=output_dir)
         from transformers import BertConfig, BertForSequenceClassification
 
         torch.manual_seed(0)
@@ -39,8 +42,8 @@ def loader(n=32, seed=0):
     return DataLoader(TensorDataset(ids, labels), batch_size=8, shuffle=False)
 
 
-def trainer(tmp_path, epochs, **kw):
-    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+def trainer(tmp_path, epochs, logger=False, **kw):
+    return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=logger,
                       enable_progress_bar=False, enable_model_summary=False,
                       default_root_dir=tmp_path, **kw)
 
@@ -95,3 +98,67 @@ def test_resume_from_a_checkpoint_of_another_config_is_refused(tmp_path):
     other.attach_adapters(other.model, lorakit.LoRAConfig(rank=4, targets=["*.key"]))
     with pytest.raises(lorakit.LoraKitError, match="does not hold the adapters"):
         trainer(tmp_path, 2).fit(other, loader(), ckpt_path=str(tmp_path / "ckpt/last.ckpt"))
+
+
+# --- the adapter file at the end of fit ---------------------------------------------------
+class Reporting(TinyClassifier):
+    """Adds metadata through the hook and records every call of on_adapter_saved."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.saved = []
+
+    def adapter_metadata(self):
+        return {"plugin": "tiny", "steps": int(self.global_step)}
+
+    def on_adapter_saved(self, path):
+        self.saved.append(path)
+
+
+def saved_once_with_metadata(module, root, expected):
+    assert module.saved == [expected]
+    assert sorted(root.rglob("*.safetensors")) == [expected]
+    meta, tensors = lorakit.read_adapter(expected)
+    assert meta["extra"] == {"plugin": "tiny", "steps": 8}  # 2 epochs of 4 batches
+    state = module.adapters.state_dict()
+    assert set(tensors) == set(state) and all(torch.equal(tensors[k], state[k]) for k in state)
+
+
+def test_fit_saves_the_adapter_once_into_the_loggers_run_folder(tmp_path):
+    module = Reporting()
+    t = trainer(tmp_path, 2, logger=True)
+    t.fit(module, loader())
+    expected = tmp_path / "lightning_logs" / "version_0" / "adapter.safetensors"
+    assert Path(t.log_dir) == expected.parent
+    saved_once_with_metadata(module, tmp_path, expected)
+
+
+def test_fit_without_a_logger_saves_into_default_root_dir(tmp_path):
+    module = Reporting()
+    trainer(tmp_path, 2).fit(module, loader())
+    saved_once_with_metadata(module, tmp_path, tmp_path / "adapter.safetensors")
+
+
+def test_output_dir_wins_over_the_run_folder(tmp_path):
+    module = Reporting(output_dir=str(tmp_path / "mine"))
+    trainer(tmp_path / "root", 2, logger=True).fit(module, loader())
+    saved_once_with_metadata(module, tmp_path, tmp_path / "mine" / "adapter.safetensors")
+
+
+def test_a_merged_adapter_is_saved_unmerged_and_stays_merged(tmp_path):
+    module = Reporting()
+    with torch.no_grad():
+        for p in module.adapters.parameters():
+            p.add_(0.1)
+    module.adapters.merge()
+    path = module.save_adapter(tmp_path)
+    assert module.adapters.merged
+    module.adapters.unmerge()
+    _, tensors = lorakit.read_adapter(path)
+    state = module.adapters.state_dict()
+    assert all(torch.equal(tensors[k], state[k]) for k in state)
+
+
+def test_saving_without_a_trainer_or_output_dir_says_what_to_pass():
+    with pytest.raises(lorakit.LoraKitError, match="pass output_dir"):
+        Reporting().save_adapter()

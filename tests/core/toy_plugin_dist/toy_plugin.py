@@ -32,8 +32,8 @@ class ToyModule(AdapterModule):
         self.log("train_loss", loss)
         return loss
 
-    def on_fit_end(self):
-        self.adapters.save(Path(self.trainer.default_root_dir) / "toy.safetensors")
+    def adapter_metadata(self):
+        return {"plugin": "toy"}
 
 
 class ToyData(pl.LightningDataModule):
@@ -54,8 +54,26 @@ class ToyData(pl.LightningDataModule):
 
 
 def demo(out_dir: Path, threads: int = 1) -> dict:
-    (out_dir / "report.md").write_text("# toy demo\n")
-    return {"toy_metric": 1.5}
+    """A demo through lorakit's demo scaffold: a headline with a goal, a plot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lorakit.demo_report import Headline, write_demo_report
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    fig.savefig(out_dir / "toy_curve.png")
+    plt.close(fig)
+    figures = {"toy_metric": 0.9858555555555556, "toy_seconds": 12.3456}
+    write_demo_report(
+        out_dir, "toy", "toy demo: LoRA on a random MLP",
+        [Headline("toy metric after training", figures["toy_metric"], "", 0.5012345,
+                  "untrained", "the issue's goal: at least 0.9"),
+         Headline("training time", figures["toy_seconds"], "s")],
+        figures, [{"step": 1, "loss": 0.123456}], notes="A toy.",
+        units={"toy_seconds": "s"})
+    return figures
 
 
 def bench(out_dir: Path, threads: int = 1, quick: bool = False) -> dict:

@@ -143,17 +143,18 @@ def test_fit_saves_an_adapter_and_predict_writes_ply_poses_and_preview(tmp_path)
     write_folder(views.images, tmp_path / "photos")
     kw = dict(checkpoint=str(tmp_path / "micro.pth"), rank=2, align_iters=10, round_iters=5,
               reweight_rounds=1, backend="native", output_dir=str(tmp_path / "out"))
-    module = SelfCalibrationModule(adapter_out=str(tmp_path / "a.safetensors"), **kw)
+    module = SelfCalibrationModule(**kw)
     data = SceneDataModule(images=str(tmp_path / "photos"), size=16, batch_pairs=2)
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=tmp_path)
     trainer.fit(module, data)
-    header, tensors = read_adapter(tmp_path / "a.safetensors")
+    header, tensors = read_adapter(tmp_path / "out" / "adapter.safetensors")
+    assert header["extra"]["plugin"] == "lora3d" and header["extra"]["steps"] == 2
     assert len(tensors) == 2 * len(module.adapters.layers) == 2 * 20   # micro: 4 + 16 Linear
     assert 0 < module.stats["pseudo_label_fraction"] <= 1
 
-    predictor = SelfCalibrationModule(adapter=str(tmp_path / "a.safetensors"), **kw)
+    predictor = SelfCalibrationModule(adapter=str(tmp_path / "out" / "adapter.safetensors"), **kw)
     out = trainer.predict(predictor, SceneDataModule(images=str(tmp_path / "photos"), size=16))
     assert out[0]["ply"].endswith("cloud.ply")
     pts, cols = read_ply(tmp_path / "out" / "cloud.ply")
@@ -180,8 +181,7 @@ def test_images_of_the_wrong_size_for_the_checkpoint_are_refused(tmp_path):
     from lorakit.plugins.lora3d.module import SelfCalibrationModule
 
     save_checkpoint(micro_model(), MICRO, tmp_path / "micro.pth")
-    module = SelfCalibrationModule(checkpoint=str(tmp_path / "micro.pth"), backend="native",
-                                   adapter_out=None)
+    module = SelfCalibrationModule(checkpoint=str(tmp_path / "micro.pth"), backend="native")
     trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False,
                          default_root_dir=tmp_path)

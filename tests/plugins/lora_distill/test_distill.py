@@ -287,6 +287,34 @@ def test_default_config_fits_and_predicts_through_lightning_cli(teacher_dir, tmp
         assert (tmp_path / "samples" / name).is_file()
 
 
+def test_lorakit_fit_writes_the_adapter_under_default_root_dir_and_nothing_in_runs(
+        teacher_dir, tmp_path):
+    """`lorakit lora-distill fit --trainer.default_root_dir X`, run as a user runs it: the
+    adapter and its diffusers export land in X's run folder, not in ./runs of the cwd."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, cwd = tmp_path / "X", tmp_path / "cwd"
+    cwd.mkdir()
+    lorakit = str(Path(sys.executable).with_name("lorakit"))
+    proc = subprocess.run(
+        [lorakit, "lora-distill", "fit", "--trainer.default_root_dir", str(root),
+         f"--model.pretrained={teacher_dir}", "--model.x0_steps=2", "--data.source=labels",
+         "--data.sample_shape=[1,8,8]", "--data.batch_size=8", "--data.epoch_size=16",
+         "--data.val_size=8", "--trainer.max_steps=2", "--trainer.limit_val_batches=0",
+         "--trainer.enable_progress_bar=false", "--trainer.enable_checkpointing=false",
+         "--threads", "1"],
+        cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = root / "lightning_logs" / "version_0"
+    assert sorted(p.relative_to(root) for p in root.rglob("*.safetensors")) == [
+        run.relative_to(root) / "adapter.safetensors",
+        run.relative_to(root) / "diffusers_lora" / "pytorch_lora_weights.safetensors"]
+    assert f"written to {run / 'adapter.safetensors'}" in proc.stdout + proc.stderr
+    assert list(cwd.iterdir()) == []
+
+
 def test_unet2dmodel_teacher_distils_too(tmp_path):
     """UNet2DModel has no time_cond_proj_dim: the projection is added beside it (pre-hook)."""
     import diffusers

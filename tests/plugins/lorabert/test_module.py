@@ -141,7 +141,7 @@ def test_fit_writes_an_adapter_file_that_reproduces_the_model(tmp_path):
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=str(tmp_path))
     trainer.fit(m, loader)
-    path = tmp_path / "lorabert_adapter.safetensors"
+    path = tmp_path / "adapter.safetensors"
     assert path.is_file()
     again = LoRABertModule(adapter=str(path))
     test = items(3, seed=2)
