@@ -30,7 +30,7 @@ from lorakit.benchmarks.memory import rss_mb
 
 COUNTS = (1, 8, 64)
 BATCH = 64
-SIZES = {"full": dict(hidden=256, layers=4, heads=4, seq=64, vocab=8000),
+SIZES = {"full": dict(hidden=256, layers=4, heads=4, seq=32, vocab=8000),
          "quick": dict(hidden=64, layers=2, heads=2, seq=16, vocab=500)}
 
 

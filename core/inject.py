@@ -314,7 +314,9 @@ class Adapters:
         `ids`: one entry per row, an index into `names` or a name, -1 or None for the
         bare base. Inside the block the model's forward gathers each row's A and B from
         stacked tensors (padded to the largest rank) and runs two batched matmuls; the
-        active set is ignored. Without autograd the stacks are built once for the block.
+        active set is ignored. Without autograd the stacks are built once and kept until an
+        adapter's tensors change; with autograd they are built in every forward, so
+        gradients reach each row's own adapter.
         """
         names = self.names
         index = self._route_index(ids, names)
@@ -328,8 +330,7 @@ class Adapters:
                     raise LoraKitError(f"module {path!r} is a {layer.kind.describe()}: "
                                        "mixed-adapter batches work on Linear, Conv1D and "
                                        "Embedding layers")
-                with torch.no_grad():
-                    stacks = layer.stacks(names) if build else None
+                stacks = layer.cached_stacks(names) if build else None
                 layer.routing = (index.to(layer.base.weight.device), names, stacks)
             yield self.model
         finally:

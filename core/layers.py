@@ -39,6 +39,7 @@ class LoRALayer(nn.Module):
         self.enabled = True
         # during `Adapters.route`: (row -> adapter index, adapter names, cached stacks or None)
         self.routing: tuple[torch.Tensor, list[str], tuple | None] | None = None
+        self._stack_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def __getattr__(self, name: str):
         try:
@@ -84,6 +85,17 @@ class LoRALayer(nn.Module):
         b_rows.append(b_zero)
         return torch.stack(a_rows), torch.stack(b_rows)
 
+    @torch.no_grad()
+    def cached_stacks(self, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`stacks(names)`, rebuilt only when an adapter's tensors changed since the last call
+        (a tensor's version counter moves with every in-place update, an optimizer step's
+        too), so a server routing batch after batch stacks its adapters once."""
+        key = tuple((n, tuple((id(p), p._version) for p in self.variants[n].parameters()))
+                    if n in self.variants else n for n in names)
+        if self._stack_cache is None or self._stack_cache[0] != key:
+            self._stack_cache = (key, self.stacks(names))
+        return self._stack_cache[1]
+
     def routed(self, x: torch.Tensor) -> torch.Tensor:
         index, names, stacks = self.routing
         if x.shape[0] != index.shape[0]:
@@ -94,6 +106,9 @@ class LoRALayer(nn.Module):
         a_stack, b_stack = stacks
         if self.kind.float_input:
             x = x.to(a_stack.dtype)
+        first = index[0]
+        if bool((index == first).all()):   # one adapter for every row: two plain matmuls
+            return self.kind.up(self.kind.down(x, a_stack[first]), b_stack[first])
         return self.kind.routed(x, a_stack, b_stack, index)
 
     # --- merging ------------------------------------------------------------------------

@@ -95,6 +95,14 @@ def test_core_benchmark_quick_run_reports_the_promised_ratios(tmp_path):
     assert [r["contender"] for r in result["rows"][:3]] == ["lorakit", "peft", "full"]
     assert result["rows"][0]["trainable_params"] < result["rows"][2]["trainable_params"] / 10
     assert (tmp_path / "core_benchmark.png").stat().st_size > 1000
+    # mixed-adapter batches: lorakit and PEFT compute the same function, every contender
+    # and adapter count has its row, and the plot is there
+    assert result["figures"]["mixed_max_abs_diff_vs_peft"] <= 1e-4
+    mixed = {(r["contender"], r.get("distinct_adapters")) for r in result["rows"]}
+    assert {(c, k) for c in ("lorakit routed", "PEFT mixed batch", "one forward per adapter")
+            for k in (1, 8, 64)} <= mixed
+    assert 0 < result["figures"]["idle_adapters_tensor_mb"] < 10
+    assert (tmp_path / "mixed_batches.png").stat().st_size > 1000
 
 
 @pytest.fixture

@@ -122,3 +122,20 @@ def test_routing_refuses_bad_ids_merged_adapters_and_conv2d(tiny_bert):
                                                    "Embedding"):
         with lorakit.adapters_of(conv).route([0]):
             pass
+
+
+def test_cached_stacks_follow_an_in_place_update_of_an_adapter(tiny_bert):
+    model, adapters = bert_with_three(tiny_bert)
+    x = torch.randint(0, 60, (2, 5))
+    with torch.no_grad():
+        with adapters.route([0, 1]):
+            first = model(input_ids=x).logits
+        for p in adapters.parameters("r8"):
+            p.mul_(2.0)
+        with adapters.route([0, 1]):
+            second = model(input_ids=x).logits
+        alone = one_by_one(model, adapters, x, torch.tensor([0, 1]),
+                           lambda m, b: m(input_ids=b).logits)
+    assert torch.equal(first[0], second[0])            # adapter 0 unchanged
+    assert (first[1] - second[1]).abs().max() > 1e-4   # adapter 1 changed: restacked
+    assert (second - alone).abs().max() <= 1e-5
