@@ -63,8 +63,10 @@ class AdapterModule(pl.LightningModule):
         # the checkpoint holds adapters only; the frozen base comes from its own file
         self.strict_loading = False
 
-    def attach_adapters(self, model: nn.Module, config: LoRAConfig) -> Adapters:
-        self.adapters = attach(model, config)
+    def attach_adapters(self, model: nn.Module, config: LoRAConfig,
+                        name: str = "default") -> Adapters:
+        """Attach adapter `name` to `model`; a second call adds another to the same handle."""
+        self.adapters = attach(model, config, name)
         return self.adapters
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -163,8 +165,9 @@ class AdapterModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = self.trainable_state()
         if self.adapters is not None:
-            checkpoint[ADAPTER_KEY] = {"config": self.adapters.config.to_dict(),
-                                       "fingerprint": self.adapters.fingerprint()}
+            checkpoint[ADAPTER_KEY] = {
+                name: {"config": config.to_dict(), "fingerprint": self.adapters.fingerprint(name)}
+                for name, config in self.adapters.configs.items()}
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
         # plain tensors and numbers only, so Lightning's weights_only loading accepts them
         checkpoint["rng_states"] = {
