@@ -52,7 +52,7 @@ def cmd_plugins(_args) -> int:
 # --- lorakit <plugin> ... ----------------------------------------------------------------
 def run_lightning_cli(plugin: Plugin, argv: list[str]):
     """`lorakit <plugin> fit ...`: LightningCLI with the plugin's default config."""
-    from lightning.pytorch.cli import LightningCLI
+    from .lightning_cli import LorakitCLI
 
     module_cls, data_cls = plugin.load("module"), plugin.load("datamodule")
     defaults = {cmd: {"default_config_files": [plugin.default_config],
@@ -61,8 +61,8 @@ def run_lightning_cli(plugin: Plugin, argv: list[str]):
     # lorakit hands LightningCLI its share of the command line on purpose (the plugin name
     # is ours); Lightning's warning against args and sys.argv together does not apply
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    return LightningCLI(module_cls, data_cls, args=argv, parser_kwargs=defaults,
-                        save_config_kwargs={"overwrite": True})
+    return LorakitCLI(module_cls, data_cls, args=argv, parser_kwargs=defaults,
+                      save_config_kwargs={"overwrite": True})
 
 
 def run_plugin_demo(plugin: Plugin, out: Path, threads: int) -> dict:
