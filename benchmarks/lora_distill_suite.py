@@ -13,8 +13,10 @@ Models", Golnari 2023):
    UNet2DConditionModel at 32x32x3, batch 4. Peak RSS of a training run of LoRA
    distillation (one shared model, teacher = adapters off) vs full distillation
    (frozen teacher copy + fully trained student with AdamW), each in a fresh Python
-   process. Goal <= 0.6x (the paper: ~0.5x). The same two rows at the embedded size
-   show that there, activations and the runtime dominate and nothing is saved.
+   process and each through `Trainer.fit` on the plugin's DistillModule (the full
+   row: FullDistill, the same module with its adapters detached). Goal <= 0.6x (the
+   paper: ~0.5x). The same two rows at the embedded size (the shipped digits
+   teacher) show that there, activations and the runtime dominate and nothing is saved.
 
     lorakit bench --suite lora-distill --out reports/bench/lora-distill --threads 2 [--quick]
     python -m lorakit.benchmarks.lora_distill_suite --out ... (the same, through the runner)
@@ -26,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,76 +44,100 @@ BIG = dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(12
 
 
 # --- memory: one training run per fresh process ------------------------------------------
-def memory_worker(mode: str, size: str, steps: int, batch: int, threads: int) -> dict:
-    """Train `steps` distillation steps (LoRA or full) and report peak memory of this process."""
+def full_distill_class():
+    """The baseline contender, built on the plugin's own module so that both memory rows go
+    through the same loss, `training_step` and `Trainer.fit`: the student is the whole UNet
+    (AdamW over every weight) and the teacher a frozen copy of it, as full distillation
+    keeps. (A class made on demand: the import of the plugin stays in the worker.)"""
     import copy
 
-    import torch.nn.functional as F
-    from diffusers import UNet2DConditionModel
+    from lorakit.plugins.lora_distill.module import DistillModule
 
-    from lorakit.domains.imaging.guided_unet import COND_PROJ, GuidedUNet, conditioning_of
-    from lorakit.domains.imaging.teacher import unet_config
-    from lorakit.inject import attach
-    from lorakit.plugins.lora_distill.module import default_lora
+    class FullDistill(DistillModule):
+        def __init__(self, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.adapters.detach()
+            self.teacher = copy.deepcopy(self.model).requires_grad_(False)
+            self.model.requires_grad_(True)
+
+        def teacher_eps(self, x_t, t, cond, w, uncond=None, batched: bool = False):
+            with torch.no_grad():
+                return self.teacher.cfg(x_t, t, cond, w, uncond, batched=batched)
+
+        def on_train_end(self) -> None:
+            """No adapter file: the baseline's student is a whole UNet."""
+
+    return FullDistill
+
+
+def memory_worker(mode: str, size: str, steps: int, batch: int, threads: int,
+                  pretrained: str | None = None) -> dict:
+    """`steps` steps of DistillModule through `Trainer.fit` (mode "lora": the plugin as a
+    user runs it; "full": the FullDistill baseline) and the peak memory of this process.
+    pretrained: the teacher folder (None: the embedded digits teacher)."""
+    import tempfile
+
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import Timer
+    from torch.utils.data import DataLoader
+
+    from lorakit.plugins.lora_distill.module import DistillModule
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    reset_peak_rss()
-    baseline = rss_mb("VmRSS")
-    config = dict(BIG) if size == "big" else unet_config(time_cond_proj_dim=32)
-    unet = UNet2DConditionModel(**config)
-    with torch.no_grad():
-        unet.get_submodule(COND_PROJ).weight.zero_()
-    unet.to(device)
-    cond = conditioning_of({**config, "_class_name": "UNet2DConditionModel"})
-    student = GuidedUNet(unet, cond, guidance_embed_dim=32)
-    n_params = sum(p.numel() for p in unet.parameters())
-    if mode == "lora":
-        adapters = attach(unet, default_lora())
-        params = list(adapters.parameters())
-
-        def teacher_eps(x, t, y, w):
-            with torch.no_grad(), adapters.disabled():
-                return student.cfg(x, t, y, w)
-    else:
-        teacher = copy.deepcopy(student).requires_grad_(False)
-        params = list(unet.parameters())
-        unet.requires_grad_(True)
-
-        def teacher_eps(x, t, y, w):
-            with torch.no_grad():
-                return teacher.cfg(x, t, y, w)
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    shape = (batch, config["in_channels"], config["sample_size"], config["sample_size"])
-    built = rss_mb("VmRSS")
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        x = torch.randn(shape, device=device)
-        t = torch.randint(0, 1000, (batch,), device=device)
-        y = torch.randint(0, 10, (batch,), device=device)
-        w = 1 + 2 * torch.rand(batch, device=device)
-        loss = F.mse_loss(student(x, t, y, w), teacher_eps(x, t, y, w))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    with tempfile.TemporaryDirectory() as tmp:
+        reset_peak_rss()
+        baseline = rss_mb("VmRSS")
+        cls = DistillModule if mode == "lora" else full_distill_class()
+        module = cls(pretrained=pretrained, output_dir=tmp)
+        built = rss_mb("VmRSS")
+        # real x_0 in the batch, as the digits default gives: no teacher sampling for x_0
+        classes = module.model.conditioning.null_class
+        data = [{"images": torch.randn(module.model.sample_shape),
+                 "class_labels": torch.tensor(i % classes)} for i in range(steps * batch)]
+        timer = Timer()  # the training stage only: not Lightning's set-up, not the save
+        trainer = pl.Trainer(max_steps=steps, accelerator=device, devices=1, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, limit_val_batches=0,
+                             default_root_dir=tmp, callbacks=[timer])
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        trainer.fit(module, DataLoader(data, batch_size=batch))
+    base = [p for n, p in module.model.unet.named_parameters()
+            if not n.rsplit(".", 1)[-1].startswith("lora_")]
     out = {"mode": mode, "size": size, "steps": steps, "batch": batch,
-           "params": n_params,
-           "trainable": sum(p.numel() for p in params),
+           "params": sum(p.numel() for p in base),
+           "trainable": sum(p.numel() for p in module.trainable_parameters()),
            "rss_baseline_mb": baseline, "rss_built_mb": built, "rss_peak_mb": rss_mb(),
            "training_mb": rss_mb() - baseline,
-           "step_s": (time.perf_counter() - t0) / steps, "loss": float(loss)}
+           "step_s": timer.time_elapsed("train") / steps, "loss": module.loss_history[-1][1]}
     if device == "cuda":
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
-def run_worker(mode: str, size: str, steps: int, batch: int, threads: int) -> dict:
+def write_big_teacher(folder: Path) -> str:
+    """The random-weight ~100 M-parameter UNet as a diffusers folder for DistillModule."""
+    from diffusers import UNet2DConditionModel
+
+    from lorakit.domains.imaging.guided_unet import COND_PROJ
+    from lorakit.domains.imaging.teacher import scheduler
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**BIG)
+    with torch.no_grad():
+        unet.get_submodule(COND_PROJ).weight.zero_()
+    unet.save_pretrained(folder)
+    scheduler().save_config(folder)
+    return str(folder)
+
+
+def run_worker(mode: str, size: str, steps: int, batch: int, threads: int,
+               pretrained: str | None = None) -> dict:
     cmd = [sys.executable, "-m", "lorakit.benchmarks.lora_distill_suite", "--memory-worker",
            mode, "--size", size, "--steps", str(steps), "--batch", str(batch),
-           "--threads", str(threads)]
+           "--threads", str(threads), *(["--pretrained", pretrained] if pretrained else [])]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if res.returncode != 0:
@@ -198,9 +225,11 @@ def run(out_dir, threads: int = 2, quick: bool = False) -> dict:
     # 3: memory, each run in a fresh process
     memory = []
     sizes = [("embedded", 64, 3)] + ([] if quick else [("big", 4, 3)])
-    for size, batch, n in sizes:
-        for mode in ("lora", "full"):
-            memory.append(run_worker(mode, size, n, batch, threads))
+    with tempfile.TemporaryDirectory() as big_dir:
+        for size, batch, n in sizes:
+            pretrained = write_big_teacher(Path(big_dir)) if size == "big" else None
+            for mode in ("lora", "full"):
+                memory.append(run_worker(mode, size, n, batch, threads, pretrained))
 
     figures = {"fit_seconds": fit_s, "distill_steps": steps}
     for r in quality:
@@ -242,8 +271,12 @@ def run(out_dir, threads: int = 2, quick: bool = False) -> dict:
         "doubled batch (diffusers' way), and the student as one pass with merged adapters.",
         "Training memory: peak RSS of a fresh process per row, its peak reset after the "
         "imports (rss_baseline_mb: RSS then, before the model; training_mb = peak - "
-        "baseline: model, optimizer state, activations); 'big' is a random-weight ~100 M-parameter "
-        "UNet2DConditionModel at 32x32x3, batch 4; 'embedded' the digits teacher at batch 64.",
+        "baseline: model, optimizer state, activations, Lightning); each row is 3 steps of "
+        "`Trainer.fit` on the plugin's DistillModule (lora: as `lorakit lora-distill fit` "
+        "runs it; full: FullDistill, the same loss and loop with the adapters detached, AdamW "
+        "over the whole UNet and a frozen teacher copy); s/step is the training stage only. "
+        "'big' is a random-weight ~100 M-parameter UNet2DConditionModel at 32x32x3, batch 4; "
+        "'embedded' the shipped digits teacher at batch 64.",
         "Goals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in goals.items()),
         "", "### Quality", quality_markdown(quality),
         "", "### Sampling time per image", timing_markdown(timing),
@@ -261,10 +294,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", choices=("embedded", "big"), default="big")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--pretrained", help="teacher folder of a memory worker (default: embedded)")
     args = p.parse_args(argv)
     if args.memory_worker:
         print(json.dumps(memory_worker(args.memory_worker, args.size, args.steps, args.batch,
-                                       args.threads)))
+                                       args.threads, args.pretrained)))
         return
     from lorakit.bench import run_suite
 

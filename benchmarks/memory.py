@@ -1,7 +1,8 @@
 """Peak resident memory of a benchmark process, the one memory counter a CPU has.
 
-Each contender trains in a fresh process; the peak is reset after imports and model
-building so that it measures training alone.
+Each contender trains in a fresh process and resets the peak where its measurement
+starts: after the imports, so that the Python/torch runtime does not count (the core
+suite resets it after building the model too, to measure training alone).
 """
 from __future__ import annotations
 

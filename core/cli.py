@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import traceback
 import warnings
@@ -49,20 +50,55 @@ def cmd_plugins(_args) -> int:
     return 0
 
 
+# --- what the command prints ------------------------------------------------------------
+class _DropLightningTips(logging.Filter):
+    """Lightning logs adverts for its cloud products ("💡 Tip: ... litlogger / litmodels")
+    at INFO on every fit, with no setting to turn them off; its other INFO lines stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+# (message, category, module) of third-party warnings that every run prints and that no
+# lorakit user can act on; each is matched exactly, so a warning about the user's own
+# input or settings still shows.
+KNOWN_NOISE = [
+    # Lightning's own code calls torch's deprecated LeafSpec (torch >= 2.10)
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning,
+     r"lightning\.pytorch\.utilities\._pytree"),
+    # a note on Lightning 1.9's dependency change, printed whenever the default logger is used
+    (r"Starting from v1\.9\.0, `tensorboardX` has been removed", UserWarning,
+     r"lightning\.pytorch\.trainer\.connectors\.logger_connector"),
+    # mini-dust3r's CPU path calls the deprecated torch.cuda.amp.autocast(enabled=False)
+    (r"`torch\.cuda\.amp\.autocast\(args\.\.\.\)` is deprecated", FutureWarning,
+     r"mini_dust3r\."),
+    # lorakit hands LightningCLI its share of the command line on purpose (the plugin name
+    # is ours); Lightning's warning against args and sys.argv together does not apply
+    (r"LightningCLI's args parameter is intended", UserWarning, r"lightning\.pytorch\.cli"),
+]
+
+
+def quiet_third_party() -> None:
+    """Keep the `lorakit` command's output to lorakit's messages and real warnings."""
+    for message, category, module in KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLightningTips) for f in logger.filters):
+            logger.addFilter(_DropLightningTips())
+
+
 # --- lorakit <plugin> ... ----------------------------------------------------------------
 def run_lightning_cli(plugin: Plugin, argv: list[str]):
     """`lorakit <plugin> fit ...`: LightningCLI with the plugin's default config."""
-    from lightning.pytorch.cli import LightningCLI
+    from .lightning_cli import LorakitCLI
 
     module_cls, data_cls = plugin.load("module"), plugin.load("datamodule")
     defaults = {cmd: {"default_config_files": [plugin.default_config],
                       "prog": f"lorakit {plugin.name} {cmd}"} for cmd in LIGHTNING_COMMANDS}
     defaults["description"] = f"lorakit {plugin.name}: {plugin.summary}"
-    # lorakit hands LightningCLI its share of the command line on purpose (the plugin name
-    # is ours); Lightning's warning against args and sys.argv together does not apply
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    return LightningCLI(module_cls, data_cls, args=argv, parser_kwargs=defaults,
-                        save_config_kwargs={"overwrite": True})
+    return LorakitCLI(module_cls, data_cls, args=argv, parser_kwargs=defaults,
+                      save_config_kwargs={"overwrite": True})
 
 
 def run_plugin_demo(plugin: Plugin, out: Path, threads: int) -> dict:
@@ -257,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_third_party()
     try:
         reserved = {"plugins", "demo", "bench", "adapter", "-h", "--help"}
         if argv and argv[0] not in reserved and not argv[0].startswith("-"):

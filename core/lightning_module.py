@@ -130,7 +130,7 @@ class AdapterModule(pl.LightningModule):
     def save_adapter(self, folder: str | Path | None = None) -> Path:
         """Write `adapter.safetensors` into `folder` (default: `output_folder()`), then call
         `on_adapter_saved`. A merged adapter is saved unmerged and merged again after."""
-        if self.adapters is None:
+        if self.adapters is None or not self.adapters.names:
             raise LoraKitError(f"{type(self).__name__} has no adapters to save (trained in "
                                "full or with a frozen encoder)")
         path = Path(folder if folder is not None else self.output_folder()) / ADAPTER_FILE
@@ -147,7 +147,7 @@ class AdapterModule(pl.LightningModule):
 
     def on_fit_end(self) -> None:
         """Save the adapter on rank zero (after callbacks such as AdapterEMA handed over)."""
-        if self.adapters is None:
+        if self.adapters is None or not self.adapters.names:
             return
         folder = self.output_folder()   # every rank: a collective under DDP
         if self.trainer.is_global_zero:

@@ -1,8 +1,10 @@
 """The `lorakit` console script, run as a user runs it."""
 import json
 import os
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,41 @@ def test_plugin_fit_runs_lightning_cli_with_the_plugins_default_config(tmp_path)
     meta, _ = lorakit.read_adapter(tmp_path / "adapter.safetensors")
     assert meta["config"]["rank"] == 3 and meta["extra"] == {"plugin": "toy"}
     assert f"written to {tmp_path / 'adapter.safetensors'}" in proc.stdout + proc.stderr
+
+
+def test_plugin_fit_prints_lorakits_lines_and_real_warnings_but_no_adverts_or_library_noise(
+        tmp_path):
+    """A real plugin (lora-distill, its embedded teacher, 3 steps) through the console script.
+    Its default logger and checkpointing draw Lightning's tips, its tensorboardX note and
+    torch's LeafSpec deprecation; log_every_n_steps=25 over 2 batches is a real warning
+    about this command line, which must still show."""
+    proc = lorakit_cli("lora-distill", "fit", "--threads", 1, "--data.source=labels",
+                       "--data.batch_size=8", "--data.epoch_size=16", "--data.val_size=8",
+                       "--model.sample_steps=2", "--model.x0_steps=2", "--trainer.max_steps=3",
+                       "--trainer.limit_val_batches=1", f"--model.output_dir={tmp_path}",
+                       f"--trainer.default_root_dir={tmp_path}", cwd=tmp_path, toy=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    for advert in ("Tip", "litlogger", "litmodels", "tensorboardX"):
+        assert advert not in out
+    assert not re.search(r"deprecat|DeprecationWarning|FutureWarning", out, re.IGNORECASE)
+    assert re.search(r"^lorakit: [\d,]+ trainable of [\d,]+ parameters", out, re.MULTILINE)
+    assert "smaller than the logging interval Trainer(log_every_n_steps=25)" in out
+    library_warnings = re.findall(r"site-packages/\S+:\d+: .*", out)
+    assert len(library_warnings) == 1, library_warnings  # the logging-interval one above
+    assert "step 3/3" in proc.stdout  # StepProgressBar, installed by default
+
+
+def test_quiet_third_party_matches_the_library_that_warns_not_the_message_alone():
+    from lorakit.cli import quiet_third_party
+
+    message = "`torch.cuda.amp.autocast(args...)` is deprecated. Please use torch.amp.autocast"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        for module in ("mini_dust3r.model", "my_training_script"):
+            warnings.warn_explicit(message, FutureWarning, f"{module}.py", 1, module=module)
+    assert [w.filename for w in caught] == ["my_training_script.py"]
 
 
 def test_demo_index_shows_rounded_headlines_with_goals_plots_and_html_reports(tmp_path):
