@@ -213,17 +213,19 @@ def cmd_adapter_inspect(args) -> int:
         return 0
     console = Console(width=140)
     head = Table(title=f"adapter {args.file}", show_header=False)
-    for key in ("method", "rank", "alpha", "scale", "rslora", "targets", "modules_to_save",
-                "lorakit_version", "base_fingerprint", "parameters", "file_bytes"):
+    for key in ("name", "method", "rank", "alpha", "scale", "rslora", "targets",
+                "modules_to_save", "format", "lorakit_version", "base_fingerprint",
+                "parameters", "file_bytes"):
         head.add_row(key, str(info[key]))
     for key, value in info["extra"].items():
         head.add_row(f"extra.{key}", str(value))
     console.print(head)
     mods = Table(title="per module")
-    for col in ("module", "shape (out x in)", "rank", "effective rank", "sparsity"):
+    for col in ("module", "kind", "weight shape", "rank", "effective rank", "sparsity"):
         mods.add_column(col)
     for row in info["modules"]:
-        mods.add_row(row["module"], "x".join(map(str, row["shape"])), str(row["rank"]),
+        mods.add_row(row["module"], row["kind"], "x".join(map(str, row["shape"])),
+                     str(row["rank"]),
                      str(row["effective_rank"]), f"{row['sparsity']:.1%}")
     console.print(mods)
     return 0

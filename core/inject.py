@@ -192,6 +192,8 @@ class Adapters:
             variant = cls(layer.kind, config, adapter_dtype(base_weight), base_weight.device,
                           shared.get(key) if key is not None else None)
             layer.variants[name] = variant.train(layer.base.training)
+        order = {p: i for i, p in enumerate(adaptable_modules(self.model))}
+        self.layers = dict(sorted(self.layers.items(), key=lambda kv: order[kv[0]]))
         for module in saved.values():
             module.requires_grad_(True)
         self.named[name] = _Named(config, saved)
@@ -203,9 +205,7 @@ class Adapters:
         layer = LoRALayer(module, kind_of(module)(module))
         layer.train(module.training)
         _set_child(self.model, path, layer)
-        order = list(adaptable_modules(self.model))
         self.layers[path] = layer
-        self.layers = dict(sorted(self.layers.items(), key=lambda kv: order.index(kv[0])))
         return layer
 
     def delete(self, name: str) -> None:
@@ -330,6 +330,11 @@ class Adapters:
                     raise LoraKitError(f"module {path!r} is a {layer.kind.describe()}: "
                                        "mixed-adapter batches work on Linear, Conv1D and "
                                        "Embedding layers")
+                fixed = [n for n, v in layer.variants.items() if not v.routable]
+                if fixed:
+                    raise LoraKitError(f"adapter {fixed[0]!r} ({layer.variants[fixed[0]].method})"
+                                       " is not a product B A of its own and cannot be routed; "
+                                       "delete it or route on a model without it")
                 stacks = layer.cached_stacks(names) if build else None
                 layer.routing = (index.to(layer.base.weight.device), names, stacks)
             yield self.model

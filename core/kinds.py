@@ -62,6 +62,11 @@ class LayerKind:
         return delta
 
     @staticmethod
+    def to_matrix(weight: torch.Tensor) -> torch.Tensor:
+        """The base weight as an (out × in) matrix: the inverse of `to_weight`."""
+        return weight
+
+    @staticmethod
     def to_peft(a: torch.Tensor, b: torch.Tensor, weight_shape) -> tuple[torch.Tensor, ...]:
         return a, b
 
@@ -127,6 +132,10 @@ class Conv1DKind(LayerKind):
     def to_weight(delta: torch.Tensor, weight_shape) -> torch.Tensor:
         return delta.T
 
+    @staticmethod
+    def to_matrix(weight: torch.Tensor) -> torch.Tensor:
+        return weight.T
+
 
 class EmbeddingKind(LayerKind):
     """`nn.Embedding`: A (r × num) is looked up like the table itself, B (dim × r) maps up.
@@ -158,6 +167,10 @@ class EmbeddingKind(LayerKind):
     @staticmethod
     def to_weight(delta: torch.Tensor, weight_shape) -> torch.Tensor:
         return delta.T
+
+    @staticmethod
+    def to_matrix(weight: torch.Tensor) -> torch.Tensor:
+        return weight.T
 
     def down(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return F.embedding(x, a.T, padding_idx=self.padding_idx)
@@ -197,6 +210,10 @@ class Conv2dKind(LayerKind):
     @staticmethod
     def to_weight(delta: torch.Tensor, weight_shape) -> torch.Tensor:
         return delta.reshape(weight_shape)
+
+    @staticmethod
+    def to_matrix(weight: torch.Tensor) -> torch.Tensor:
+        return weight.flatten(1)
 
     @staticmethod
     def to_peft(a, b, weight_shape):

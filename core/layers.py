@@ -58,7 +58,8 @@ class LoRALayer(nn.Module):
             return y + self.routed(x).to(y.dtype)
         for name, weight in self.active.items():
             if name not in self.merged:
-                y = y.add(self.variants[name](x, self.kind).to(y.dtype), alpha=weight)
+                y = y.add(self.variants[name](x, self.kind, self.base).to(y.dtype),
+                          alpha=weight)
         return y
 
     # --- mixed-adapter batches ----------------------------------------------------------
@@ -116,19 +117,14 @@ class LoRALayer(nn.Module):
     def merge(self, name: str, weight: float = 1.0) -> None:
         if name in self.merged:
             return
-        w = self.base.weight
-        delta = self.variants[name].delta_weight() * weight
-        w.add_(self.kind.to_weight(delta, w.shape).to(w.dtype))
+        self.variants[name].merge_into(self.base.weight, self.kind, weight)
         self.merged[name] = weight
 
     @torch.no_grad()
     def unmerge(self, name: str) -> None:
         if name not in self.merged:
             return
-        weight = self.merged.pop(name)
-        w = self.base.weight
-        delta = self.variants[name].delta_weight() * weight
-        w.sub_(self.kind.to_weight(delta, w.shape).to(w.dtype))
+        self.variants[name].unmerge_from(self.base.weight, self.kind, self.merged.pop(name))
 
     def extra_repr(self) -> str:
         return (f"kind={self.kind.name}, active={self.active}, merged={list(self.merged)}, "

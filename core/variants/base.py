@@ -7,14 +7,17 @@ trainable tensors for the module and says
   `file_keys`) and the optimizer group of each (`param_kinds`);
 - its init (in `__init__`, and `make_shared` for tensors several modules share);
 - its contribution to the layer's output (`forward`) and ΔW for the live layer
-  (`delta_weight`), both already scaled;
+  (`delta_weight`), both already scaled, and how ΔW goes into and out of the base
+  weight (`merge_into`, `unmerge_from`);
 - ΔW from file tensors alone (`file_factors`, `file_delta`), for `adapter merge`,
   `adapter inspect` and PEFT export;
 - its PEFT mapping (`peft`: whether PEFT's LoRA layout holds it exactly, as A and B).
 
 The layer, the handle, the adapter file, PEFT interop, merge and inspect call these
 and never ask which method they hold. A method that is not a plain product B A
-(DoRA, a mixture) overrides `forward`, `delta_weight`, `factors` and `file_delta`.
+(DoRA, a mixture) overrides `forward`, `delta_weight`, `merge_into` / `unmerge_from`
+and `file_delta`, and has no `factors` (so it cannot be routed or exported as A, B).
+Each of those receives the base module or weight, which such a method needs.
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ class Variant(nn.Module):
     method: ClassVar[str]
     param_kinds: ClassVar[dict[str, str]] = {}   # tensor name -> optimizer group ("lora")
     peft: ClassVar[bool] = True                  # PEFT's LoRA layout holds it exactly
+    routable: ClassVar[bool] = True              # has `factors()`: mixed-adapter batches work
 
     def __init__(self, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
                  device: torch.device, shared: nn.Module | None = None) -> None:
@@ -90,18 +94,31 @@ class Variant(nn.Module):
         """(A, B), unscaled, with ΔW = scale · B A."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, kind: LayerKind) -> torch.Tensor:
-        """scale · B A x, in the kind's own sense of applying A and B."""
+    def forward(self, x: torch.Tensor, kind: LayerKind, base: nn.Module) -> torch.Tensor:
+        """What this adapter adds to `base(x)`: scale · B A x, in the kind's own sense of
+        applying A and B."""
         a, b = self.factors()
         if kind.float_input:
             x = self.dropout(x.to(a.dtype))
         # the scale rides on the r-wide middle: the cheapest place for it
         return kind.up(kind.down(x, a) * self.scale, b)
 
-    def delta_weight(self) -> torch.Tensor:
-        """scale · B A (out × in)."""
+    def delta_weight(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """scale · B A (out × in); `weight` (the base weight as a matrix) for methods whose
+        update depends on it."""
         a, b = self.factors()
         return (b @ a) * self.scale
+
+    @torch.no_grad()
+    def merge_into(self, weight: torch.Tensor, kind: LayerKind, factor: float) -> None:
+        """weight += factor · ΔW, in the weight's own layout (in place)."""
+        delta = self.delta_weight(kind.to_matrix(weight)) * factor
+        weight.add_(kind.to_weight(delta, weight.shape).to(weight.dtype))
+
+    @torch.no_grad()
+    def unmerge_from(self, weight: torch.Tensor, kind: LayerKind, factor: float) -> None:
+        delta = self.delta_weight(kind.to_matrix(weight)) * factor
+        weight.sub_(kind.to_weight(delta, weight.shape).to(weight.dtype))
 
     def penalty(self) -> torch.Tensor | None:
         """A term the method adds to the loss (S2-LoRA's Σ|λ|), or None."""
@@ -118,9 +135,10 @@ class Variant(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def file_delta(cls, tensors, path, kind: type[LayerKind], weight_shape,
-                   scale: float) -> torch.Tensor:
-        """scale · B A in the base weight's layout, from file tensors alone."""
+    def file_delta(cls, tensors, path, kind: type[LayerKind], weight_shape, scale: float,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
+        """scale · B A in the base weight's layout, from file tensors (and, for methods whose
+        update depends on it, the base `weight`)."""
         a, b = cls.file_factors(tensors, path, kind, weight_shape)
         return kind.to_weight(scale * (b.float() @ a.float()), weight_shape)
 

@@ -63,7 +63,7 @@ class S2LoRA(Variant):
     def factors(self):
         return self.basis.lora_A, self.basis.lora_B * self.lora_lambda
 
-    def forward(self, x: torch.Tensor, kind: LayerKind) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kind: LayerKind, base: nn.Module) -> torch.Tensor:
         # λ on the r-wide middle, not on B: one multiply of r numbers per row
         a = self.basis.lora_A
         if kind.float_input:

@@ -166,6 +166,7 @@ def test_adapter_inspect_shows_sparsity_and_effective_rank(adapter_file):
     assert info["modules"][0]["sparsity"] == 0.5
     table = lorakit_cli("adapter", "inspect", adapter_file, toy=False).stdout
     assert "effective rank" in table and "bert.encoder.layer.0.attention.self.query" in table
+    assert info["modules"][0]["kind"] == "linear" and "linear" in table
 
 
 def test_adapter_merge_folds_the_update_into_base_weights(adapter_file, tiny_bert):
