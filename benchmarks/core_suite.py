@@ -178,7 +178,7 @@ def run(out_dir: Path, threads: int = 1, quick: bool = False) -> dict:
         "merged_inference_vs_base": inference["merged"] / inference["base"],
     }
     plot(out_dir, step_times, memory, inference)
-    mixed = mixed_batches.run(out_dir, size_name, threads, rounds)
+    mixed = mixed_batches.run(out_dir, size_name, threads, rounds=3 if quick else 15)
     rows += mixed["rows"]
     figures.update(mixed["figures"])
     notes = (f"BERT hidden {size['hidden']}, {size['layers']} layers, sequence {size['seq']}, "

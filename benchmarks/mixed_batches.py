@@ -17,6 +17,7 @@ bytes of their tensors.
 from __future__ import annotations
 
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -118,17 +119,26 @@ def time_mixed(size: dict, rounds: int) -> tuple[dict, float]:
     cases[("bare base", 0)] = (base, row_ids(1))
     cases[("single adapter, active", 1)] = (single, row_ids(1))
     times: dict = {key: [] for key in cases}
+    order = list(cases)
+    shuffle = random.Random(0).shuffle
     with torch.inference_mode():
         diff = max(float((routed(row_ids(k)) - peft_mixed(row_ids(k))).abs().max())
                    for k in COUNTS)
         for fn, ids in cases.values():    # warm-up
             fn(ids)
         for _ in range(rounds):
-            for key, (fn, ids) in cases.items():
+            shuffle(order)                # no contender always runs after the same one
+            for key in order:
+                fn, ids = cases[key]
                 t0 = time.perf_counter()
                 fn(ids)
                 times[key].append(time.perf_counter() - t0)
-    return {key: statistics.median(v) for key, v in times.items()}, diff
+    base = times[("bare base", 0)]
+    # seconds per batch, and the overhead as the median of per-round differences to the
+    # base, which cancels the slow drifts of a shared machine
+    return ({key: statistics.median(v) for key, v in times.items()},
+            {key: statistics.median(t - b for t, b in zip(v, base)) for key, v in times.items()},
+            diff)
 
 
 def idle_memory_child(size_name: str, n: int) -> dict:
@@ -180,15 +190,14 @@ def plot(out_dir: Path, times: dict) -> None:
 
 def run(out_dir: Path, size_name: str, threads: int, rounds: int) -> dict:
     size = SIZES[size_name]
-    times, diff = time_mixed(size, rounds)
+    times, overheads, diff = time_mixed(size, rounds)
     idle = measure_idle_memory(size_name, threads)
-    base = times[("bare base", 0)]
     rows = [{"contender": c, "distinct_adapters": k, "batch_ms": 1000 * t,
-             "sequences_per_s": BATCH / t, "adapter_overhead_ms": 1000 * (t - base)}
+             "sequences_per_s": BATCH / t, "adapter_overhead_ms": 1000 * overheads[(c, k)]}
             for (c, k), t in times.items()]
 
     def overhead(contender: str, k: int) -> float:
-        return times[(contender, k)] - base
+        return overheads[(contender, k)]
     figures = {
         "mixed64_overhead_vs_peft": overhead("lorakit routed", 64)
         / max(overhead("PEFT mixed batch", 64), 1e-9),
@@ -206,7 +215,8 @@ def run(out_dir: Path, size_name: str, threads: int, rounds: int) -> dict:
     notes = (f"Mixed batches: BERT hidden {size['hidden']}, {size['layers']} layers, "
              f"{BATCH} sequences of {size['seq']} tokens, {max(COUNTS)} rank-8 adapters on "
              f"query/value made by PEFT and imported into lorakit; median of {rounds} rounds, "
-             "contenders in turns. adapter overhead = time above the bare base's forward. "
+             "contenders in turns (shuffled each round). adapter overhead = the median over rounds "
+             "of the time above the bare base's forward in the same round. "
              f"Idle memory: {idle['adapters']} adapters attached in a fresh process added "
              f"{idle['rss_added_mb']:.1f} MB resident for {idle['tensor_mb']:.1f} MB of adapter "
              f"tensors (base weights {idle['base_mb']:.1f} MB, not copied). Goals: "
