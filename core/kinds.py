@@ -114,15 +114,8 @@ class LinearKind(LayerKind):
         return isinstance(module, nn.Linear)
 
 
-class Conv1DKind(LayerKind):
-    """GPT-2's `transformers.pytorch_utils.Conv1D`: y = x W + b with W stored (in × out)."""
-
-    name, label = "conv1d", "Conv1D"
-
-    @staticmethod
-    def matches(module: nn.Module) -> bool:
-        cls = _conv1d_class()
-        return cls is not None and isinstance(module, cls)
+class TransposedKind(LayerKind):
+    """A base whose weight is stored (in × out), the transpose of ΔW's (out × in)."""
 
     @staticmethod
     def matrix_shape(weight_shape) -> tuple[int, int]:
@@ -137,7 +130,18 @@ class Conv1DKind(LayerKind):
         return weight.T
 
 
-class EmbeddingKind(LayerKind):
+class Conv1DKind(TransposedKind):
+    """GPT-2's `transformers.pytorch_utils.Conv1D`: y = x W + b with W stored (in × out)."""
+
+    name, label = "conv1d", "Conv1D"
+
+    @staticmethod
+    def matches(module: nn.Module) -> bool:
+        cls = _conv1d_class()
+        return cls is not None and isinstance(module, cls)
+
+
+class EmbeddingKind(TransposedKind):
     """`nn.Embedding`: A (r × num) is looked up like the table itself, B (dim × r) maps up.
 
     PEFT stores these as `lora_embedding_A` / `lora_embedding_B` (no `.weight`).
@@ -156,21 +160,9 @@ class EmbeddingKind(LayerKind):
     def matches(module: nn.Module) -> bool:
         return isinstance(module, nn.Embedding)
 
-    @staticmethod
-    def matrix_shape(weight_shape) -> tuple[int, int]:
-        return int(weight_shape[1]), int(weight_shape[0])
-
     @classmethod
     def describe_shape(cls, weight_shape) -> str:
         return f"Embedding(num={weight_shape[0]}, dim={weight_shape[1]})"
-
-    @staticmethod
-    def to_weight(delta: torch.Tensor, weight_shape) -> torch.Tensor:
-        return delta.T
-
-    @staticmethod
-    def to_matrix(weight: torch.Tensor) -> torch.Tensor:
-        return weight.T
 
     def down(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return F.embedding(x, a.T, padding_idx=self.padding_idx)

@@ -21,3 +21,16 @@ def tiny_bert():
                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         return BertForSequenceClassification(cfg).eval()
     return make
+
+
+def randomise_params(params, seed: int = 0, std: float = 0.2) -> None:
+    """Give adapter tensors values (B starts at zero) so a test measures something."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in params:
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+@pytest.fixture(scope="session")
+def randomise():
+    return randomise_params

@@ -30,7 +30,8 @@ def test_pattern_matching_nothing_lists_existing_linear_paths(tiny_bert):
 
 
 def test_pattern_matching_only_non_linear_modules_says_so(tiny_bert):
-    with pytest.raises(lorakit.TargetNotFoundError, match="matched no module lorakit can adapt.*LayerNorm"):
+    with pytest.raises(lorakit.TargetNotFoundError,
+                       match="matched no module lorakit can adapt.*LayerNorm"):
         lorakit.attach(tiny_bert(), lorakit.LoRAConfig(targets=["*.attention.output.LayerNorm"]))
 
 

@@ -15,12 +15,6 @@ import lorakit
 peft = pytest.importorskip("peft")
 
 
-def randomise(params, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in params:
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-
 
 def tiny_gpt2(seed=0):
     from transformers import GPT2Config, GPT2Model
@@ -67,7 +61,7 @@ def output(model, x):
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("method", ["lora", "s2lora"])
-def test_merge_equals_unmerged_forward_and_unmerge_restores_the_base(case, method):
+def test_merge_equals_unmerged_forward_and_unmerge_restores_the_base(randomise, case, method):
     make, targets, inputs = CASES[case]
     model = make()
     x = inputs()
@@ -95,8 +89,8 @@ def test_merge_equals_unmerged_forward_and_unmerge_restores_the_base(case, metho
 @settings(max_examples=12, deadline=None)
 @given(c_in=st.integers(1, 4), c_mid=st.integers(1, 5), kernel=st.sampled_from([1, 2, 3]),
        stride=st.integers(1, 2), padding=st.integers(0, 1), rank=st.integers(1, 4))
-def test_conv2d_merge_matches_the_two_convolutions_for_any_shape(c_in, c_mid, kernel, stride,
-                                                                 padding, rank):
+def test_conv2d_merge_matches_the_two_convolutions_for_any_shape(randomise, c_in, c_mid, kernel,
+                                                                 stride, padding, rank):
     model = ConvNet(c_in, c_mid, kernel, stride, padding)
     x = torch.randn(2, c_in, 7, 7)
     adapters = lorakit.attach(model, lorakit.LoRAConfig(rank=rank, targets=["conv1"]))
@@ -108,7 +102,7 @@ def test_conv2d_merge_matches_the_two_convolutions_for_any_shape(c_in, c_mid, ke
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_save_and_load_round_trip_bit_exactly(case, tmp_path):
+def test_save_and_load_round_trip_bit_exactly(randomise, case, tmp_path):
     make, targets, inputs = CASES[case]
     x = inputs()
     src = make()
@@ -134,7 +128,7 @@ def test_an_embedding_adapter_refuses_a_table_of_another_size(tmp_path):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_lorakit_export_loads_in_peft_with_equal_outputs(case, tmp_path):
+def test_lorakit_export_loads_in_peft_with_equal_outputs(randomise, case, tmp_path):
     make, targets, inputs = CASES[case]
     x = inputs()
     model = make()

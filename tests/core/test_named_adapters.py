@@ -9,15 +9,9 @@ import lorakit
 peft = pytest.importorskip("peft")
 
 
-def randomise(params, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in params:
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-
 
 @pytest.fixture
-def two(tiny_bert):
+def two(randomise, tiny_bert):
     """A BERT with adapter 'a' (LoRA r=4 on q, v) and 'b' (S2-LoRA r=2 on q, k)."""
     model = tiny_bert()
     adapters = lorakit.attach(model, lorakit.LoRAConfig(rank=4, targets=["*.query", "*.value"]),

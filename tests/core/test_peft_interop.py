@@ -9,15 +9,10 @@ import lorakit
 peft = pytest.importorskip("peft")
 
 
-def randomise(params, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in params:
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-
 
 @pytest.mark.parametrize("method", ["lora", "s2lora"])
-def test_lorakit_adapter_exported_loads_in_peft_with_the_same_logits(tiny_bert, tmp_path, method):
+def test_lorakit_adapter_exported_loads_in_peft_with_the_same_logits(randomise, tiny_bert,
+                                                                   tmp_path, method):
     ids = torch.randint(0, 60, (3, 12))
     model = tiny_bert()
     adapters = lorakit.attach(model, lorakit.LoRAConfig(
@@ -68,7 +63,8 @@ def test_import_onto_the_wrong_base_names_the_module(tmp_path, tiny_bert):
         lorakit.import_peft(tmp_path, tiny_bert(hidden=16))
 
 
-def test_a_pruned_s2lora_adapter_exports_with_a_rank_pattern_peft_honours(tiny_bert, tmp_path):
+def test_a_pruned_s2lora_adapter_exports_with_a_rank_pattern_peft_honours(randomise, tiny_bert,
+                                                                        tmp_path):
     ids = torch.randint(0, 60, (3, 12))
     model = tiny_bert()
     targets = ["*.query", "*.value", "*.intermediate.dense"]   # bases 32x32 and 32x64

@@ -7,14 +7,7 @@ from torch import nn
 import lorakit
 
 
-def randomise(params, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in params:
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-
-
-def bert_with_three(tiny_bert):
+def bert_with_three(randomise, tiny_bert):
     """Adapters of ranks 2, 8 and 4 and two methods, on overlapping targets."""
     model = tiny_bert()
     specs = {"r2": dict(rank=2, targets=["*.query", "*.value"]),
@@ -34,8 +27,8 @@ def one_by_one(model, adapters, x, ids, forward):
     return torch.cat(rows)
 
 
-def test_routed_bert_batch_equals_each_row_alone_with_its_adapter(tiny_bert):
-    model, adapters = bert_with_three(tiny_bert)
+def test_routed_bert_batch_equals_each_row_alone_with_its_adapter(randomise, tiny_bert):
+    model, adapters = bert_with_three(randomise, tiny_bert)
     x = torch.randint(0, 60, (7, 11))
     ids = torch.tensor([0, 1, 2, -1, 1, 0, 2])
 
@@ -49,8 +42,8 @@ def test_routed_bert_batch_equals_each_row_alone_with_its_adapter(tiny_bert):
     assert (alone[0] - alone[3]).abs().max() > 1e-3      # the adapters do differ
 
 
-def test_routing_accepts_names_and_none_and_restores_the_active_set(tiny_bert):
-    model, adapters = bert_with_three(tiny_bert)
+def test_routing_accepts_names_and_none_and_restores_the_active_set(randomise, tiny_bert):
+    model, adapters = bert_with_three(randomise, tiny_bert)
     adapters.set_active("r8")
     x = torch.randint(0, 60, (3, 5))
     with torch.no_grad():
@@ -63,8 +56,8 @@ def test_routing_accepts_names_and_none_and_restores_the_active_set(tiny_bert):
         assert adapters.active == {"r8": 1.0}
 
 
-def test_routed_gradients_equal_those_of_each_row_alone(tiny_bert):
-    model, adapters = bert_with_three(tiny_bert)
+def test_routed_gradients_equal_those_of_each_row_alone(randomise, tiny_bert):
+    model, adapters = bert_with_three(randomise, tiny_bert)
     x = torch.randint(0, 60, (4, 6))
     ids = torch.tensor([0, 1, 1, 2])
     with adapters.route(ids):
@@ -78,7 +71,7 @@ def test_routed_gradients_equal_those_of_each_row_alone(tiny_bert):
 
 
 @pytest.mark.parametrize("kind", ["embedding", "conv1d"])
-def test_routing_works_on_embedding_and_gpt2_conv1d(kind):
+def test_routing_works_on_embedding_and_gpt2_conv1d(randomise, kind):
     from transformers import GPT2Config, GPT2Model
     torch.manual_seed(0)
     model = GPT2Model(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2,
@@ -100,8 +93,8 @@ def test_routing_works_on_embedding_and_gpt2_conv1d(kind):
     assert (routed - alone).abs().max() <= 1e-5
 
 
-def test_routing_refuses_bad_ids_merged_adapters_and_conv2d(tiny_bert):
-    model, adapters = bert_with_three(tiny_bert)
+def test_routing_refuses_bad_ids_merged_adapters_and_conv2d(randomise, tiny_bert):
+    model, adapters = bert_with_three(randomise, tiny_bert)
     x = torch.randint(0, 60, (2, 5))
     with pytest.raises(lorakit.LoraKitError, match="adapter id 3 is out of range"):
         with adapters.route(torch.tensor([0, 3])):
@@ -124,8 +117,8 @@ def test_routing_refuses_bad_ids_merged_adapters_and_conv2d(tiny_bert):
             pass
 
 
-def test_cached_stacks_follow_an_in_place_update_of_an_adapter(tiny_bert):
-    model, adapters = bert_with_three(tiny_bert)
+def test_cached_stacks_follow_an_in_place_update_of_an_adapter(randomise, tiny_bert):
+    model, adapters = bert_with_three(randomise, tiny_bert)
     x = torch.randint(0, 60, (2, 5))
     with torch.no_grad():
         with adapters.route([0, 1]):
