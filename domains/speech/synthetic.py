@@ -38,10 +38,10 @@ import soundfile as sf
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
+from lorakit.domains.downloads import cache_dir
 from lorakit.errors import LoraKitError
 
 from .audio import SAMPLE_RATE
-from .pretrained import cache_dir
 
 GENERATOR_VERSION = 1
 WORDS = Path(__file__).with_name("words.txt")

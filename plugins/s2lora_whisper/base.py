@@ -28,8 +28,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from lorakit.domains.downloads import cache_dir, sha256
 from lorakit.domains.speech.manifest import read_manifest
-from lorakit.domains.speech.pretrained import cache_dir, sha256, tiny_en_checkpoint
+from lorakit.domains.speech.pretrained import tiny_en_checkpoint
 from lorakit.domains.speech.synthetic import AdultSetConfig, build_adult_set, settings_id
 from lorakit.domains.speech.whisper_model import SAMPLE_RATE, context_samples, load_whisper
 

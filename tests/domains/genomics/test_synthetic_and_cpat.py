@@ -80,9 +80,10 @@ def test_cpat_human_set_is_4000_mrnas_and_4000_lncrnas(cpat):
 
 
 def test_cpat_fetch_reuses_its_cache(cpat, monkeypatch):
+    from lorakit.domains import downloads
     from lorakit.domains.genomics import cpat_data
     def no_download(*a, **k):
         raise AssertionError("downloaded again")
-    monkeypatch.setattr(cpat_data.subprocess, "run", no_download)
+    monkeypatch.setattr(downloads.subprocess, "run", no_download)
     paths = cpat_data.fetch_cpat_human()
     assert all(p.is_file() for p in paths.values())
