@@ -11,7 +11,7 @@ from typing import Literal, get_args
 
 from .errors import LoraKitError
 
-Method = Literal["lora", "s2lora"]
+Method = Literal["lora", "s2lora", "dora"]
 Init = Literal["kaiming", "gaussian"]
 
 
@@ -34,7 +34,9 @@ class LoRAConfig:
     method: Method = field(default="lora", metadata={
         "help": "'lora': one A, B per matrix. 's2lora': A and B shared by all adapted "
                 "matrices of one shape, each matrix keeps a rank-coefficient vector "
-                "lambda, dW_i = B diag(lambda_i) A (S2-LoRA, Liu et al. 2025)."})
+                "lambda, dW_i = B diag(lambda_i) A (S2-LoRA, Liu et al. 2025). "
+                "'dora': a trained magnitude per output row times the direction W + BA, "
+                "normalised (DoRA, Liu et al. 2024)."})
     modules_to_save: list[str] = field(default_factory=list, metadata={
         "help": "Patterns of modules trained in full and saved with the adapter "
                 "(a classification head, a new projection), as PEFT's modules_to_save."})
