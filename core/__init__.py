@@ -28,6 +28,7 @@ from .peft_interop import export_peft, import_peft
 from .variants import (
                      VARIANTS,
                      DoRA,
+                     FFALoRA,
                      LoRA,
                      S2LoRA,
                      SharedBasis,
@@ -37,7 +38,7 @@ from .version import __version__
 
 __all__ = [
     "KINDS", "VARIANTS", "AdapterEMA", "AdapterFileError", "AdapterMismatchError", "Adapters",
-    "CheckpointError", "DataError", "DoRA", "LayerKind", "LoRA", "LoRAConfig",
+    "CheckpointError", "DataError", "DoRA", "FFALoRA", "LayerKind", "LoRA", "LoRAConfig",
     "LoRALayer", "LoraKitError", "S2LoRA", "SharedBasis",
     "TargetNotFoundError", "Variant", "__version__", "adapters_of", "attach", "export_peft",
     "import_peft", "load_adapter", "read_adapter", "save_adapter",

@@ -11,7 +11,7 @@ from typing import Literal, get_args
 
 from .errors import LoraKitError
 
-Method = Literal["lora", "s2lora", "dora"]
+Method = Literal["lora", "s2lora", "dora", "ffa_lora"]
 Init = Literal["kaiming", "gaussian"]
 
 
@@ -36,7 +36,9 @@ class LoRAConfig:
                 "matrices of one shape, each matrix keeps a rank-coefficient vector "
                 "lambda, dW_i = B diag(lambda_i) A (S2-LoRA, Liu et al. 2025). "
                 "'dora': a trained magnitude per output row times the direction W + BA, "
-                "normalised (DoRA, Liu et al. 2024)."})
+                "normalised (DoRA, Liu et al. 2024). "
+                "'ffa_lora': A frozen at its random init, only B trains (FFA-LoRA, Sun et "
+                "al. 2024)."})
     modules_to_save: list[str] = field(default_factory=list, metadata={
         "help": "Patterns of modules trained in full and saved with the adapter "
                 "(a classification head, a new projection), as PEFT's modules_to_save."})

@@ -8,10 +8,11 @@ from __future__ import annotations
 from ..errors import LoraKitError
 from .base import Variant, adapter_dtype
 from .dora import DoRA
+from .ffa_lora import FFALoRA
 from .lora import LoRA
 from .s2lora import S2LoRA, SharedBasis
 
-VARIANTS: dict[str, type[Variant]] = {v.method: v for v in (LoRA, S2LoRA, DoRA)}
+VARIANTS: dict[str, type[Variant]] = {v.method: v for v in (LoRA, S2LoRA, DoRA, FFALoRA)}
 
 
 def variant_named(method: str, source: str = "adapter") -> type[Variant]:
@@ -21,5 +22,5 @@ def variant_named(method: str, source: str = "adapter") -> type[Variant]:
     return VARIANTS[method]
 
 
-__all__ = ["DoRA", "LoRA", "S2LoRA", "SharedBasis", "VARIANTS",
+__all__ = ["DoRA", "FFALoRA", "LoRA", "S2LoRA", "SharedBasis", "VARIANTS",
            "Variant", "adapter_dtype", "variant_named"]
