@@ -21,6 +21,7 @@ from .errors import (
                      LoraKitError,
                      TargetNotFoundError,
 )
+from .gradient_init import init_from_gradients
 from .inject import Adapters, adapters_of, attach, load_adapter
 from .kinds import KINDS, LayerKind
 from .layers import LoRALayer
@@ -30,6 +31,7 @@ from .variants import (
                      DoRA,
                      FFALoRA,
                      LoRA,
+                     LoRASB,
                      S2LoRA,
                      SharedBasis,
                      Variant,
@@ -39,7 +41,7 @@ from .version import __version__
 __all__ = [
     "KINDS", "VARIANTS", "AdapterEMA", "AdapterFileError", "AdapterMismatchError", "Adapters",
     "CheckpointError", "DataError", "DoRA", "FFALoRA", "LayerKind", "LoRA", "LoRAConfig",
-    "LoRALayer", "LoraKitError", "S2LoRA", "SharedBasis",
+    "LoRALayer", "LoRASB", "LoraKitError", "S2LoRA", "SharedBasis",
     "TargetNotFoundError", "Variant", "__version__", "adapters_of", "attach", "export_peft",
-    "import_peft", "load_adapter", "read_adapter", "save_adapter",
+    "import_peft", "init_from_gradients", "load_adapter", "read_adapter", "save_adapter",
 ]

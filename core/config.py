@@ -11,7 +11,7 @@ from typing import Literal, get_args
 
 from .errors import LoraKitError
 
-Method = Literal["lora", "s2lora", "dora", "ffa_lora"]
+Method = Literal["lora", "s2lora", "dora", "ffa_lora", "lora_sb"]
 Init = Literal["kaiming", "gaussian"]
 
 
@@ -38,7 +38,13 @@ class LoRAConfig:
                 "'dora': a trained magnitude per output row times the direction W + BA, "
                 "normalised (DoRA, Liu et al. 2024). "
                 "'ffa_lora': A frozen at its random init, only B trains (FFA-LoRA, Sun et "
-                "al. 2024)."})
+                "al. 2024). "
+                "'lora_sb': dW = B R A with A, B fixed and only the r x r R trained, set by "
+                "lorakit.init_from_gradients (LoRA-SB, Ponkshe et al. 2024)."})
+    init_lr: float = field(default=1e-4, metadata={
+        "help": "lora_sb: learning rate of the approximated first full fine-tuning step, "
+                "dW = -init_lr * sign(mean gradient), Adam's first step (Ponkshe et al. 2024, "
+                "sec. 4); use the run's learning rate."})
     modules_to_save: list[str] = field(default_factory=list, metadata={
         "help": "Patterns of modules trained in full and saved with the adapter "
                 "(a classification head, a new projection), as PEFT's modules_to_save."})
@@ -51,6 +57,10 @@ class LoRAConfig:
         if self.method not in get_args(Method):
             raise LoraKitError(f"LoRAConfig.method must be one of {list(get_args(Method))}, "
                                f"got {self.method!r}")
+        for positive in ("init_lr",):
+            if getattr(self, positive) <= 0:
+                raise LoraKitError(f"LoRAConfig.{positive} must be > 0, got "
+                                   f"{getattr(self, positive)}")
         if self.init not in get_args(Init):
             raise LoraKitError(f"LoRAConfig.init must be one of {list(get_args(Init))}, "
                                f"got {self.init!r}")
