@@ -31,6 +31,7 @@ from .variants import (
                      DoRA,
                      FFALoRA,
                      LoRA,
+                     LoRAGA,
                      LoRASB,
                      S2LoRA,
                      SharedBasis,
@@ -41,7 +42,7 @@ from .version import __version__
 __all__ = [
     "KINDS", "VARIANTS", "AdapterEMA", "AdapterFileError", "AdapterMismatchError", "Adapters",
     "CheckpointError", "DataError", "DoRA", "FFALoRA", "LayerKind", "LoRA", "LoRAConfig",
-    "LoRALayer", "LoRASB", "LoraKitError", "S2LoRA", "SharedBasis",
+    "LoRAGA", "LoRALayer", "LoRASB", "LoraKitError", "S2LoRA", "SharedBasis",
     "TargetNotFoundError", "Variant", "__version__", "adapters_of", "attach", "export_peft",
     "import_peft", "init_from_gradients", "load_adapter", "read_adapter", "save_adapter",
 ]

@@ -13,6 +13,7 @@
               shared.<in>x<out>.lora_A / .lora_B, <path>.lora_lambda (r)   S2-LoRA
               <path>.lora_magnitude (out) with lora_A, lora_B           DoRA
               <path>.lora_R (r × r) with fixed lora_A, lora_B           LoRA-SB
+              <path>.lora_A0, .lora_B0 (the init) with lora_A, lora_B   LoRA-GA
               <path>.<name>                                          modules_to_save
 
 A's `in` and B's `out` are those of ΔW as a matrix (`lorakit.kinds`): a Linear's

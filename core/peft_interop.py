@@ -13,7 +13,8 @@
 so `peft.PeftModel.from_pretrained(model, out_dir)` (and transformers/diffusers,
 which read the same files) load what lorakit trained. Any method whose update is a
 product B A per module (`Variant.peft`) exports: S2-LoRA as A and B·diag(λᵢ), which
-is exactly its update; FFA-LoRA, LoRA-SB (B·R and A) as plain LoRA; DoRA as A, B plus its magnitude and `use_dora`
+is exactly its update; FFA-LoRA, LoRA-SB (B·R and A) and LoRA-GA (rank 2r, its
+offset included) as plain LoRA; DoRA as A, B plus its magnitude and `use_dora`
 (`Variant.peft_config`), which is also how an imported folder is recognised as DoRA.
 The layer kind gives the layout (a Conv2d's factors as 4-d
 convolutions, GPT-2's Conv1D with `fan_in_fan_out`). PEFT scales by lora_alpha / r;
