@@ -21,17 +21,28 @@ from .errors import (
                      LoraKitError,
                      TargetNotFoundError,
 )
+from .gradient_init import init_from_gradients
 from .inject import Adapters, adapters_of, attach, load_adapter
 from .kinds import KINDS, LayerKind
 from .layers import LoRALayer
 from .peft_interop import export_peft, import_peft
-from .variants import VARIANTS, LoRA, S2LoRA, SharedBasis, Variant
+from .variants import (
+                     VARIANTS,
+                     DoRA,
+                     FFALoRA,
+                     LoRA,
+                     LoRAGA,
+                     LoRASB,
+                     S2LoRA,
+                     SharedBasis,
+                     Variant,
+)
 from .version import __version__
 
 __all__ = [
     "KINDS", "VARIANTS", "AdapterEMA", "AdapterFileError", "AdapterMismatchError", "Adapters",
-    "CheckpointError", "DataError", "LayerKind", "LoRA", "LoRAConfig", "LoRALayer",
-    "LoraKitError", "S2LoRA", "SharedBasis", "TargetNotFoundError", "Variant", "__version__",
-    "adapters_of", "attach", "export_peft", "import_peft", "load_adapter", "read_adapter",
-    "save_adapter",
+    "CheckpointError", "DataError", "DoRA", "FFALoRA", "LayerKind", "LoRA", "LoRAConfig",
+    "LoRAGA", "LoRALayer", "LoRASB", "LoraKitError", "S2LoRA", "SharedBasis",
+    "TargetNotFoundError", "Variant", "__version__", "adapters_of", "attach", "export_peft",
+    "import_peft", "init_from_gradients", "load_adapter", "read_adapter", "save_adapter",
 ]

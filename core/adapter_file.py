@@ -11,6 +11,9 @@
     tensors:  the method's own keys (`Variant.file_keys`), e.g.
               <path>.lora_A (r × in), <path>.lora_B (out × r)      plain LoRA
               shared.<in>x<out>.lora_A / .lora_B, <path>.lora_lambda (r)   S2-LoRA
+              <path>.lora_magnitude (out) with lora_A, lora_B           DoRA
+              <path>.lora_R (r × r) with fixed lora_A, lora_B           LoRA-SB
+              <path>.lora_A0, .lora_B0 (the init) with lora_A, lora_B   LoRA-GA
               <path>.<name>                                          modules_to_save
 
 A's `in` and B's `out` are those of ΔW as a matrix (`lorakit.kinds`): a Linear's

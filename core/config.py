@@ -11,7 +11,7 @@ from typing import Literal, get_args
 
 from .errors import LoraKitError
 
-Method = Literal["lora", "s2lora"]
+Method = Literal["lora", "s2lora", "dora", "ffa_lora", "lora_sb", "lora_ga"]
 Init = Literal["kaiming", "gaussian"]
 
 
@@ -34,7 +34,23 @@ class LoRAConfig:
     method: Method = field(default="lora", metadata={
         "help": "'lora': one A, B per matrix. 's2lora': A and B shared by all adapted "
                 "matrices of one shape, each matrix keeps a rank-coefficient vector "
-                "lambda, dW_i = B diag(lambda_i) A (S2-LoRA, Liu et al. 2025)."})
+                "lambda, dW_i = B diag(lambda_i) A (S2-LoRA, Liu et al. 2025). "
+                "'dora': a trained magnitude per output row times the direction W + BA, "
+                "normalised (DoRA, Liu et al. 2024). "
+                "'ffa_lora': A frozen at its random init, only B trains (FFA-LoRA, Sun et "
+                "al. 2024). "
+                "'lora_sb': dW = B R A with A, B fixed and only the r x r R trained, set by "
+                "lorakit.init_from_gradients (LoRA-SB, Ponkshe et al. 2024). "
+                "'lora_ga': A, B from the SVD of the full gradient "
+                "(lorakit.init_from_gradients), the output unchanged at step 0 (LoRA-GA, "
+                "Wang et al. 2024)."})
+    init_lr: float = field(default=1e-4, metadata={
+        "help": "lora_sb: learning rate of the approximated first full fine-tuning step, "
+                "dW = -init_lr * sign(mean gradient), Adam's first step (Ponkshe et al. 2024, "
+                "sec. 4); use the run's learning rate."})
+    init_gamma: float = field(default=16.0, metadata={
+        "help": "lora_ga: the stable-scale gamma; A and B are multiplied by "
+                "d_out^(1/4) / sqrt(gamma) (Wang et al. 2024, sec. 3.3 and Algorithm 1)."})
     modules_to_save: list[str] = field(default_factory=list, metadata={
         "help": "Patterns of modules trained in full and saved with the adapter "
                 "(a classification head, a new projection), as PEFT's modules_to_save."})
@@ -47,6 +63,10 @@ class LoRAConfig:
         if self.method not in get_args(Method):
             raise LoraKitError(f"LoRAConfig.method must be one of {list(get_args(Method))}, "
                                f"got {self.method!r}")
+        for positive in ("init_lr", "init_gamma"):
+            if getattr(self, positive) <= 0:
+                raise LoraKitError(f"LoRAConfig.{positive} must be > 0, got "
+                                   f"{getattr(self, positive)}")
         if self.init not in get_args(Init):
             raise LoraKitError(f"LoRAConfig.init must be one of {list(get_args(Init))}, "
                                f"got {self.init!r}")

@@ -191,6 +191,7 @@ class Adapters:
                                               base_weight.device)
             variant = cls(layer.kind, config, adapter_dtype(base_weight), base_weight.device,
                           shared.get(key) if key is not None else None)
+            variant.init_from_weight(layer.kind.to_matrix(base_weight.detach()))
             layer.variants[name] = variant.train(layer.base.training)
         order = {p: i for i, p in enumerate(adaptable_modules(self.model))}
         self.layers = dict(sorted(self.layers.items(), key=lambda kv: order[kv[0]]))
@@ -362,8 +363,9 @@ class Adapters:
         return index
 
     # --- what is trainable --------------------------------------------------------------
-    def named_parameters(self, name: str | None = None) -> Iterator[tuple[str, nn.Parameter]]:
-        """Adapter `name`'s trainable tensors under the keys they have in its file."""
+    def named_parameters(self, name: str | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Adapter `name`'s tensors under the keys they have in its file: the trained ones and
+        those its method keeps fixed (FFA-LoRA's A), which `parameters` leaves out."""
         name = self._one(name)
         variants = self.variants(name)
         seen: set[str] = set()
@@ -380,12 +382,12 @@ class Adapters:
                 yield f"{path}.{n}", p
 
     def parameters(self, name: str | None = None) -> Iterator[nn.Parameter]:
-        """One adapter's tensors, or every adapter's when `name` is None."""
+        """One adapter's trained tensors, or every adapter's when `name` is None."""
         names = self.names if name is None else [self._one(name)]
         seen: set[int] = set()
         for n in names:
             for _, p in self.named_parameters(n):
-                if id(p) not in seen:
+                if p.requires_grad and id(p) not in seen:
                     seen.add(id(p))
                     yield p
 
@@ -395,7 +397,7 @@ class Adapters:
         seen: set[int] = set()
 
         def put(kind: str, p: nn.Parameter) -> None:
-            if id(p) not in seen:
+            if p.requires_grad and id(p) not in seen:   # a method's fixed tensors stay out
                 seen.add(id(p))
                 groups.setdefault(kind, []).append(p)
         for name, named in self.named.items():

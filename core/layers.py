@@ -88,10 +88,12 @@ class LoRALayer(nn.Module):
 
     @torch.no_grad()
     def cached_stacks(self, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """`stacks(names)`, rebuilt only when an adapter's tensors changed since the last call
-        (a tensor's version counter moves with every in-place update, an optimizer step's
-        too), so a server routing batch after batch stacks its adapters once."""
-        key = tuple((n, tuple((id(p), p._version) for p in self.variants[n].parameters()))
+        """`stacks(names)`, rebuilt only when an adapter's tensors (its fixed buffers too)
+        changed since the last call (a tensor's version counter moves with every in-place
+        update, an optimizer step's too), so a server routing batch after batch stacks its
+        adapters once."""
+        key = tuple((n, tuple((id(t), t._version) for t in (*self.variants[n].parameters(),
+                                                            *self.variants[n].buffers())))
                     if n in self.variants else n for n in names)
         if self._stack_cache is None or self._stack_cache[0] != key:
             self._stack_cache = (key, self.stacks(names))

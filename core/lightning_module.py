@@ -22,6 +22,7 @@ has one, `trainer.log_dir`; else `default_root_dir` itself).
 """
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
@@ -158,9 +159,15 @@ class AdapterModule(pl.LightningModule):
 
     # --- checkpoints: adapters and training state only ------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint keeps: every trainable tensor under its module path."""
-        names = {id(p): n for n, p in self.named_parameters()}
-        return {names[id(p)]: p.detach().cpu().clone() for p in self.trainable_parameters()}
+        """What a checkpoint keeps: every trainable tensor under its module path, and the
+        tensors an adapter method keeps fixed (FFA-LoRA's random A), without which the trained
+        ones mean nothing."""
+        keep = {id(p) for p in self.trainable_parameters()}
+        if self.adapters is not None:
+            keep |= {id(t) for n in self.adapters.names
+                     for _, t in self.adapters.named_parameters(n)}
+        tensors = itertools.chain(self.named_parameters(), self.named_buffers())
+        return {n: t.detach().cpu().clone() for n, t in tensors if id(t) in keep}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = self.trainable_state()

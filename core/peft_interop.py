@@ -4,6 +4,8 @@
     out_dir/adapter_model.safetensors  base_model.model.<path>.lora_A.weight (r × in)
                                        base_model.model.<path>.lora_B.weight (out × r)
                                        base_model.model.<path>.lora_embedding_A / _B (Embedding)
+                                       base_model.model.<path>.<suffix>  (`Variant.peft_extra`:
+                                       DoRA's lora_magnitude_vector)
                                        base_model.model.<module>.<param>   (modules_to_save)
     out_dir/<name>/...                 every other named adapter (PEFT's save_pretrained rule:
                                        "default" at the top, the others in sub-folders)
@@ -11,7 +13,10 @@
 so `peft.PeftModel.from_pretrained(model, out_dir)` (and transformers/diffusers,
 which read the same files) load what lorakit trained. Any method whose update is a
 product B A per module (`Variant.peft`) exports: S2-LoRA as A and B·diag(λᵢ), which
-is exactly its update. The layer kind gives the layout (a Conv2d's factors as 4-d
+is exactly its update; FFA-LoRA, LoRA-SB (B·R and A) and LoRA-GA (rank 2r, its
+offset included) as plain LoRA; DoRA as A, B plus its magnitude and `use_dora`
+(`Variant.peft_config`), which is also how an imported folder is recognised as DoRA.
+The layer kind gives the layout (a Conv2d's factors as 4-d
 convolutions, GPT-2's Conv1D with `fan_in_fan_out`). PEFT scales by lora_alpha / r;
 a module whose rank differs from the common one (a pruned S2-LoRA basis) gets its own
 entry in `rank_pattern` and `alpha_pattern`, so every module keeps lorakit's scale.
@@ -33,9 +38,11 @@ from .errors import AdapterFileError, AdapterMismatchError
 from .inject import DEFAULT, Adapters, attach, describe
 from .kinds import kind_of
 from .layers import LoRALayer
-from .variants import variant_named
+from .variants import VARIANTS, LoRA, Variant, variant_named
 
 PREFIX = "base_model.model."
+# PEFT inits that subtract the initial B A from the base weight (PiSSA, OLoRA, CorDA, LoRA-GA)
+MUTATED_INITS = ("pissa", "olora", "corda", "lora_ga")
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
@@ -55,6 +62,8 @@ def _write_peft(meta: dict, tensors: dict[str, torch.Tensor], out_dir: Path,
         a, b = kind.to_peft(a, b, shape)
         peft_tensors[f"{PREFIX}{path}.{kind.peft_a}"] = a.clone().contiguous()
         peft_tensors[f"{PREFIX}{path}.{kind.peft_b}"] = b.clone().contiguous()
+        for suffix, t in method.peft_extra(tensors, path, kind, shape).items():
+            peft_tensors[f"{PREFIX}{path}.{suffix}"] = t.clone().contiguous()
         ranks[path] = a.shape[0]
         kinds.add(kind.name)
     for key in saved_keys(meta, tensors):
@@ -71,6 +80,7 @@ def _write_peft(meta: dict, tensors: dict[str, torch.Tensor], out_dir: Path,
         "target_modules": list(ranks), "modules_to_save": config.modules_to_save or None,
         "init_lora_weights": True, "inference_mode": True,
         "rank_pattern": pattern, "alpha_pattern": {p: alpha(r) for p, r in pattern.items()},
+        **method.peft_config,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / WEIGHTS,
@@ -137,11 +147,17 @@ def _read_peft(peft_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if pc.get("peft_type") != "LORA":
         raise AdapterFileError(f"{config_path}: peft_type {pc.get('peft_type')!r}; lorakit "
                                "imports LORA adapters only")
-    unsupported = [k for k in ("rank_pattern", "alpha_pattern", "use_dora", "lora_bias")
-                   if pc.get(k)]
+    unsupported = [k for k in ("rank_pattern", "alpha_pattern", "lora_bias") if pc.get(k)]
     if unsupported:
         raise AdapterFileError(f"{config_path} uses {unsupported}, which lorakit does not "
-                               "import (one rank and alpha per adapter, plain LoRA)")
+                               "import (one rank and alpha per adapter, no bias)")
+    init = str(pc.get("init_lora_weights", True)).lower()
+    if init.startswith(MUTATED_INITS):
+        raise AdapterFileError(
+            f"{config_path}: init_lora_weights {pc['init_lora_weights']!r} changed the base "
+            "weights when PEFT created it, so its A and B alone are not the update. Save it "
+            "with save_pretrained(..., path_initial_model_for_weight_conversion=...), which "
+            "writes a plain LoRA, and import that")
     try:
         with safe_open(str(weights), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -150,8 +166,19 @@ def _read_peft(peft_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return pc, {k.removeprefix(PREFIX): v for k, v in tensors.items()}
 
 
+def peft_method(pc: dict) -> type[Variant]:
+    """The method a PEFT config describes: the one whose `peft_config` keys it sets
+    (`use_dora` → DoRA), plain LoRA otherwise."""
+    for cls in VARIANTS.values():
+        if cls.peft and cls.peft_config and all(pc.get(k) == v
+                                                for k, v in cls.peft_config.items()):
+            return cls
+    return LoRA
+
+
 def _import_one(peft_dir: Path, model: torch.nn.Module, name: str) -> Adapters:
     pc, stripped = _read_peft(peft_dir)
+    method = peft_method(pc)
     suffixes = {"lora_A.weight": "lora_B.weight", "lora_embedding_A": "lora_embedding_B"}
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for key in stripped:
@@ -161,7 +188,7 @@ def _import_one(peft_dir: Path, model: torch.nn.Module, name: str) -> Adapters:
                 factors[path] = (stripped[key], stripped[f"{path}.{b_suffix}"])
     if not factors:
         raise AdapterFileError(f"{peft_dir / WEIGHTS} holds no lora_A weights")
-    state = {}
+    state, layer_keys = {}, set()
     for path, (a, b) in factors.items():
         try:
             module = model.get_submodule(path)
@@ -182,9 +209,17 @@ def _import_one(peft_dir: Path, model: torch.nn.Module, name: str) -> Adapters:
                 f"has an update of {b.shape[0]} x {a.shape[1]} there but is "
                 f"{describe(base)} here")
         state[f"{path}.lora_A"], state[f"{path}.lora_B"] = a, b
-    layer_keys = {k for k in stripped if any(k.endswith(s) for p in suffixes.items() for s in p)}
+        layer = {k for k in stripped if k.startswith(path + ".")}
+        extra = {k[len(path) + 1:]: stripped[k] for k in layer
+                 if not any(k.endswith(s) for p in suffixes.items() for s in p)}
+        own = method.from_peft_extra(extra, path, kind, tuple(base.weight.shape))
+        if extra and not own:
+            raise AdapterFileError(f"PEFT adapter {peft_dir}: module {path!r} has tensors "
+                                   f"{sorted(extra)} that lorakit's {method.method} does not read")
+        state.update(own)
+        layer_keys.update(layer)
     state.update({k: v for k, v in stripped.items() if k not in layer_keys})
-    config = LoRAConfig(rank=int(pc["r"]), alpha=float(pc["lora_alpha"]),
+    config = LoRAConfig(method=method.method, rank=int(pc["r"]), alpha=float(pc["lora_alpha"]),
                         dropout=float(pc.get("lora_dropout") or 0.0),
                         rslora=bool(pc.get("use_rslora")), targets=list(factors),
                         modules_to_save=list(pc.get("modules_to_save") or []))

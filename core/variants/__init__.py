@@ -7,10 +7,15 @@ from __future__ import annotations
 
 from ..errors import LoraKitError
 from .base import Variant, adapter_dtype
+from .dora import DoRA
+from .ffa_lora import FFALoRA
 from .lora import LoRA
+from .lora_ga import LoRAGA
+from .lora_sb import LoRASB
 from .s2lora import S2LoRA, SharedBasis
 
-VARIANTS: dict[str, type[Variant]] = {v.method: v for v in (LoRA, S2LoRA)}
+VARIANTS: dict[str, type[Variant]] = {v.method: v for v in (LoRA, S2LoRA, DoRA, FFALoRA,
+                                                             LoRASB, LoRAGA)}
 
 
 def variant_named(method: str, source: str = "adapter") -> type[Variant]:
@@ -20,5 +25,5 @@ def variant_named(method: str, source: str = "adapter") -> type[Variant]:
     return VARIANTS[method]
 
 
-__all__ = ["LoRA", "S2LoRA", "SharedBasis", "VARIANTS", "Variant", "adapter_dtype",
-           "variant_named"]
+__all__ = ["DoRA", "FFALoRA", "LoRA", "LoRAGA", "LoRASB", "S2LoRA", "SharedBasis", "VARIANTS",
+           "Variant", "adapter_dtype", "variant_named"]

@@ -4,19 +4,28 @@ A `Variant` is one named adapter on one adapted module: it holds that adapter's
 trainable tensors for the module and says
 
 - its tensors and their keys in the adapter file (`own_tensors`, `shared_tensors`,
-  `file_keys`) and the optimizer group of each (`param_kinds`);
-- its init (in `__init__`, and `make_shared` for tensors several modules share);
+  `file_keys`) and the optimizer group of each (`param_kinds`). Trained tensors are
+  `nn.Parameter`s; tensors a method keeps fixed but needs (FFA-LoRA's A, LoRA-SB's A
+  and B) are persistent buffers: in the file and in checkpoints, never in the optimizer;
+- its init (in `__init__`, and `make_shared` for tensors several modules share), and
+  two optional init hooks: `init_from_weight(weight)`, called once by `attach` with the
+  base weight (DoRA's magnitude starts at its row norms), and
+  `init_from_gradient(grad, weight)`, called by `lorakit.init_from_gradients` with the
+  base weight's full gradient averaged over a few batches (LoRA-GA, LoRA-SB);
 - its contribution to the layer's output (`forward`) and ΔW for the live layer
   (`delta_weight`), both already scaled, and how ΔW goes into and out of the base
   weight (`merge_into`, `unmerge_from`);
 - ΔW from file tensors alone (`file_factors`, `file_delta`), for `adapter merge`,
   `adapter inspect` and PEFT export;
-- its PEFT mapping (`peft`: whether PEFT's LoRA layout holds it exactly, as A and B).
+- its PEFT mapping (`peft`: whether PEFT's LoRA layout holds it exactly, as A and B
+  from `file_factors`, plus `peft_extra` tensors such as DoRA's magnitude and
+  `peft_config` keys such as `use_dora`; `from_peft_extra` reads those back, and an
+  imported PEFT config whose keys match a method's `peft_config` becomes that method).
 
 The layer, the handle, the adapter file, PEFT interop, merge and inspect call these
 and never ask which method they hold. A method that is not a plain product B A
 (DoRA, a mixture) overrides `forward`, `delta_weight`, `merge_into` / `unmerge_from`
-and `file_delta`, and has no `factors` (so it cannot be routed or exported as A, B).
+and `file_delta`, and sets `routable = False` (a routed batch gathers B A only).
 Each of those receives the base module or weight, which such a method needs.
 """
 from __future__ import annotations
@@ -28,6 +37,7 @@ import torch
 from torch import nn
 
 from ..config import LoRAConfig
+from ..errors import LoraKitError
 from ..kinds import LayerKind
 
 
@@ -52,6 +62,7 @@ class Variant(nn.Module):
     method: ClassVar[str]
     param_kinds: ClassVar[dict[str, str]] = {}   # tensor name -> optimizer group ("lora")
     peft: ClassVar[bool] = True                  # PEFT's LoRA layout holds it exactly
+    peft_config: ClassVar[dict] = {}             # adapter_config.json keys it sets ({"use_dora": True})
     routable: ClassVar[bool] = True              # has `factors()`: mixed-adapter batches work
 
     def __init__(self, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
@@ -71,10 +82,22 @@ class Variant(nn.Module):
                     device: torch.device) -> nn.Module | None:
         return None
 
+    # --- init from the base --------------------------------------------------------------
+    def init_from_weight(self, weight: torch.Tensor) -> None:
+        """Called by `attach` with the base weight as an (out × in) matrix; default: nothing."""
+
+    def init_from_gradient(self, grad: torch.Tensor, weight: torch.Tensor) -> None:
+        """Set the tensors from the base weight's full gradient (out × in, averaged over a few
+        batches) and the weight itself; `lorakit.init_from_gradients` calls it."""
+        raise LoraKitError(f"method {self.method!r} has no gradient-driven init; it is for "
+                           "methods such as lora_ga and lora_sb")
+
     # --- what is trainable, under which file key ---------------------------------------
-    def own_tensors(self) -> dict[str, nn.Parameter]:
-        """This module's own tensors by name; the file key is `<module path>.<name>`."""
-        return {n: p for n, p in self.named_parameters(recurse=False)}
+    def own_tensors(self) -> dict[str, torch.Tensor]:
+        """This module's own tensors by name, trained (parameters) and fixed (buffers); the
+        file key is `<module path>.<name>`."""
+        return {**dict(self.named_parameters(recurse=False)),
+                **dict(self.named_buffers(recurse=False))}
 
     def shared_tensors(self) -> dict[str, nn.Parameter]:
         """Tensors shared with other modules, by their full file key."""
@@ -141,6 +164,20 @@ class Variant(nn.Module):
         update depends on it, the base `weight`)."""
         a, b = cls.file_factors(tensors, path, kind, weight_shape)
         return kind.to_weight(scale * (b.float() @ a.float()), weight_shape)
+
+    @classmethod
+    def peft_extra(cls, tensors, path, kind: type[LayerKind],
+                   weight_shape) -> dict[str, torch.Tensor]:
+        """PEFT tensors of module `path` beyond A and B, by key suffix in PEFT's layout
+        (DoRA: {"lora_magnitude_vector": m}); default none."""
+        return {}
+
+    @classmethod
+    def from_peft_extra(cls, extra: dict[str, torch.Tensor], path, kind: type[LayerKind],
+                        weight_shape) -> dict[str, torch.Tensor]:
+        """The inverse of `peft_extra`: file tensors of module `path` (full keys) from the
+        PEFT tensors under it other than A and B ({suffix: tensor}); default none."""
+        return {}
 
     @classmethod
     def file_active_rank(cls, tensors, path, kind, weight_shape, tol: float) -> int:

@@ -1,0 +1,69 @@
+"""`init_from_gradients`: set an adapter from the gradient full fine-tuning would take.
+
+LoRA-GA and LoRA-SB start from the first step of full fine-tuning. For every module
+adapter `name` adapts, the gradient of the loss with respect to its base weight is
+averaged over a few batches and handed, with the weight, to the variant's
+`init_from_gradient(grad, weight)` (both (out × in) matrices in float32, whatever the
+layer kind), which sets its tensors.
+
+    adapters = lorakit.attach(model, lorakit.LoRAConfig(method="lora_ga", rank=8))
+    lorakit.init_from_gradients(model, adapters, batches[:8],
+                                lambda m, b: m(**b).loss)
+
+The gradients are the bare base model's (every adapter off, merged ones taken out),
+as the papers take them at W₀, in the mode the model is in (call `model.train()` first
+for training-time dropout). The base weights require grad only while this runs, and
+`torch.autograd.grad` hands the gradients back without writing any `.grad`, so nothing
+of the model changes but the adapter's tensors.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import LoraKitError
+from .inject import Adapters
+from .variants import Variant
+
+
+def init_from_gradients(model: nn.Module, adapters: Adapters, batches: Iterable[Any],
+                        loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+                        name: str | None = None) -> int:
+    """Initialise adapter `name` from the base weights' gradients averaged over `batches`
+    (`loss_fn(model, batch)` → scalar loss); returns the number of batches used."""
+    name = adapters._one(name)
+    variants = adapters.variants(name)
+    cannot = sorted({v.method for v in variants.values()
+                     if type(v).init_from_gradient is Variant.init_from_gradient})
+    if cannot:
+        raise LoraKitError(f"adapter {name!r} is {cannot[0]!r}, which has no gradient-driven "
+                           "init; use method 'lora_ga' or 'lora_sb'")
+    layers = [adapters.layers[p] for p in variants]
+    weights = [layer.base.weight for layer in layers]
+    sums = [torch.zeros(w.shape, dtype=torch.float32, device=w.device) for w in weights]
+    flags = [w.requires_grad for w in weights]
+    count = 0
+    try:
+        for w in weights:
+            w.requires_grad_(True)
+        with adapters.disabled(), torch.enable_grad():
+            for batch in batches:
+                grads = torch.autograd.grad(loss_fn(model, batch), weights, allow_unused=True)
+                for total, g in zip(sums, grads):
+                    if g is not None:
+                        total.add_(g.float())
+                count += 1
+    finally:
+        for w, flag in zip(weights, flags):
+            w.requires_grad_(flag)
+    if count == 0:
+        raise LoraKitError("init_from_gradients: `batches` gave no batch")
+    with torch.no_grad():
+        for variant, layer, total in zip(variants.values(), layers, sums):
+            kind = layer.kind
+            variant.init_from_gradient(kind.to_matrix(total / count),
+                                       kind.to_matrix(layer.base.weight.detach().float()))
+    return count
