@@ -25,13 +25,14 @@ from .inject import Adapters, adapters_of, attach, load_adapter
 from .kinds import KINDS, LayerKind
 from .layers import LoRALayer
 from .peft_interop import export_peft, import_peft
-from .variants import VARIANTS, LoRA, S2LoRA, SharedBasis, Variant
+from .variants import GGPO, VARIANTS, ALLoRA, BALoRA, LoRA, S2LoRA, SharedBasis, Variant
 from .version import __version__
 
 __all__ = [
-    "KINDS", "VARIANTS", "AdapterEMA", "AdapterFileError", "AdapterMismatchError", "Adapters",
-    "CheckpointError", "DataError", "LayerKind", "LoRA", "LoRAConfig", "LoRALayer",
-    "LoraKitError", "S2LoRA", "SharedBasis", "TargetNotFoundError", "Variant", "__version__",
+    "GGPO", "KINDS", "VARIANTS", "ALLoRA", "AdapterEMA", "AdapterFileError",
+    "AdapterMismatchError", "Adapters", "BALoRA", "CheckpointError", "DataError", "LayerKind",
+    "LoRA", "LoRAConfig", "LoRALayer", "LoraKitError", "S2LoRA", "SharedBasis",
+    "TargetNotFoundError", "Variant", "__version__",
     "adapters_of", "attach", "export_peft", "import_peft", "load_adapter", "read_adapter",
     "save_adapter",
 ]

@@ -11,8 +11,9 @@ from typing import Literal, get_args
 
 from .errors import LoraKitError
 
-Method = Literal["lora", "s2lora"]
+Method = Literal["lora", "s2lora", "allora", "ggpo", "balora"]
 Init = Literal["kaiming", "gaussian"]
+BATask = Literal["nlu", "nlg"]
 
 
 @dataclass
@@ -34,7 +35,32 @@ class LoRAConfig:
     method: Method = field(default="lora", metadata={
         "help": "'lora': one A, B per matrix. 's2lora': A and B shared by all adapted "
                 "matrices of one shape, each matrix keeps a rank-coefficient vector "
-                "lambda, dW_i = B diag(lambda_i) A (S2-LoRA, Liu et al. 2025)."})
+                "lambda, dW_i = B diag(lambda_i) A (S2-LoRA, Liu et al. 2025). 'allora': "
+                "LoRA without dropout or alpha/r, each factor row's gradient scaled by "
+                "1/sqrt(|row|^2 + 1/allora_eta^2) (ALLoRA, Huang & Balestriero 2024). "
+                "'ggpo': LoRA trained at weights perturbed by noise sized from weight and "
+                "gradient norms (LoRA-GGPO, Chang et al. 2025). 'balora': LoRA with "
+                "consistency, diversity and SVD regularisers on the model's outputs "
+                "(BA-LoRA, Chang et al. 2024)."})
+    allora_eta: float = field(default=1.0, metadata={
+        "help": "ALLoRA's eta: each row's gradient is multiplied by 1/sqrt(|row|^2 + "
+                "1/eta^2), so eta is the multiplier of a row at zero norm (B at init)."})
+    ggpo_sigma: float = field(default=0.03, metadata={
+        "help": "LoRA-GGPO: weight of the adapted weight's row norm in the perturbation size."})
+    ggpo_beta: float = field(default=0.01, metadata={
+        "help": "LoRA-GGPO: weight of the squared gradient row norm in the perturbation size."})
+    ba_task: BATask = field(default="nlu", metadata={
+        "help": "BA-LoRA regularisers for 'nlu' outputs (logits of a classifier: normalised "
+                "MSE, covariance, SVD) or 'nlg' outputs (token logits: KL, entropy, SVD)."})
+    ba_consistency: float = field(default=1e-4, metadata={
+        "help": "BA-LoRA lambda1: weight of the consistency term with the frozen base's outputs."})
+    ba_diversity: float = field(default=3e-4, metadata={
+        "help": "BA-LoRA lambda2: weight of the diversity term."})
+    ba_svd: float = field(default=1e-4, metadata={
+        "help": "BA-LoRA lambda3: weight of the SVD term (top-k share of the outputs' "
+                "singular values)."})
+    ba_svd_k: int = field(default=3, metadata={
+        "help": "BA-LoRA: k, how many top singular values the SVD term rewards."})
     modules_to_save: list[str] = field(default_factory=list, metadata={
         "help": "Patterns of modules trained in full and saved with the adapter "
                 "(a classification head, a new projection), as PEFT's modules_to_save."})
@@ -47,6 +73,12 @@ class LoRAConfig:
         if self.method not in get_args(Method):
             raise LoraKitError(f"LoRAConfig.method must be one of {list(get_args(Method))}, "
                                f"got {self.method!r}")
+        if self.ba_task not in get_args(BATask):
+            raise LoraKitError(f"LoRAConfig.ba_task must be one of {list(get_args(BATask))}, "
+                               f"got {self.ba_task!r}")
+        if self.allora_eta <= 0 or self.ba_svd_k < 1:
+            raise LoraKitError("LoRAConfig.allora_eta must be > 0 and ba_svd_k >= 1, got "
+                               f"{self.allora_eta} and {self.ba_svd_k}")
         if self.init not in get_args(Init):
             raise LoraKitError(f"LoRAConfig.init must be one of {list(get_args(Init))}, "
                                f"got {self.init!r}")

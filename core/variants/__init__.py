@@ -6,11 +6,15 @@ its name in `LoRAConfig.method`, and its tests.
 from __future__ import annotations
 
 from ..errors import LoraKitError
+from .allora import ALLoRA
+from .balora import BALoRA
 from .base import Variant, adapter_dtype
+from .ggpo import GGPO
 from .lora import LoRA
 from .s2lora import S2LoRA, SharedBasis
 
-VARIANTS: dict[str, type[Variant]] = {v.method: v for v in (LoRA, S2LoRA)}
+VARIANTS: dict[str, type[Variant]] = {v.method: v for v in (LoRA, S2LoRA, ALLoRA, GGPO,
+                                                            BALoRA)}
 
 
 def variant_named(method: str, source: str = "adapter") -> type[Variant]:
@@ -20,5 +24,5 @@ def variant_named(method: str, source: str = "adapter") -> type[Variant]:
     return VARIANTS[method]
 
 
-__all__ = ["LoRA", "S2LoRA", "SharedBasis", "VARIANTS", "Variant", "adapter_dtype",
-           "variant_named"]
+__all__ = ["ALLoRA", "BALoRA", "GGPO", "LoRA", "S2LoRA", "SharedBasis", "VARIANTS", "Variant",
+           "adapter_dtype", "variant_named"]
