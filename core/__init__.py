@@ -22,6 +22,7 @@ from .errors import (
                      TargetNotFoundError,
 )
 from .inject import Adapters, adapters_of, attach, load_adapter
+from .intruders import compare_weights, intruder_dimensions
 from .kinds import KINDS, LayerKind
 from .layers import LoRALayer
 from .peft_interop import export_peft, import_peft
@@ -33,6 +34,6 @@ __all__ = [
     "AdapterMismatchError", "Adapters", "BALoRA", "CheckpointError", "DataError", "LayerKind",
     "LoRA", "LoRAConfig", "LoRALayer", "LoraKitError", "S2LoRA", "SharedBasis",
     "TargetNotFoundError", "Variant", "__version__",
-    "adapters_of", "attach", "export_peft", "import_peft", "load_adapter", "read_adapter",
-    "save_adapter",
+    "adapters_of", "attach", "compare_weights", "export_peft", "import_peft",
+    "intruder_dimensions", "load_adapter", "read_adapter", "save_adapter",
 ]
