@@ -23,11 +23,15 @@ from .errors import (
 )
 from .gradient_init import init_from_gradients
 from .inject import Adapters, adapters_of, attach, load_adapter
+from .intruders import compare_weights, intruder_dimensions
 from .kinds import KINDS, LayerKind
 from .layers import LoRALayer
 from .peft_interop import export_peft, import_peft
 from .variants import (
+                     GGPO,
                      VARIANTS,
+                     ALLoRA,
+                     BALoRA,
                      DoRA,
                      FFALoRA,
                      LoRA,
@@ -40,9 +44,11 @@ from .variants import (
 from .version import __version__
 
 __all__ = [
-    "KINDS", "VARIANTS", "AdapterEMA", "AdapterFileError", "AdapterMismatchError", "Adapters",
-    "CheckpointError", "DataError", "DoRA", "FFALoRA", "LayerKind", "LoRA", "LoRAConfig",
-    "LoRAGA", "LoRALayer", "LoRASB", "LoraKitError", "S2LoRA", "SharedBasis",
-    "TargetNotFoundError", "Variant", "__version__", "adapters_of", "attach", "export_peft",
-    "import_peft", "init_from_gradients", "load_adapter", "read_adapter", "save_adapter",
+    "GGPO", "KINDS", "VARIANTS", "ALLoRA", "AdapterEMA", "AdapterFileError",
+    "AdapterMismatchError", "Adapters", "BALoRA", "CheckpointError", "DataError", "DoRA",
+    "FFALoRA", "LayerKind", "LoRA", "LoRAConfig", "LoRAGA", "LoRALayer", "LoRASB",
+    "LoraKitError", "S2LoRA", "SharedBasis", "TargetNotFoundError", "Variant", "__version__",
+    "adapters_of", "attach", "compare_weights", "export_peft", "import_peft",
+    "init_from_gradients", "intruder_dimensions", "load_adapter", "read_adapter",
+    "save_adapter",
 ]

@@ -20,7 +20,7 @@ def describe(meta: dict, tensors: dict[str, torch.Tensor], tol: float = 1e-3) ->
                         "effective_rank": active, "sparsity": 1.0 - active / max(rank, 1)})
     return {
         "name": meta.get("name"), "method": config.method, "rank": config.rank,
-        "alpha": config.alpha, "scale": config.scale, "rslora": config.rslora,
+        "alpha": config.alpha, "scale": method.scale_for(config), "rslora": config.rslora,
         "targets": config.targets, "modules_to_save": config.modules_to_save,
         "format": meta.get("format"), "lorakit_version": meta.get("version"),
         "base_fingerprint": meta.get("fingerprint_sha256"),

@@ -5,7 +5,7 @@
     lorakit <plugin> demo [--out DIR]                its embedded default, end to end
     lorakit demo --all [--out DIR]                   every installed plugin's demo + an index page
     lorakit bench --suite NAME|all --out DIR         benchmark suites: results.json, report.md/.html, PNGs
-    lorakit adapter inspect|merge|export-peft ...    work on adapter files
+    lorakit adapter inspect|merge|analyze|export-peft ...   work on adapter files
 
 Errors that lorakit raises on purpose (bad input, wrong base model) are printed as
 one line, `lorakit: error: ...`, with exit status 2; anything else is a bug and
@@ -239,6 +239,36 @@ def cmd_adapter_merge(args) -> int:
     return 0
 
 
+def cmd_adapter_analyze(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .intruders import analyze_adapter, plot_analysis
+
+    report = analyze_adapter(args.adapter, args.base, prefix=args.prefix, k=args.k,
+                             threshold=args.threshold)
+    if args.png:
+        report["png"] = str(plot_analysis(report, args.png))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    table = Table(title=f"{args.adapter} on {args.base}: intruder dimensions in the top "
+                        f"{args.k} singular vectors (max |cos| < {args.threshold:g})")
+    for col in ("module", "kind", "weight shape", "intruders", "effective rank of dW",
+                "spectral norm of dW"):
+        table.add_column(col)
+    for row in report["modules"]:
+        table.add_row(row["module"], row["kind"], "x".join(map(str, row["shape"])),
+                      str(row["intruders"]), f"{row['effective_rank']:.2f}",
+                      f"{row['spectral_norm']:.4g}")
+    console = Console(width=140)
+    console.print(table)
+    console.print(f"{report['total_intruders']} intruder dimensions in "
+                  f"{len(report['modules'])} matrices"
+                  + (f"; chart: {report['png']}" if args.png else ""))
+    return 0
+
+
 def cmd_adapter_export(args) -> int:
     from .peft_interop import export_peft
 
@@ -273,19 +303,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("adapter", help="inspect, merge or export adapter files")
+    p = sub.add_parser("adapter", help="inspect, merge, analyze or export adapter files")
     asub = p.add_subparsers(dest="adapter_command", metavar="ACTION", required=True)
     q = asub.add_parser("inspect", help="metadata, parameter count, per-module rank and sparsity")
     q.add_argument("file", type=Path)
     q.add_argument("--tol", type=float, default=1e-3, help="|lambda| at or below this counts as zero")
     q.add_argument("--json", action="store_true", help="print JSON instead of tables")
     q.set_defaults(func=cmd_adapter_inspect)
-    q = asub.add_parser("merge", help="fold an adapter into a base state-dict file (.safetensors)")
+    q = asub.add_parser("merge", help="fold an adapter into a base state-dict file "
+                        "(.safetensors): W + dW written as a new weights file")
     q.add_argument("adapter", type=Path, help="lorakit adapter file")
     q.add_argument("base", type=Path, help="base weights as .safetensors (e.g. model.safetensors)")
     q.add_argument("out", type=Path, help="merged weights to write (.safetensors)")
     q.add_argument("--prefix", default="", help="prefix of the module paths in the base file")
     q.set_defaults(func=cmd_adapter_merge)
+    q = asub.add_parser(
+        "analyze", help="intruder dimensions (Shuttleworth et al. 2024) of W + dW against "
+        "the base weights, with dW's effective rank and spectral norm; writes nothing "
+        "unless --png",
+        description="Per adapted matrix: how many of the fine-tuned weight's top-k singular "
+                    "vectors are intruder dimensions (max |cos| with every singular vector "
+                    "of the base weight below the threshold), and the effective rank and "
+                    "spectral norm of the update dW. The base is read, never changed.")
+    q.add_argument("adapter", type=Path, help="lorakit adapter file")
+    q.add_argument("--base", type=Path, required=True,
+                   help="base weights as .safetensors (e.g. model.safetensors)")
+    q.add_argument("--prefix", default="", help="prefix of the module paths in the base file")
+    q.add_argument("--k", type=int, default=10,
+                   help="top singular vectors checked (default 10, the paper's)")
+    q.add_argument("--threshold", type=float, default=0.5,
+                   help="max |cos| below which a direction is an intruder (default 0.5)")
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.add_argument("--png", type=Path, help="also write a bar chart to this PNG file")
+    q.set_defaults(func=cmd_adapter_analyze)
     q = asub.add_parser("export-peft", help="write a PEFT adapter folder")
     q.add_argument("file", type=Path)
     q.add_argument("out_dir", type=Path)

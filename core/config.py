@@ -11,8 +11,12 @@ from typing import Literal, get_args
 
 from .errors import LoraKitError
 
-Method = Literal["lora", "s2lora", "dora", "ffa_lora", "lora_sb", "lora_ga"]
+Method = Literal["lora", "s2lora", "dora", "ffa_lora", "lora_sb", "lora_ga", "allora", "ggpo",
+                 "balora"]
 Init = Literal["kaiming", "gaussian"]
+BATask = Literal["nlu", "nlg"]
+CORE_FIELDS = ("rank", "alpha", "dropout", "rslora", "init", "targets", "method",
+               "modules_to_save")
 
 
 @dataclass
@@ -43,7 +47,13 @@ class LoRAConfig:
                 "lorakit.init_from_gradients (LoRA-SB, Ponkshe et al. 2024). "
                 "'lora_ga': A, B from the SVD of the full gradient "
                 "(lorakit.init_from_gradients), the output unchanged at step 0 (LoRA-GA, "
-                "Wang et al. 2024)."})
+                "Wang et al. 2024). 'allora': "
+                "LoRA without dropout or alpha/r, each factor row's gradient scaled by "
+                "1/sqrt(|row|^2 + 1/allora_eta^2) (ALLoRA, Huang & Balestriero 2024). "
+                "'ggpo': LoRA trained at weights perturbed by noise sized from weight and "
+                "gradient norms (LoRA-GGPO, Chang et al. 2025). 'balora': LoRA with "
+                "consistency, diversity and SVD regularisers on the model's outputs "
+                "(BA-LoRA, Chang et al. 2024)."})
     init_lr: float = field(default=1e-4, metadata={
         "help": "lora_sb: learning rate of the approximated first full fine-tuning step, "
                 "dW = -init_lr * sign(mean gradient), Adam's first step (Ponkshe et al. 2024, "
@@ -51,6 +61,25 @@ class LoRAConfig:
     init_gamma: float = field(default=16.0, metadata={
         "help": "lora_ga: the stable-scale gamma; A and B are multiplied by "
                 "d_out^(1/4) / sqrt(gamma) (Wang et al. 2024, sec. 3.3 and Algorithm 1)."})
+    allora_eta: float = field(default=1.0, metadata={
+        "help": "ALLoRA's eta: each row's gradient is multiplied by 1/sqrt(|row|^2 + "
+                "1/eta^2), so eta is the multiplier of a row at zero norm (B at init)."})
+    ggpo_sigma: float = field(default=0.03, metadata={
+        "help": "LoRA-GGPO: weight of the adapted weight's row norm in the perturbation size."})
+    ggpo_beta: float = field(default=0.01, metadata={
+        "help": "LoRA-GGPO: weight of the squared gradient row norm in the perturbation size."})
+    ba_task: BATask = field(default="nlu", metadata={
+        "help": "BA-LoRA regularisers for 'nlu' outputs (logits of a classifier: normalised "
+                "MSE, covariance, SVD) or 'nlg' outputs (token logits: KL, entropy, SVD)."})
+    ba_consistency: float = field(default=1e-4, metadata={
+        "help": "BA-LoRA lambda1: weight of the consistency term with the frozen base's outputs."})
+    ba_diversity: float = field(default=3e-4, metadata={
+        "help": "BA-LoRA lambda2: weight of the diversity term."})
+    ba_svd: float = field(default=1e-4, metadata={
+        "help": "BA-LoRA lambda3: weight of the SVD term (top-k share of the outputs' "
+                "singular values)."})
+    ba_svd_k: int = field(default=3, metadata={
+        "help": "BA-LoRA: k, how many top singular values the SVD term rewards."})
     modules_to_save: list[str] = field(default_factory=list, metadata={
         "help": "Patterns of modules trained in full and saved with the adapter "
                 "(a classification head, a new projection), as PEFT's modules_to_save."})
@@ -67,6 +96,12 @@ class LoRAConfig:
             if getattr(self, positive) <= 0:
                 raise LoraKitError(f"LoRAConfig.{positive} must be > 0, got "
                                    f"{getattr(self, positive)}")
+        if self.ba_task not in get_args(BATask):
+            raise LoraKitError(f"LoRAConfig.ba_task must be one of {list(get_args(BATask))}, "
+                               f"got {self.ba_task!r}")
+        if self.allora_eta <= 0 or self.ba_svd_k < 1:
+            raise LoraKitError("LoRAConfig.allora_eta must be > 0 and ba_svd_k >= 1, got "
+                               f"{self.allora_eta} and {self.ba_svd_k}")
         if self.init not in get_args(Init):
             raise LoraKitError(f"LoRAConfig.init must be one of {list(get_args(Init))}, "
                                f"got {self.init!r}")
@@ -82,7 +117,12 @@ class LoRAConfig:
         return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields every adapter has, and the others only where they differ from their
+        default: a plain LoRA file then reads in a lorakit that predates a method's options."""
+        data = asdict(self)
+        defaults = LoRAConfig()
+        return {k: v for k, v in data.items()
+                if k in CORE_FIELDS or v != getattr(defaults, k)}
 
     @classmethod
     def from_dict(cls, data: dict) -> LoRAConfig:

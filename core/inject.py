@@ -493,13 +493,83 @@ class Adapters:
             for n in names:
                 layer.unmerge(n)
 
-    # --- method-specific terms, through the protocol ------------------------------------
+    # --- method-specific terms and training hooks, through the protocol -----------------
     def l1_penalty(self) -> torch.Tensor:
         """The methods' own loss terms summed over every module (S2-LoRA: Σ|λ|; zero for
         plain LoRA), to add to the loss."""
         terms = [t for layer in self.layers.values() for v in layer.variants.values()
                  if (t := v.penalty()) is not None]
         return torch.stack(terms).sum() if terms else torch.zeros(())
+
+    def before_optimizer_step(self) -> None:
+        """Let every method change its gradients before the optimizer step (ALLoRA's per-row
+        scaling). Call it between `backward()` and `optimizer.step()`; `AdapterModule` does,
+        from Lightning's `on_before_optimizer_step`."""
+        for layer in self.layers.values():
+            for variant in layer.variants.values():
+                variant.before_optimizer_step()
+
+    @property
+    def perturbs(self) -> bool:
+        """Whether an active adapter's method trains with a perturbed second pass (GGPO)."""
+        return any(type(layer.variants[n]).perturbs for layer in self.layers.values()
+                   for n in layer.active if n in layer.variants)
+
+    def perturb(self) -> int:
+        """Perturb the active adapters for a second forward/backward, from the gradients the
+        first left (LoRA-GGPO); returns how many modules were perturbed. `restore()` undoes it."""
+        if self.merged:
+            raise LoraKitError("unmerge() before perturb(): a merged adapter is in the weights")
+        count = 0
+        for layer in self.layers.values():
+            for name in layer.active:
+                if name in layer.variants:
+                    count += bool(layer.variants[name].perturb(layer.base.weight, layer.kind))
+        return count
+
+    def restore(self) -> None:
+        for layer in self.layers.values():
+            for variant in layer.variants.values():
+                variant.restore()
+
+    @contextlib.contextmanager
+    def perturbed(self):
+        """`perturb()` inside the block, `restore()` after it, even on an error."""
+        try:
+            yield self.perturb()
+        finally:
+            self.restore()
+
+    @property
+    def output_regularised(self) -> bool:
+        """Whether an active adapter's method has loss terms on the outputs (BA-LoRA)."""
+        return any(variant_named(self.named[n].config.method).output_regularised
+                   for n in self._active)
+
+    def regularisers(self, outputs: torch.Tensor, base_outputs: torch.Tensor | None = None,
+                     mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The active adapters' weighted loss terms on the model's outputs, as
+        `{"<adapter>/<term>": value}` (BA-LoRA: consistency, diversity, svd).
+
+        `base_outputs`: the same inputs through the frozen base (`with adapters.disabled():`);
+        `mask` picks the rows that count (real tokens, not padding) from both.
+        """
+        if mask is not None:
+            outputs = outputs[mask]
+            base_outputs = base_outputs[mask] if base_outputs is not None else None
+        terms: dict[str, torch.Tensor] = {}
+        for name in self._active:
+            config = self.named[name].config
+            for term, value in variant_named(config.method).output_terms(
+                    config, outputs, base_outputs).items():
+                terms[f"{name}/{term}"] = value
+        return terms
+
+    def regulariser_loss(self, outputs: torch.Tensor, base_outputs: torch.Tensor | None = None,
+                         mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The sum of `regularisers(...)`, to add to the task loss (zero without any)."""
+        terms = self.regularisers(outputs, base_outputs, mask)
+        return torch.stack(list(terms.values())).sum() if terms else outputs.new_zeros(())
 
     def sparsity_report(self, tol: float = 1e-3, name: str | None = None) -> list[dict]:
         """Per module: rank, ranks in use and the fraction switched off."""

@@ -14,7 +14,22 @@ then gives it, without further code:
   `output_folder()` (below), with the subclass's `adapter_metadata()` in its header;
   a subclass that writes more files beside it (a sparsity report, an export in
   another library's layout) does so in `on_adapter_saved(path)`;
+- the methods' training hooks, generic over the variant protocol: gradients changed
+  before each optimizer step (`on_before_optimizer_step` → `adapters.before_optimizer_step()`,
+  ALLoRA), a perturbed second forward/backward per step when an active method asks for
+  one (`optimizer_step` runs Lightning's closure twice around `adapters.perturbed()`,
+  LoRA-GGPO), and `output_regularisers(outputs, run_base)` for methods with loss terms on
+  the outputs (BA-LoRA), the base outputs from the same model with adapters disabled;
 - nothing that breaks DDP/FSDP or mixed precision: it is a plain LightningModule.
+
+Why the perturbed pass lives in `optimizer_step` and not in a manual-optimization loop:
+Lightning hands `optimizer_step` a closure that runs the subclass's own `training_step`
+and backward, so calling it once clean and once perturbed gives the second pass without
+the subclass writing anything, keeps automatic optimization (precision plugins, gradient
+clipping, DDP, any optimizer) and runs `on_before_optimizer_step` once, after both
+passes. The step's gradients are the perturbed pass's (the closure zeroes them before
+each backward); what `training_step` logs is logged for both passes. Gradient
+accumulation would mix clean and perturbed gradients, so it is refused for such methods.
 
 One output-folder rule for every plugin: `output_dir` when given, else the run's own
 folder under `--trainer.default_root_dir` (the logger's version folder when the logger
@@ -106,6 +121,49 @@ class AdapterModule(pl.LightningModule):
         if self.trainer.is_global_zero:  # self.log() is not allowed in on_fit_start
             for logger in self.loggers:
                 logger.log_metrics({"params/trainable": trainable, "params/total": total}, step=0)
+        if (self.adapters is not None and self.adapters.perturbs
+                and self.trainer.accumulate_grad_batches > 1):
+            raise LoraKitError("an active adapter's method (LoRA-GGPO) takes a perturbed second "
+                               "pass per optimizer step, which gradient accumulation would mix "
+                               "with clean gradients: set accumulate_grad_batches to 1")
+
+    # --- the methods' training hooks ---------------------------------------------------
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """The methods' gradient changes (ALLoRA), after AMP unscaling and accumulation."""
+        if self.adapters is not None:
+            self.adapters.before_optimizer_step()
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """One step; when an active method perturbs (LoRA-GGPO), the closure (training_step
+        + backward) runs again inside `adapters.perturbed()` and the optimizer steps with
+        those gradients."""
+        if self.adapters is None or optimizer_closure is None or not self.adapters.perturbs:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+
+        def clean_then_perturbed():
+            loss = optimizer_closure()
+            with self.adapters.perturbed():
+                optimizer_closure()
+            return loss
+        optimizer.step(closure=clean_then_perturbed)
+
+    def output_regularisers(self, outputs: torch.Tensor, run_base,
+                            mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The active methods' loss terms on `outputs` (BA-LoRA), each logged as `reg/<name>`.
+
+        `run_base()` recomputes the outputs for the same batch; it runs under
+        `with adapters.disabled():` and without gradients, so the base is this very model
+        with its adapters off (no copy). Zero, and `run_base` never called, without such
+        methods."""
+        if self.adapters is None or not self.adapters.output_regularised:
+            return outputs.new_zeros(())
+        with torch.no_grad(), self.adapters.disabled():
+            base_outputs = run_base()
+        terms = self.adapters.regularisers(outputs, base_outputs, mask)
+        if self._trainer is not None:
+            for name, value in terms.items():
+                self.log(f"reg/{name}", value.detach())
+        return torch.stack(list(terms.values())).sum()
 
     # --- the adapter file at the end of fit ------------------------------------------
     def output_folder(self) -> Path:

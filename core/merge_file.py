@@ -47,7 +47,8 @@ def merge_into_state_file(adapter, base, out, prefix: str = "") -> int:
             raise AdapterMismatchError(f"{base}: {name!r} has shape {list(state[name].shape)}, "
                                        f"the adapter was made for {list(shape)}")
         w = state[name]
-        delta = method.file_delta(tensors, path, kind, shape, config.scale, weight=w.float())
+        delta = method.file_delta(tensors, path, kind, shape, method.scale_for(config),
+                                  weight=w.float())
         state[name] = (w.float() + delta).to(w.dtype)
         merged += 1
     atomic_write(Path(out), lambda tmp: save_file(state, tmp, metadata=base_meta))

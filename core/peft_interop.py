@@ -71,7 +71,7 @@ def _write_peft(meta: dict, tensors: dict[str, torch.Tensor], out_dir: Path,
     rank = Counter(ranks.values()).most_common(1)[0][0] if ranks else config.rank
 
     def alpha(r: int) -> float:   # PEFT derives scale from (alpha, r): keep lorakit's exactly
-        return config.scale * (r ** 0.5 if config.rslora else r)
+        return method.scale_for(config) * (r ** 0.5 if config.rslora else r)
     pattern = {p: r for p, r in ranks.items() if r != rank}
     peft_config = {
         "peft_type": "LORA", "task_type": None, "base_model_name_or_path": None,

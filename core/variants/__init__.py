@@ -6,16 +6,19 @@ its name in `LoRAConfig.method`, and its tests.
 from __future__ import annotations
 
 from ..errors import LoraKitError
+from .allora import ALLoRA
+from .balora import BALoRA
 from .base import Variant, adapter_dtype
 from .dora import DoRA
 from .ffa_lora import FFALoRA
+from .ggpo import GGPO
 from .lora import LoRA
 from .lora_ga import LoRAGA
 from .lora_sb import LoRASB
 from .s2lora import S2LoRA, SharedBasis
 
-VARIANTS: dict[str, type[Variant]] = {v.method: v for v in (LoRA, S2LoRA, DoRA, FFALoRA,
-                                                             LoRASB, LoRAGA)}
+VARIANTS: dict[str, type[Variant]] = {v.method: v for v in (
+    LoRA, S2LoRA, DoRA, FFALoRA, LoRASB, LoRAGA, ALLoRA, GGPO, BALoRA)}
 
 
 def variant_named(method: str, source: str = "adapter") -> type[Variant]:
@@ -25,5 +28,5 @@ def variant_named(method: str, source: str = "adapter") -> type[Variant]:
     return VARIANTS[method]
 
 
-__all__ = ["DoRA", "FFALoRA", "LoRA", "LoRAGA", "LoRASB", "S2LoRA", "SharedBasis", "VARIANTS",
-           "Variant", "adapter_dtype", "variant_named"]
+__all__ = ["ALLoRA", "BALoRA", "DoRA", "FFALoRA", "GGPO", "LoRA", "LoRAGA", "LoRASB", "S2LoRA",
+           "SharedBasis", "VARIANTS", "Variant", "adapter_dtype", "variant_named"]

@@ -21,6 +21,10 @@ trainable tensors for the module and says
   from `file_factors`, plus `peft_extra` tensors such as DoRA's magnitude and
   `peft_config` keys such as `use_dora`; `from_peft_extra` reads those back, and an
   imported PEFT config whose keys match a method's `peft_config` becomes that method).
+- its training hooks, no-ops unless the method needs them: `before_optimizer_step`
+  (change the gradients: ALLoRA), `perturb` / `restore` (a perturbed second pass:
+  LoRA-GGPO) and `output_terms` (loss terms on the model's outputs: BA-LoRA), which the
+  handle calls on every variant and `AdapterModule` calls through the handle.
 
 The layer, the handle, the adapter file, PEFT interop, merge and inspect call these
 and never ask which method they hold. A method that is not a plain product B A
@@ -64,12 +68,19 @@ class Variant(nn.Module):
     peft: ClassVar[bool] = True                  # PEFT's LoRA layout holds it exactly
     peft_config: ClassVar[dict] = {}             # adapter_config.json keys it sets ({"use_dora": True})
     routable: ClassVar[bool] = True              # has `factors()`: mixed-adapter batches work
+    perturbs: ClassVar[bool] = False             # `perturb` does something: a second pass
+    output_regularised: ClassVar[bool] = False   # `output_terms` gives loss terms
 
     def __init__(self, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
                  device: torch.device, shared: nn.Module | None = None) -> None:
         super().__init__()
-        self.scale = float(config.scale)
+        self.scale = self.scale_for(config)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+    @classmethod
+    def scale_for(cls, config: LoRAConfig) -> float:
+        """The factor on B A: alpha / r (or alpha / sqrt(r)) unless the method fixes it."""
+        return float(config.scale)
 
     # --- tensors that several modules share (S2-LoRA's basis) -------------------------
     @classmethod
@@ -149,6 +160,25 @@ class Variant(nn.Module):
 
     def active_rank(self, tol: float) -> int:
         return self.rank
+
+    # --- training hooks (the handle calls them on every variant; no-ops by default) ----
+    def before_optimizer_step(self) -> None:
+        """Change this module's gradients before the optimizer reads them (ALLoRA)."""
+
+    def perturb(self, weight: torch.Tensor, kind: LayerKind) -> bool:
+        """Perturb this module for a second forward/backward, from the gradients of the
+        first (LoRA-GGPO); `weight` is the base weight. Returns whether it did."""
+        return False
+
+    def restore(self) -> None:
+        """Undo `perturb`."""
+
+    @classmethod
+    def output_terms(cls, config: LoRAConfig, outputs: torch.Tensor,
+                     base_outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted loss terms on the model's outputs, by name (BA-LoRA); one set per
+        adapter, not per module. `base_outputs`: the same inputs through the frozen base."""
+        return {}
 
     # --- ΔW from file tensors alone ----------------------------------------------------
     @classmethod

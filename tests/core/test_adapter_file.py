@@ -166,3 +166,14 @@ def test_every_method_in_the_config_has_one_variant_class():
     assert set(get_args(Method)) == set(lorakit.VARIANTS)
     for name, cls in lorakit.VARIANTS.items():
         assert cls.method == name and issubclass(cls, lorakit.Variant)
+
+
+def test_a_plain_lora_file_holds_only_the_settings_every_adapter_has(saved):
+    """A method's own options are written only when set, so a plain LoRA file stays
+    readable by a lorakit that predates them."""
+    from lorakit.config import CORE_FIELDS
+    meta, _ = lorakit.read_adapter(saved)
+    assert set(meta["config"]) == set(CORE_FIELDS)
+    cfg = lorakit.LoRAConfig(method="allora", allora_eta=2.0)
+    assert cfg.to_dict()["allora_eta"] == 2.0
+    assert lorakit.LoRAConfig.from_dict(cfg.to_dict()) == cfg
