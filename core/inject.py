@@ -554,6 +554,8 @@ class Adapters:
         `base_outputs`: the same inputs through the frozen base (`with adapters.disabled():`);
         `mask` picks the rows that count (real tokens, not padding) from both.
         """
+        # token outputs (batch × tokens × vocab): some terms are per sequence
+        sequences = outputs.shape[0] if outputs.dim() > 2 else None
         if mask is not None:
             outputs = outputs[mask]
             base_outputs = base_outputs[mask] if base_outputs is not None else None
@@ -561,7 +563,7 @@ class Adapters:
         for name in self._active:
             config = self.named[name].config
             for term, value in variant_named(config.method).output_terms(
-                    config, outputs, base_outputs).items():
+                    config, outputs, base_outputs, sequences=sequences).items():
                 terms[f"{name}/{term}"] = value
         return terms
 

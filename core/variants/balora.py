@@ -2,35 +2,52 @@ r"""BA-LoRA (Chang, Chang & Wu 2024, "BA-LoRA: Bias-Alleviating Low-Rank Adaptat
 Mitigate Catastrophic Inheritance in Large Language Models"): plain LoRA factors, trained
 with three regularisers on the model's outputs.
 
-    loss = task loss + λ1 L_consistency + λ2 L_diversity + λ3 L_svd        (sec. 3, "overall
-                                                                            objective")
+    loss = task loss + λ1 L_consistency + λ2 L_diversity + λ3 L_svd
 
 The regularisers answer the three parts of "catastrophic inheritance" the paper names:
 knowledge drift (stay consistent with the frozen base's outputs), representation
 collapse (keep the outputs diverse) and overfitting to noise (keep the output matrix
 dominated by a few strong singular directions). Their forms differ for understanding
-(NLU: a classifier's logits) and generation (NLG: next-token logits), as the paper's
-method section gives them per task type; O (N × C) are the adapted model's outputs,
-rows = examples (NLU) or tokens (NLG), O⁰ the frozen base's on the same inputs:
+(NLU: a classifier's logits) and generation (NLG: next-token logits). O (N × C) are the
+adapted model's outputs, rows = examples (NLU) or tokens (NLG), O⁰ the frozen base's on
+the same inputs, S the number of sequences the token rows came from:
 
     NLU  consistency  mean over entries of (O/‖O‖ − O⁰/‖O⁰‖)²   rows ℓ2-normalised (MSE)
          diversity    Σ_{i≠j} C_ij² / C,  C = covariance of O's columns over the N rows
-    NLG  consistency  mean over rows of KL(softmax O⁰ ‖ softmax O)
+                      (divided by N − 1)
+    NLG  consistency  Σ over token rows of KL(softmax O⁰ ‖ softmax O) / S: summed over a
+                      sequence's tokens, averaged over sequences
          diversity    mean over rows of Σ p log p,  p = softmax O   (entropy maximised)
     both svd          − Σ_{i≤k} σ_i / Σ_i σ_i,  σ the singular values of O
 
-λ1, λ2, λ3 and k default to 1e-4, 3e-4, 1e-4 and 3, the values of the authors' code
-(github.com/cyp-jlu-ai/BA-LoRA, train.py); they are `LoRAConfig.ba_consistency`,
-`ba_diversity`, `ba_svd` and `ba_svd_k`, and `ba_task` picks NLU or NLG. Unlike that
-code, the SVD term here keeps its gradient (torch's `svdvals` is differentiable), so
-λ3 acts on training.
+Source checked: the authors' code, github.com/cyp-jlu-ai/BA-LoRA, `train.py` (commit
+e119f2f, `BALoRATrainer.compute_loss` and `svd_regularization`); the paper's method
+section itself could not be read here (only its abstract), so the forms above are the
+code's, with these notes:
 
-The paper starts A and B from W's principal singular vectors (PiSSA); here the
-factors start as LoRA's (B = 0, so training starts at the base), and the regularisers
-are the method. The base outputs need no second model: `with adapters.disabled():` the same student is
-the frozen base (`AdapterModule.output_regularisers` does exactly that). At inference a
-BA-LoRA adapter is a plain LoRA adapter: merge, `adapter merge` and PEFT export need
-nothing more.
+- NLG consistency: the code calls `kl_div(log p, p⁰, reduction="batchmean")` on
+  (batch × tokens × vocab) probabilities, and batchmean divides the sum over every token
+  by the batch size, not by the token count; so here too the sum over tokens is divided
+  by S (`sequences`, passed by `regularisers` for 3-D outputs). A padding mask drops
+  rows from the sum, which the code (no mask) does not; 2-D outputs are S = N rows.
+- NLG diversity: the code's entropy adds 1e-10 inside the log; log_softmax needs none.
+- SVD term: the code's `svd_regularization` reshapes 3-D logits to (batch × tokens·vocab)
+  and then indexes the singular values as if batched (`s[:, :k]`), which fails on the
+  1-D vector that `torch.linalg.svd` returns for a matrix; the intended quantity is the
+  top-k share above, and here it is taken over O with token rows, as the other terms
+  are. Neither the code nor this one detaches it: the term carries gradient (torch's
+  SVD is differentiable), so λ3 acts on training.
+- λ1, λ2, λ3 and k default to 1e-4, 3e-4, 1e-4 and 3, the code's defaults (also in its
+  `scripts/ba-lora.sh`); they are `LoRAConfig.ba_consistency`, `ba_diversity`, `ba_svd`
+  and `ba_svd_k`, and `ba_task` picks NLU or NLG (the code's `task_type`, default nlu).
+
+The paper's script starts A and B from W's principal singular vectors (PiSSA,
+`--init_lora_weights pissa` in `scripts/ba-lora.sh`); here the factors start as LoRA's
+(B = 0, so training starts at the base), and the regularisers are the method. The base
+outputs need no second model: `with adapters.disabled():` the same student is the frozen
+base (`AdapterModule.output_regularisers` does exactly that). At inference a BA-LoRA
+adapter is a plain LoRA adapter: merge, `adapter merge` and PEFT export need nothing
+more.
 """
 from __future__ import annotations
 
@@ -58,10 +75,12 @@ def nlu_diversity(o: torch.Tensor) -> torch.Tensor:
     return off.square().sum() / o.shape[1]
 
 
-def nlg_consistency(o: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-    """KL(base ‖ adapted) per row, averaged over rows."""
+def nlg_consistency(o: torch.Tensor, base: torch.Tensor,
+                    sequences: int | None = None) -> torch.Tensor:
+    """KL(base ‖ adapted) per token row, summed, over the number of sequences (every row
+    its own sequence when None): the authors' `reduction="batchmean"`."""
     return F.kl_div(F.log_softmax(o, dim=-1), F.log_softmax(base, dim=-1), log_target=True,
-                    reduction="sum") / o.shape[0]
+                    reduction="sum") / (sequences or o.shape[0])
 
 
 def nlg_diversity(o: torch.Tensor) -> torch.Tensor:
@@ -81,18 +100,22 @@ class BALoRA(LoRA):
 
     @classmethod
     def output_terms(cls, config: LoRAConfig, outputs: torch.Tensor,
-                     base_outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+                     base_outputs: torch.Tensor,
+                     sequences: int | None = None) -> dict[str, torch.Tensor]:
         if base_outputs is None:
             raise LoraKitError("BA-LoRA's consistency term needs the frozen base's outputs: "
                                "compute them `with adapters.disabled():` and pass them")
         if base_outputs.shape != outputs.shape:
             raise LoraKitError(f"BA-LoRA: outputs {tuple(outputs.shape)} and base outputs "
                                f"{tuple(base_outputs.shape)} differ in shape")
+        if sequences is None and outputs.dim() > 2:
+            sequences = outputs.shape[0]
         o, base = rows(outputs), rows(base_outputs).detach()
         if config.ba_task == "nlu":
             consistency, diversity = nlu_consistency(o, base), nlu_diversity(o)
         else:
-            consistency, diversity = nlg_consistency(o, base), nlg_diversity(o)
+            consistency = nlg_consistency(o, base, sequences)
+            diversity = nlg_diversity(o)
         return {"consistency": config.ba_consistency * consistency,
                 "diversity": config.ba_diversity * diversity,
                 "svd": config.ba_svd * svd_term(o, config.ba_svd_k)}

@@ -175,9 +175,12 @@ class Variant(nn.Module):
 
     @classmethod
     def output_terms(cls, config: LoRAConfig, outputs: torch.Tensor,
-                     base_outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+                     base_outputs: torch.Tensor,
+                     sequences: int | None = None) -> dict[str, torch.Tensor]:
         """Weighted loss terms on the model's outputs, by name (BA-LoRA); one set per
-        adapter, not per module. `base_outputs`: the same inputs through the frozen base."""
+        adapter, not per module. `base_outputs`: the same inputs through the frozen base;
+        `sequences`: how many sequences the rows of token outputs came from (None: each
+        row is its own example)."""
         return {}
 
     # --- ΔW from file tensors alone ----------------------------------------------------

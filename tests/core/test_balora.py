@@ -64,6 +64,26 @@ def test_weights_multiply_the_terms_and_token_outputs_are_rows_picked_by_the_mas
         sum(t.item() for t in terms.values()))
 
 
+def test_nlg_consistency_sums_a_sequences_tokens_and_averages_over_sequences():
+    # every token: adapted [.75, .25] against base [.5, .5], KL = .5 ln(4/3) (above);
+    # the authors' reduction="batchmean" divides the sum over tokens by the batch size
+    kl = 0.5 * math.log(4 / 3)
+    token = torch.tensor([math.log(3.0), 0.0])
+    one_seq_two_tokens = token.expand(1, 2, 2)                  # (batch 1, 2 tokens, vocab 2)
+    terms = handle("nlg").regularisers(one_seq_two_tokens, torch.zeros(1, 2, 2))
+    assert terms["default/consistency"].item() == pytest.approx(2 * kl)
+    two_seqs_one_token = token.expand(2, 1, 2)
+    terms = handle("nlg").regularisers(two_seqs_one_token, torch.zeros(2, 1, 2))
+    assert terms["default/consistency"].item() == pytest.approx(kl)
+    # with a mask: the real tokens' KL summed, over the 2 sequences (padding counts nothing)
+    mask = torch.tensor([[True, True], [True, False]])
+    terms = handle("nlg").regularisers(token.expand(2, 2, 2), torch.zeros(2, 2, 2), mask=mask)
+    assert terms["default/consistency"].item() == pytest.approx(3 * kl / 2)
+    # the entropy term stays a mean over token rows
+    assert terms["default/diversity"].item() == pytest.approx(
+        0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+
+
 def test_plain_lora_has_no_terms_and_balora_needs_the_base_outputs():
     plain = lorakit.attach(nn.Sequential(nn.Linear(2, 2)), lorakit.LoRAConfig(targets=["0"]))
     assert not plain.output_regularised and plain.regularisers(torch.ones(2, 2)) == {}
