@@ -7,12 +7,15 @@ fine-tuned weight has and its base does not.
     yⱼ, j ≤ k              W's top-k left singular vectors (columns of U)
     yⱼ is an intruder  ⇔  maxᵢ |cos(yⱼ, xᵢ)| < ε  over every left singular vector xᵢ of W₀
 
-The paper's definition (sec. 4, "intruder dimensions") compares the top k singular
-vectors of the fine-tuned matrix with all singular vectors of the pre-trained one; a
-singular vector's sign is arbitrary, hence |cos|. It counts them over a range of ε and
-reports the top k = 10 (`K`), and finds LoRA updates full of intruders where full
-fine-tuning has almost none; ε = 0.5 (`THRESHOLD`) is our default of that range:
-a new direction shares at most half its length with any base direction. Beside the count,
+This is the authors' own count, checked against their code (github.com/reeceshuttle/
+intruder-dimensions, `find_intruder_dimensions.py`, `find_number_of_intruder_dimensions`):
+the left singular vectors (U) of the tuned and the base matrix (`torch.linalg.svd`,
+full_matrices=False), |Uᵀ U₀| (a singular vector's sign is arbitrary), the max over every
+base vector, and a count over the tuned matrix's first k = 10 (`K`) of those below ε;
+their script's default ε is 0.5 (`--intruder_dimension_threshold`, our `THRESHOLD`): a
+new direction shares at most half its length with any base direction. The paper's own
+text (its definition section) could not be read here, only the abstract; it finds LoRA
+updates full of intruders where full fine-tuning has almost none. Beside the count,
 each matrix gets the effective rank of ΔW (Roy & Vetterli 2007: exp of the entropy of the
 normalised singular values) and ΔW's spectral norm.
 

@@ -11,9 +11,16 @@ The paper finds three flaws of LoRA in short fine-tuning runs: dropout regularis
 over long runs, B's start at zero makes the first steps slow, and the alpha/r scale
 couples the modules of different layers badly. It removes dropout and the scale, and
 instead scales each parameter row's gradient by a coefficient inversely proportional
-to the row's ℓ2 norm (its abstract and method section): a row near zero (B at init)
+to the row's ℓ2 norm (its abstract): a row near zero (B at init)
 moves with η times the optimizer's step, a large row slowly. η is the method's one
 hyper-parameter (`LoRAConfig.allora_eta`).
+
+Sources: no code of the authors was found, and the paper's method section could not be
+read here; only its abstract (arXiv 2410.09692): "scaling the per sample and per parameter
+gradients with a coefficient inversely proportional to parameters' ℓ2 norm", dropout-free
+and scaling-free. So the exact coefficient 1/sqrt(‖θ‖² + 1/η²), that θ is a row (not a
+column or the whole matrix), that the batch gradient rather than each sample's is scaled,
+and η = 1 by default are this implementation's choices, unverified against the paper.
 
 The scaling is a gradient hook, not an optimizer: `before_optimizer_step` rewrites
 `.grad` in place, so it works with any torch optimizer, with Lightning (AdapterModule

@@ -9,16 +9,29 @@ gradient's norms.
     pass 2   loss(W + ΔW + ε)         → ∇A, ∇B at the perturbed weights: the update
     restore  ε dropped; the optimizer steps with pass 2's gradients
 
-Like SAM, the step's gradient is taken at a perturbed point, so training prefers flat
-minima and the double descent of LoRA's training loss is damped (the paper's aim). A
-step costs two forward/backward passes, as SAM's does; the perturbation itself needs
-no global gradient norm over every parameter, only per-row norms of each adapted
-matrix (weight and gradient, the paper's "gradient and weight norms") and noise. G is
-the change one gradient step on A and B makes to ΔW (up to the learning rate): the
-gradient the full weight would see projected onto what LoRA can move. σ and β are
-`LoRAConfig.ggpo_sigma` and `ggpo_beta` (0.03 and 0.01 by default, the values the
-documentation of kohya-ss sd-scripts' LoRA-GGPO gives; the 1/sqrt(out) normalisation
-and G are that implementation's too).
+Sources: the paper's own code (github.com/llm172/LoRA-GGPO) is not available here and
+its method section could not be read (only the abstract: perturbations "from gradient and
+weight norms" towards flatter minima). What was checked is kohya-ss sd-scripts' LoRA-GGPO
+port (`networks/lora_flux.py`, `LoRAModule.update_norms`, `update_grad_norms` and the
+perturbation in `forward`), the source of σ and β's defaults (0.03 and 0.01,
+`LoRAConfig.ggpo_sigma`, `ggpo_beta`). Against it:
+
+- same: ε is Gaussian with row i's standard deviation (σ·n_i + β‖G_i‖²)/sqrt(out),
+  G = scale·(B ∇A + ∇B A), applied as `x εᵀ` beside the adapter's output;
+- the weight term: the port uses n_i = sqrt(m² + ‖(B A)_i‖²), m the mean row norm of W
+  over a sample of rows (an estimate; its scale factor on B A is dropped, `mul` not
+  in place); here n_i = ‖(W + ΔW)_i‖, the row norm that estimate stands for;
+- passes: the port runs ONE forward/backward per step, with ε drawn from the norms of
+  the previous step's gradients (cached after backward); here a step is two passes, a
+  clean one for the gradients and a perturbed one whose gradients the optimizer uses,
+  as SAM does. Which of the two the paper does is unverified.
+
+The step's gradient is taken at a perturbed point, so training prefers flat minima and
+the double descent of LoRA's training loss is damped (the paper's aim). A step costs two
+forward/backward passes; the perturbation needs no global gradient norm over every
+parameter, only per-row norms of each adapted matrix and noise. G is the change one
+gradient step on A and B makes to ΔW (up to the learning rate): the gradient the full
+weight would see projected onto what LoRA can move.
 
 ε is applied as an extra term of this module's forward, `x εᵀ` in the layer kind's own
 sense (so every kind works and restoring is exact: the base weight is never written).

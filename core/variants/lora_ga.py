@@ -16,6 +16,14 @@ get it, as in the authors' `lora_ga_init`). s is the adapter's own scale (alpha/
 alpha/√r with `rslora`). B₀ A₀ ≠ 0, so the paper offsets the base, W ← W − s·B₀ A₀
 (Algorithm 1), and the model's output at step 0 is unchanged.
 
+Checked against the authors' code (github.com/Outsider565/LoRA-GA, `peft/src/peft/tuners/
+lora/layer.py`, `LoraLayer.lora_ga_init`, and `LoraGAConfig` in `.../lora/config.py`): the
+default direction "ArB2r" is A = Vᵀ[:r], B = U[:, r:2r] of the (out × in) gradient; the
+default scale "stable" multiplies both by out^¼ / √stable_gamma, stable_gamma = 16; the
+offset s·B₀A₀ is taken from the weight. The same here; their SVD is randomized
+(`torch.svd_lowrank`, q = 4r, 4 iterations), ours exact, and their optional `norm_clip`
+(off unless set) is not carried.
+
 lorakit never changes the base weight: the offset lives in the adapter as the fixed
 buffers A₀, B₀, which is the same model (W − s·B₀A₀ + s·BA) but keeps the base intact
 for other adapters, `disabled()` (the true base as a reference) and `detach`, and makes

@@ -23,6 +23,16 @@ offset of W is needed, the step is meant to be taken. Before `init_from_gradient
 B and A are random orthonormal and R = 0 (a LoRA-XS with random bases). A and B are
 buffers: saved in the file and in checkpoints, never given to the optimizer.
 
+Checked against the authors' code (github.com/CERT-Lab/lora-sb, also published as
+RaghavSinghal10/lora-sb): `utils/gradient_utils.py` (`estimate_and_process_grads_torch`:
+the summed gradients become −lr·sign(Ḡ)), `utils/svd_utils.py` (`get_svd_grad`: a rank-r
+`torch.svd_lowrank`) and `utils/initialization_utils.py` (`find_and_initialize_grad`:
+B = the left singular vectors, A = the right ones, R = diag(S), A and B frozen). The same
+here, with two notes: their scripts fix lora_alpha = r (scale 1), where R = diag(S) is
+ours divided by the scale, so scale · B R A is the same matrix for any alpha; and their
+step size is the first warm-up learning rate, lr / (warmup_ratio · total steps), where
+ours is `init_lr` (1e-4 by default: set it to that value to match).
+
 In PEFT's layout the update is exactly the LoRA with factors A and B·R.
 """
 from __future__ import annotations

@@ -47,6 +47,18 @@ def test_a_small_perturbation_of_w_has_no_intruders():
     assert lorakit.intruder_dimensions(w0, w0 + noise, k=16, threshold=0.9) == 0
 
 
+def test_intruders_are_counted_on_the_left_singular_vectors_as_the_authors_do():
+    # W = W0 H, H the 4 × 4 Hadamard matrix / 2 (orthogonal, entries ±1/2): W Wᵀ = W0², so W's
+    # left singular vectors are W0's (e_i, |cos| 1: no intruder) while its right ones are
+    # H's columns, whose |cos| with every e_j is 1/2: all 4 would be intruders at ε = 0.6
+    w0 = torch.diag(torch.tensor([4.0, 3.0, 2.0, 1.0]))
+    h = torch.tensor([[1.0, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [1, -1, -1, 1]]) / 2
+    w = w0 @ h
+    assert lorakit.intruder_dimensions(w0, w, k=4, threshold=0.6) == 0
+    assert lorakit.intruder_dimensions(w0.T, w.T, k=4, threshold=0.6) == 4
+    assert matrix_report(w0.T, w.T, k=4)["max_similarity"] == pytest.approx([0.5] * 4)
+
+
 def test_effective_rank_of_r_equal_singular_values_is_r():
     assert effective_rank(torch.diag(torch.tensor([2.0, 2.0, 2.0, 0.0]))) == pytest.approx(3.0)
     assert effective_rank(torch.zeros(3, 3)) == 0.0
