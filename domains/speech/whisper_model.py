@@ -95,6 +95,18 @@ def log_mel(audio: torch.Tensor, n_audio_ctx: int, n_mels: int = 80) -> torch.Te
     return mel[..., : 2 * n_audio_ctx]
 
 
+TOKENS_PER_SECOND = 4   # English speech runs ~2.5-3 words, ~3.5-4 tokens, a second
+FRAMES_PER_SECOND = 50  # encoder positions per second of audio
+
+
+def decoding_budget(n_audio_ctx: int, n_text_ctx: int) -> int:
+    """Tokens a clip filling the encoder context can hold: 4 a second, at most Whisper's own
+    limit (half the text context). 3 s gives 12, the guard that keeps a short-context
+    model from looping; 30 s gives 120, room for several real sentences."""
+    seconds = n_audio_ctx / FRAMES_PER_SECOND
+    return max(1, min(n_text_ctx // 2, round(TOKENS_PER_SECOND * seconds)))
+
+
 @torch.no_grad()
 def transcribe(model, mel: torch.Tensor, max_tokens: int, language: str = "en") -> list[str]:
     """Greedy transcripts of a batch of log-mels, at most `max_tokens` tokens each."""

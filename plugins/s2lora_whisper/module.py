@@ -31,6 +31,7 @@ from lorakit.domains.speech.pretrained import tiny_en_checkpoint
 from lorakit.domains.speech.whisper_model import (
     SAMPLE_RATE,
     context_samples,
+    decoding_budget,
     load_whisper,
     log_mel,
     transcribe,
@@ -62,7 +63,9 @@ class WhisperAdapterModule(AdapterModule):
         l1: coefficient of the L1 penalty on S2-LoRA's λ (ignored by lora and full).
         adapter: a lorakit adapter file to start from (its method and rank win).
         language: transcription language for multilingual checkpoints.
-        max_tokens: cap on decoded tokens per clip; short contexts hallucinate without it.
+        max_tokens: cap on decoded tokens per clip; None: from the context (4 per second of
+            encoder context: 12 at 3 s, which keeps a short-context model from looping;
+            120 at 30 s, room for several sentences; at most Whisper's own limit).
         output_dir: where the adapter, sparsity.json, test metrics and predictions are
             written; None: the run's folder under --trainer.default_root_dir.
         lambda_lr: learning rate of S2-LoRA's λ. λ starts at 1 and Adam moves it by about
@@ -75,7 +78,7 @@ class WhisperAdapterModule(AdapterModule):
                  method: Literal["s2lora", "lora", "full"] = "s2lora", rank: int = 8,
                  alpha: float = 16.0, dropout: float = 0.0, targets: list[str] | None = None,
                  l1: float = 1e-3, adapter: str | None = None, language: str = "en",
-                 max_tokens: int = 12, output_dir: str | None = None, lr: float = 2e-3,
+                 max_tokens: int | None = None, output_dir: str | None = None, lr: float = 2e-3,
                  lambda_lr: float = 2e-2, weight_decay: float = 0.0,
                  optimizer: str = "adamw") -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer,
@@ -89,7 +92,8 @@ class WhisperAdapterModule(AdapterModule):
         self.model = load_whisper(self.checkpoint, n_audio_ctx)
         self.n_audio_ctx = self.model.dims.n_audio_ctx
         self.method, self.l1, self.lambda_lr, self.language = method, l1, lambda_lr, language
-        self.max_tokens = max_tokens
+        self.max_tokens = max_tokens or decoding_budget(self.n_audio_ctx,
+                                                        self.model.dims.n_text_ctx)
         self.tokenizer = transcription_tokenizer(self.model, language)
         self.config = LoRAConfig(method=method if method != "full" else "lora", rank=rank,
                                  alpha=alpha, dropout=dropout, targets=targets or TARGETS)

@@ -151,3 +151,29 @@ def test_too_long_clips_stop_the_run_with_their_count(corpus, tmp_path):
                             too_long="truncate")
     data.setup("fit")
     assert all(len(item["audio"]) <= 8000 for item in data.datasets["train"][0])
+
+
+def test_the_decoding_budget_follows_the_encoder_context():
+    from lorakit.domains.speech.whisper_model import decoding_budget
+    assert decoding_budget(150, 448) == 12          # the embedded 3 s base: the loop guard
+    assert decoding_budget(1500, 448) == 120        # 30 s: several sentences
+    assert decoding_budget(1500, 64) == 32          # never past Whisper's own limit
+
+
+def test_a_30_second_context_run_transcribes_every_sentence_of_a_long_clip():
+    """A user's own checkpoint at its full context is not cut at the short-context cap."""
+    from lorakit.domains.speech.synthetic import Speaker, speak
+
+    sentences = ["The weather was cold and grey this morning.",
+                 "We walked to the station and waited for the train.",
+                 "It arrived late, so we bought some coffee."]
+    audio = speak(" ".join(sentences), Speaker("adult", "en-us", 50, 150, 1.0))
+    assert 6 < len(audio) / 16000 < 30
+    module = WhisperAdapterModule(checkpoint=str(tiny_en_checkpoint()), n_audio_ctx=None,
+                                  method="lora")
+    assert module.n_audio_ctx == 1500 and module.max_tokens == 120
+    mel = module.mel(torch.from_numpy(audio)[None])
+    full = transcribe(module.model, mel, module.max_tokens)[0]
+    capped = transcribe(module.model, mel, 12)[0]
+    assert error_rates([" ".join(sentences)], [full])["wer"] < 0.25
+    assert "coffee" in full.lower() and "coffee" not in capped.lower()
