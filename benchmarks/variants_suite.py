@@ -394,8 +394,10 @@ if __name__ == "__main__":
     p.add_argument("--quick", action="store_true")
     a = p.parse_args()
     from lorakit.bench import machine, write_results
+    from lorakit.quiet import quiet_third_party
 
     torch.set_num_threads(a.threads)
+    quiet_third_party()
     res = run(a.out, a.threads, a.quick)
     res = write_results(Path(a.out), {"suite": SUITE, "machine": machine(), **res})
     print(json.dumps(res["figures"], indent=1))

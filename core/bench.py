@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .atomic import atomic_write
 from .errors import LoraKitError
+from .quiet import quiet_third_party
 from .registry import bench_suites, resolve
 from .report_html import write_markdown_and_html
 
@@ -132,6 +133,7 @@ def run_suite(name: str, out_dir: Path, threads: int = 1, quick: bool = False) -
     if name not in suites:
         raise LoraKitError(f"no benchmark suite {name!r}; available: {', '.join(sorted(suites))}")
     torch.set_num_threads(threads)
+    quiet_third_party()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     raw = resolve(suites[name])(out_dir, threads=threads, quick=quick)

@@ -72,7 +72,7 @@ def test_plugin_fit_prints_lorakits_lines_and_real_warnings_but_no_adverts_or_li
 
 
 def test_quiet_third_party_matches_the_library_that_warns_not_the_message_alone():
-    from lorakit.cli import quiet_third_party
+    from lorakit.quiet import quiet_third_party
 
     message = "`torch.cuda.amp.autocast(args...)` is deprecated. Please use torch.amp.autocast"
     with warnings.catch_warnings(record=True) as caught:
