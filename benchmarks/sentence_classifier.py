@@ -26,51 +26,31 @@ from lorakit.config import LoRAConfig
 from lorakit.lightning_module import AdapterModule
 
 
-class SentenceClassifier(AdapterModule):
-    """Mean-pooled encoder + linear head; `config` None trains every encoder weight.
+class RecordingModule(AdapterModule):
+    """An `AdapterModule` that records, for a suite, its validation curve `val_curve`
+    ([(step, loss, accuracy)], one entry per validation run) and the wall time of every
+    training step `step_times` (forward, backward(s) and optimizer step).
 
-    Records, for the suite, the validation curve `val_curve` ([(step, loss, accuracy)],
-    one entry per validation run) and the wall time of every training step `step_times`
-    (forward, backward(s) and optimizer step)."""
+    A subclass gives `evaluate(batch) -> (mean loss, correct, count)`."""
 
-    def __init__(self, encoder: nn.Module, config: LoRAConfig | None, num_labels: int = 2,
-                 lr: float = 1e-3, output_dir: str | None = None) -> None:
+    def __init__(self, lr: float, output_dir: str | None) -> None:
         super().__init__(lr=lr, output_dir=output_dir)
-        self.encoder = encoder
-        if config is None:
-            encoder.requires_grad_(True)
-        else:
-            self.attach_adapters(encoder, config)
-        self.head = nn.Linear(encoder.config.hidden_size, num_labels)
         self.val_curve: list[tuple[int, float, float]] = []
         self.step_times: list[float] = []
         self._val_sums = [0.0, 0, 0]
         self._t0 = 0.0
 
-    def forward(self, batch: dict) -> torch.Tensor:
-        mask = batch["attention_mask"]
-        hidden = self.encoder(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        return self.head(pooled)
-
-    def loss(self, batch: dict) -> torch.Tensor:
-        return F.cross_entropy(self(batch), batch["labels"])
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self(batch)
-        loss = F.cross_entropy(logits, batch["labels"])
-        return loss + self.output_regularisers(logits, lambda: self(batch))
+    def evaluate(self, batch: dict) -> tuple[torch.Tensor, int, int]:
+        raise NotImplementedError
 
     # --- validation curve ------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._val_sums = [0.0, 0, 0]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(batch)
-        n = len(batch["labels"])
-        self._val_sums[0] += F.cross_entropy(logits, batch["labels"]).item() * n
-        self._val_sums[1] += int((logits.argmax(-1) == batch["labels"]).sum())
+        loss, correct, n = self.evaluate(batch)
+        self._val_sums[0] += loss.item() * n
+        self._val_sums[1] += correct
         self._val_sums[2] += n
 
     def on_validation_epoch_end(self) -> None:
@@ -84,6 +64,43 @@ class SentenceClassifier(AdapterModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.step_times.append(time.perf_counter() - self._t0)
+
+
+class SentenceClassifier(RecordingModule):
+    """Mean-pooled encoder + linear head; `config` None trains every encoder weight."""
+
+    def __init__(self, encoder: nn.Module, config: LoRAConfig | None, num_labels: int = 2,
+                 lr: float = 1e-3, output_dir: str | None = None) -> None:
+        super().__init__(lr=lr, output_dir=output_dir)
+        self.encoder = encoder
+        if config is None:
+            encoder.requires_grad_(True)
+        else:
+            self.attach_adapters(encoder, config)
+        self.head = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def embed(self, batch: dict) -> torch.Tensor:
+        """The encoder's sentence embeddings: the mean over the non-padding tokens."""
+        mask = batch["attention_mask"]
+        hidden = self.encoder(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.head(self.embed(batch))
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        return F.cross_entropy(self(batch), batch["labels"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(batch)
+        loss = F.cross_entropy(logits, batch["labels"])
+        return loss + self.output_regularisers(logits, lambda: self(batch))
+
+    def evaluate(self, batch: dict) -> tuple[torch.Tensor, int, int]:
+        logits = self(batch)
+        correct = int((logits.argmax(-1) == batch["labels"]).sum())
+        return F.cross_entropy(logits, batch["labels"]), correct, len(batch["labels"])
 
 
 def encode(tokenizer, examples: list[tuple[str, int]], max_length: int) -> list[dict]:
@@ -112,12 +129,29 @@ def loader(items: list[dict], batch_size: int, seed: int | None = None) -> DataL
                       generator=torch.Generator().manual_seed(seed), drop_last=True)
 
 
+def fit_recorded(module: RecordingModule, train: DataLoader, val: DataLoader, steps: int,
+                 val_every: int, run_dir) -> RecordingModule:
+    """`Trainer.fit` for `steps` steps, validating every `val_every` and at the last step."""
+    import lightning.pytorch as pl
+
+    trainer = pl.Trainer(
+        max_steps=steps, val_check_interval=val_every, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, accelerator="cpu",
+        devices=1, default_root_dir=str(run_dir))
+    trainer.fit(module, train, val)
+    if not module.val_curve or module.val_curve[-1][0] != module.global_step:
+        trainer.validate(module, val, verbose=False)
+    return module
+
+
 @torch.no_grad()
-def accuracy(module: SentenceClassifier, items_loader: DataLoader) -> float:
+def accuracy(module: RecordingModule, items_loader: DataLoader) -> float:
     """Share of correctly classified items, the module in eval mode."""
     module.eval()
     correct = total = 0
     for batch in items_loader:
-        correct += int((module(batch).argmax(-1) == batch["labels"]).sum())
-        total += len(batch["labels"])
+        _, right, n = module.evaluate(batch)
+        correct += right
+        total += n
     return correct / max(total, 1)
