@@ -318,7 +318,6 @@ def method_row(result: dict, lora_final: float, mean_sd, steps_to_reach,
     first = seeds[0][0]
     ind = [100 * t[task.in_domain] for _, t in seeds]
     ood_per = {d: [100 * t[d] for _, t in seeds] for d in task.ood}
-    ood = [sum(ood_per[d][i] for d in task.ood) / len(task.ood) for i in range(len(seeds))]
     reach = [steps_to_reach(s["curve"], lora_final) for s, _ in seeds]
     reached = [r for r in reach if r is not None]
     row = {"method": result["name"], "key": _key_of(result),
@@ -329,7 +328,8 @@ def method_row(result: dict, lora_final: float, mean_sd, steps_to_reach,
            "step_ms": 1000 * mean_sd([s["step_s"] for s, _ in seeds])[0]}
     row["in_domain_acc"], row["in_domain_acc_sd"] = mean_sd(ind)
     if task.ood:
-        row["ood_acc"], row["ood_acc_sd"] = mean_sd(ood)
+        row["ood_acc"], row["ood_acc_sd"] = mean_sd(
+            [sum(ood_per[d][i] for d in task.ood) / len(task.ood) for i in range(len(seeds))])
     for d in task.ood:
         row[f"{d}_acc"] = mean_sd(ood_per[d])[0]
     row["val_loss"] = mean_sd([s["val_loss"] for s, _ in seeds])[0]

@@ -109,3 +109,39 @@ def test_quick_variants_suite_trains_every_method_on_minilm(tmp_path):
     assert lora["adapter_params"] == 6 * 2 * 8 * (384 + 384)   # rank 8 on query/value
     assert 0.0 < result["figures"]["lora_sb_adapter_param_ratio"] < 0.1
     assert (tmp_path / "accuracy_in_vs_ood.png").exists()
+
+
+def _result(name, accs, curve_losses):
+    seeds = {seed: ({"val_loss": curve_losses[-1], "val_acc": 0.5, "steps": 20,
+                     "curve": list(zip((10, 20), curve_losses)), "step_s": 0.5,
+                     "trainable": 1000, "adapter_params": 900}, acc)
+             for seed, acc in enumerate(accs)}
+    return {"name": name, "lr": 1e-3, "sweep": {1e-3: seeds[0][0]}, "seeds": seeds}
+
+
+def test_a_task_without_ood_domains_has_no_ood_columns_or_goals():
+    from lorakit.benchmarks.variants_suite import SENTIMENT, WORDNET, goal_figures, method_row
+
+    assert WORDNET.num_labels == 45 and WORDNET.ood == () and SENTIMENT.ood
+    rows = {}
+    for name, key in [("LoRA", "lora"), ("LoRA-GA", "lora_ga"), ("LoRA-SB", "lora_sb"),
+                      ("ALLoRA", "allora"), ("LoRA-GGPO", "ggpo"), ("BA-LoRA", "balora")]:
+        accs = [{"wordnet": 0.40}, {"wordnet": 0.44}]
+        rows[key] = method_row(_result(name, accs, (0.9, 0.7)), 0.7, mean_sd, steps_to_reach,
+                               WORDNET)
+    lora = rows["lora"]
+    assert lora["in_domain_acc"] == pytest.approx(42.0) and lora["in_domain_acc_sd"] > 0
+    assert not any("ood" in column for column in lora)
+    assert lora["steps_to_lora_final_val_loss"] == 20 and lora["reached"] == "2/2"
+    figures = goal_figures(rows, ood=False)
+    assert figures["lora_sb_in_domain_acc_minus_lora"] == 0.0
+    assert not any("ood" in name for name in figures)
+
+
+def test_the_sentiment_rows_average_the_three_ood_domains():
+    from lorakit.benchmarks.variants_suite import method_row
+
+    accs = [{"movies": 0.8, "tweets": 0.6, "amazon": 0.7, "nyt": 0.8}]
+    row = method_row(_result("LoRA", accs, (0.6, 0.5)), 0.45, mean_sd, steps_to_reach)
+    assert row["ood_acc"] == pytest.approx(70.0) and row["tweets_acc"] == pytest.approx(60.0)
+    assert row["steps_to_lora_final_val_loss"] is None and row["reached"] == "0/1"
