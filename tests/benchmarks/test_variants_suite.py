@@ -145,3 +145,15 @@ def test_the_sentiment_rows_average_the_three_ood_domains():
     row = method_row(_result("LoRA", accs, (0.6, 0.5)), 0.45, mean_sd, steps_to_reach)
     assert row["ood_acc"] == pytest.approx(70.0) and row["tweets_acc"] == pytest.approx(60.0)
     assert row["steps_to_lora_final_val_loss"] is None and row["reached"] == "0/1"
+
+
+@pytest.mark.slow
+def test_quick_wordnet_variants_suite_has_45_classes_and_no_ood(tmp_path):
+    from lorakit.benchmarks.variants_suite import METHODS, run_wordnet
+
+    result = run_wordnet(tmp_path, threads=1, quick=True)
+    assert [r["method"] for r in result["rows"]] == [name for name, _, _ in METHODS]
+    lora = next(r for r in result["rows"] if r["method"] == "LoRA")
+    assert lora["trainable_params"] - lora["adapter_params"] == 384 * 45 + 45
+    assert not any("ood" in column for column in lora)
+    assert (tmp_path / "accuracy.png").exists()
