@@ -9,6 +9,8 @@
         model(x)
     adapters.save("a.safetensors", name="default")
     lorakit.load_adapter(other_model, "a.safetensors", name="default")
+    lorakit.merge_adapters(["a.safetensors", "b.safetensors"], method="lego", k=8,
+                           out="ab.safetensors")          # several adapters -> one
 """
 from .adapter_file import read_adapter, save_adapter
 from .averaging import AdapterEMA
@@ -26,6 +28,7 @@ from .inject import Adapters, adapters_of, attach, load_adapter
 from .intruders import compare_weights, intruder_dimensions
 from .kinds import KINDS, LayerKind
 from .layers import LoRALayer
+from .merge_many import MergedAdapter, merge_adapters
 from .peft_interop import export_peft, import_peft
 from .variants import (
                      GGPO,
@@ -47,8 +50,8 @@ __all__ = [
     "GGPO", "KINDS", "VARIANTS", "ALLoRA", "AdapterEMA", "AdapterFileError",
     "AdapterMismatchError", "Adapters", "BALoRA", "CheckpointError", "DataError", "DoRA",
     "FFALoRA", "LayerKind", "LoRA", "LoRAConfig", "LoRAGA", "LoRALayer", "LoRASB",
-    "LoraKitError", "S2LoRA", "SharedBasis", "TargetNotFoundError", "Variant", "__version__",
-    "adapters_of", "attach", "compare_weights", "export_peft", "import_peft",
-    "init_from_gradients", "intruder_dimensions", "load_adapter", "read_adapter",
-    "save_adapter",
+    "LoraKitError", "MergedAdapter", "S2LoRA", "SharedBasis", "TargetNotFoundError", "Variant",
+    "__version__", "adapters_of", "attach", "compare_weights", "export_peft", "import_peft",
+    "init_from_gradients", "intruder_dimensions", "load_adapter", "merge_adapters",
+    "read_adapter", "save_adapter",
 ]

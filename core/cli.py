@@ -6,6 +6,7 @@
     lorakit demo --all [--out DIR]                   every installed plugin's demo + an index page
     lorakit bench --suite NAME|all --out DIR         benchmark suites: results.json, report.md/.html, PNGs
     lorakit adapter inspect|merge|analyze|export-peft ...   work on adapter files
+    lorakit adapter merge-many A B C --method lego --out M.safetensors   several adapters -> one
 
 Errors that lorakit raises on purpose (bad input, wrong base model) are printed as
 one line, `lorakit: error: ...`, with exit status 2; anything else is a bug and
@@ -200,6 +201,21 @@ def cmd_adapter_merge(args) -> int:
     return 0
 
 
+def cmd_adapter_merge_many(args) -> int:
+    import time
+
+    from .merge_many import merge_adapters
+
+    start = time.perf_counter()
+    merged = merge_adapters(args.adapters, method=args.method, k=args.k, weights=args.weights,
+                            seed=args.seed, n_init=args.n_init, output_norm=args.output_norm,
+                            density=args.density, drop_saved=args.drop_saved, out=args.out)
+    seconds = time.perf_counter() - start
+    print(f"merged {len(args.adapters)} adapters with {args.method} into {args.out}: rank "
+          f"{merged.rank}, {len(merged.meta['kinds'])} modules, {seconds:.2f} s")
+    return 0
+
+
 def cmd_adapter_analyze(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -264,15 +280,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("adapter", help="inspect, merge, analyze or export adapter files")
+    p = sub.add_parser("adapter", help="inspect, merge, merge-many, analyze or export adapter "
+                       "files")
     asub = p.add_subparsers(dest="adapter_command", metavar="ACTION", required=True)
     q = asub.add_parser("inspect", help="metadata, parameter count, per-module rank and sparsity")
     q.add_argument("file", type=Path)
     q.add_argument("--tol", type=float, default=1e-3, help="|lambda| at or below this counts as zero")
     q.add_argument("--json", action="store_true", help="print JSON instead of tables")
     q.set_defaults(func=cmd_adapter_inspect)
-    q = asub.add_parser("merge", help="fold an adapter into a base state-dict file "
-                        "(.safetensors): W + dW written as a new weights file")
+    q = asub.add_parser("merge", help="fold an adapter into base WEIGHTS (a .safetensors "
+                        "state dict): W + dW written as a new weights file. One adapter into a "
+                        "model; to combine several adapters into one adapter, see merge-many",
+                        description="Fold one adapter into a base model's weights: every "
+                        "adapted W becomes W + dW in a new weights file. The result is a "
+                        "model, not an adapter; `adapter merge-many` combines adapters.")
     q.add_argument("adapter", type=Path, help="lorakit adapter file")
     q.add_argument("base", type=Path, help="base weights as .safetensors (e.g. model.safetensors)")
     q.add_argument("out", type=Path, help="merged weights to write (.safetensors)")
@@ -297,11 +318,54 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     q.add_argument("--png", type=Path, help="also write a bar chart to this PNG file")
     q.set_defaults(func=cmd_adapter_analyze)
+    add_merge_many(asub)
     q = asub.add_parser("export-peft", help="write a PEFT adapter folder")
     q.add_argument("file", type=Path)
     q.add_argument("out_dir", type=Path)
     q.set_defaults(func=cmd_adapter_export)
     return parser
+
+
+def add_merge_many(asub) -> None:
+    from .merge_many import METHODS, OUTPUT_NORMS
+
+    q = asub.add_parser(
+        "merge-many", help="combine SEVERAL adapters into ONE adapter file (LoRA-LEGO, "
+        "concatenation or PEFT's merges); the base weights are not touched",
+        description="Merge adapters of one base into one plain-LoRA adapter file that "
+                    "`lorakit.load_adapter` loads. lego: LoRA-LEGO (Zhao et al., ICLR 2025): "
+                    "k-means over every input's rank-1 units per module, centroids as the "
+                    "merged ranks, parameter then output reweighting. concat: exact, rank = "
+                    "sum of ranks, dW = sum of the weighted updates. peft-<type>: PEFT's own "
+                    "add_weighted_adapter(combination_type=<type>). Adapters for another base, "
+                    "and DoRA (no rank-1 units), are refused by name.")
+    q.add_argument("adapters", nargs="+", type=Path, help="lorakit adapter files to merge")
+    q.add_argument("--method", choices=METHODS, default="lego", metavar="METHOD",
+                   help="lego (default), concat, or peft-<type> with <type> one of PEFT's "
+                        "combination types: " + ", ".join(m.removeprefix("peft-")
+                                                          for m in METHODS[2:]))
+    q.add_argument("--out", type=Path, required=True,
+                   help="merged adapter file to write (.safetensors)")
+    q.add_argument("--k", type=int, default=None,
+                   help="merged rank: lego's cluster count (default: the largest input rank) "
+                        "and the svd_rank of PEFT's *svd types (default: PEFT's, the largest "
+                        "input rank); other methods ignore it")
+    q.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="one factor per adapter on its update (default 1 each: the sum)")
+    q.add_argument("--seed", type=int, default=0, help="lego: KMeans random_state (default 0)")
+    q.add_argument("--n-init", type=int, default=10,
+                   help="lego: KMeans restarts with k-means++ init, the best kept (default 10)")
+    q.add_argument("--output-norm", choices=OUTPUT_NORMS, default="mean",
+                   help="lego's output reweighting: scale each module's merged update to the "
+                        "inputs' mean norm (mean, default: as large as one input's update), "
+                        "to the norm of their sum (sum: concatenation's), or not at all (none)")
+    q.add_argument("--density", type=float, default=0.5,
+                   help="PEFT's ties / dare / magnitude_prune types: fraction of entries kept "
+                        "(default 0.5)")
+    q.add_argument("--drop-saved", action="store_true",
+                   help="merge adapters that train modules in full (modules_to_save, e.g. a "
+                        "classifier head) by leaving those modules out of the merged file")
+    q.set_defaults(func=cmd_adapter_merge_many)
 
 
 def main(argv: list[str] | None = None) -> int:

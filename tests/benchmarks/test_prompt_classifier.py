@@ -54,7 +54,7 @@ def test_encode_prompts_cuts_the_sentence_and_keeps_the_prompts_ending():
     tok = CharTokenizer()
     items = encode_prompts(tok, EXAMPLES[:4], max_length=20)
     tail = tok.encode("\nSentiment:")
-    for item, (text, label) in zip(items, EXAMPLES):
+    for item, (_, label) in zip(items, EXAMPLES):
         ids = item["input_ids"].tolist()
         assert len(ids) <= 20 and ids[-len(tail):] == tail and item["labels"] == label
     assert items[2]["input_ids"].tolist() == tok.encode("Review: y\nSentiment:")
