@@ -74,9 +74,10 @@ MERGES = [
 ]
 
 NOTES = """\
-Training: each task's LoRA and head train for the budget's steps at one learning rate
-(no sweep: the suite compares merges of fixed adapters, and every merge method sees the
-same five adapters per seed). The seed sets the adapters' init and data order, and
+Training: each task's LoRA and head train for the budget's steps at one learning rate,
+3e-3, the rate the `variants` suite chose on validation for LoRA on MiniLM (no sweep
+here: the suite compares merges of fixed adapters, and every merge method sees the same
+five adapters per seed). The seed sets the adapters' init and data order, and
 KMeans' random_state and DARE's drops. Merge time is the wall time of one
 `lorakit.merge_adapters` call (PEFT's rows include building PEFT's stand-in model and
 the export / import through PEFT's file layout); ranks are the merged adapter's rank.
@@ -94,13 +95,6 @@ merging itself is seconds. About 10 minutes a seed, 30 minutes in all.
 """
 
 
-def _split(examples: list, n: int | None, seed: int) -> list:
-    if n is None or n >= len(examples):
-        return list(examples)
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed))
-    return [examples[i] for i in order[:n].tolist()]
-
-
 def load_tasks(budget: Budget) -> dict[str, dict]:
     """task -> {"train", "val", "test": tokenised items}."""
     from lorakit.domains.text.minilm import minilm
@@ -108,9 +102,11 @@ def load_tasks(budget: Budget) -> dict[str, dict]:
     from lorakit.domains.text.wordnet import wordnet
 
     from .sentence_classifier import encode
+    from .variants_suite import _split
 
     _, tokenizer = minilm()
-    raw = {d: sentiment()[d] for d in SENTIMENT_TASKS}
+    domains = sentiment()
+    raw = {d: domains[d] for d in SENTIMENT_TASKS}
     raw["wordnet"] = wordnet()
     return {t: {"train": encode(tokenizer, _split(raw[t]["train"], budget.train_n, 1),
                                 MAX_LENGTH),
