@@ -279,6 +279,7 @@ def run(out_dir, threads: int = 1, quick: bool = False, budget: Budget | None = 
     lora_final = mean_sd([s["val_loss"] for s, _ in results["lora"]["seeds"].values()])[0]
     rows = [method_row(r, lora_final, mean_sd, steps_to_reach, task) for r in results.values()]
     figures = goal_figures({r["key"]: r for r in rows}, bool(task.ood))
+    figures.update(paired_differences(results, task))
     intruders = intruder_counts(base_qv, intruder_weights)
     figures.update({f"intruders_{k}": v for k, v in intruders.items()})
     figures["lora_final_val_loss"] = lora_final
@@ -362,6 +363,39 @@ def goal_figures(by: dict[str, dict], ood: bool = True) -> dict[str, float]:
         if ood:
             figures[f"{key}_ood_acc"] = row["ood_acc"]
         figures[f"{key}_step_time_vs_lora"] = row["step_ms"] / lora["step_ms"]
+    return figures
+
+
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}   # Student's t, 95 % two-sided
+
+
+def paired_differences(results: dict, task: Task = SENTIMENT) -> dict[str, float]:
+    """Each goal's difference to LoRA paired by seed (same seed: same data order and head
+    init), in points: the mean and a 95 % t-interval over the seeds both rows ran.
+
+    `results` is the suite's per-method record (`runs.json`'s layout: key -> {"seeds":
+    {seed: {"test": {domain: accuracy}}}}), so a finished run's intervals can be
+    recomputed from its `runs.json` (`--paired`)."""
+    from .validation_protocol import mean_sd
+
+    def score(record: dict, seed, ood: bool) -> float:
+        test = record["seeds"][seed]["test"]
+        if not ood:
+            return 100 * test[task.in_domain]
+        return 100 * sum(test[d] for d in task.ood) / len(task.ood)
+
+    goals = [("lora_sb", False)] + [(k, True) for k in ("lora_sb", "allora", "ggpo", "balora")
+                                    if task.ood]
+    figures = {}
+    lora = results["lora"]
+    for key, ood in goals:
+        seeds = [s for s in results[key]["seeds"] if s in lora["seeds"]]
+        diffs = [score(results[key], s, ood) - score(lora, s, ood) for s in seeds]
+        mean, sd = mean_sd(diffs)
+        half = T_975.get(len(diffs) - 1, 1.96) * sd / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+        name = f"{key}_{'ood' if ood else 'in_domain'}_acc_minus_lora_paired"
+        figures[name] = mean
+        figures[f"{name}_ci95_low"], figures[f"{name}_ci95_high"] = mean - half, mean + half
     return figures
 
 
@@ -465,13 +499,20 @@ if __name__ == "__main__":
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--task", choices=["sentiment", "wordnet"], default="sentiment")
+    p.add_argument("--paired", metavar="RUNS_JSON",
+                   help="print the paired differences to LoRA of a finished run's runs.json "
+                        "and exit")
     a = p.parse_args()
+    task = WORDNET if a.task == "wordnet" else SENTIMENT
+    if a.paired:
+        print(json.dumps(paired_differences(json.loads(Path(a.paired).read_text()), task),
+                         indent=1))
+        raise SystemExit(0)
     from lorakit.bench import machine, write_results
     from lorakit.quiet import quiet_third_party
 
     torch.set_num_threads(a.threads)
     quiet_third_party()
-    task = WORDNET if a.task == "wordnet" else SENTIMENT
     res = run(a.out, a.threads, a.quick, task=task)
     suite = SUITE if task is SENTIMENT else f"{SUITE}-{task.name}"
     res = write_results(Path(a.out), {"suite": suite, "machine": machine(), **res})

@@ -157,3 +157,21 @@ def test_quick_wordnet_variants_suite_has_45_classes_and_no_ood(tmp_path):
     assert lora["trainable_params"] - lora["adapter_params"] == 384 * 45 + 45
     assert not any("ood" in column for column in lora)
     assert (tmp_path / "accuracy.png").exists()
+
+
+def test_paired_differences_pair_seeds_and_give_a_t_interval():
+    from lorakit.benchmarks.variants_suite import paired_differences
+
+    def record(per_seed):
+        return {"seeds": {str(s): {"test": {"movies": m, "tweets": o, "amazon": o, "nyt": o}}
+                          for s, (m, o) in enumerate(per_seed)}}
+    lora = record([(0.80, 0.70), (0.70, 0.60), (0.90, 0.80)])
+    # ALLoRA 2, 3 and 4 points above LoRA out of distribution, seed by seed
+    allora = record([(0.80, 0.72), (0.70, 0.63), (0.90, 0.84)])
+    runs = {"lora": lora, "allora": allora, "lora_sb": lora, "ggpo": lora, "balora": lora}
+    f = paired_differences(runs)
+    assert f["allora_ood_acc_minus_lora_paired"] == pytest.approx(3.0)
+    half = 4.303 * 1.0 / 3 ** 0.5                 # SD of (2, 3, 4) is 1
+    assert f["allora_ood_acc_minus_lora_paired_ci95_low"] == pytest.approx(3.0 - half)
+    assert f["allora_ood_acc_minus_lora_paired_ci95_high"] == pytest.approx(3.0 + half)
+    assert f["lora_sb_in_domain_acc_minus_lora_paired"] == 0.0
