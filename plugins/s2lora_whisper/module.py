@@ -26,6 +26,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from lorakit import LoRAConfig, load_adapter
+from lorakit.atomic import atomic_write
 from lorakit.domains.speech.metrics import error_rates
 from lorakit.domains.speech.pretrained import tiny_en_checkpoint
 from lorakit.domains.speech.whisper_model import (
@@ -66,7 +67,8 @@ class WhisperAdapterModule(AdapterModule):
         max_tokens: cap on decoded tokens per clip; None: from the context (4 per second of
             encoder context: 12 at 3 s, which keeps a short-context model from looping;
             120 at 30 s, room for several sentences; at most Whisper's own limit).
-        output_dir: where the adapter, sparsity.json, test metrics and predictions are
+        output_dir: where the adapter, sparsity.json, test metrics, per-test-set hypotheses
+            (hypotheses/<set>.jsonl: reference, base and adapted transcript) and predictions are
             written; None: the run's folder under --trainer.default_root_dir.
         lambda_lr: learning rate of S2-LoRA's λ. λ starts at 1 and Adam moves it by about
             its learning rate a step, so λ needs a larger one than A, B to reach zero
@@ -174,11 +176,13 @@ class WhisperAdapterModule(AdapterModule):
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         mel = self.mel(batch["audio"])
-        out = self._outputs.setdefault(batch["set"][0], {"ref": [], "base": [], "adapted": []})
+        out = self._outputs.setdefault(batch["set"][0], {"ref": [], "base": [], "adapted": [],
+                                                          "audio": []})
         with self.base_model() as base:
             out["base"] += transcribe(base, mel, self.max_tokens, self.language)
         out["adapted"] += transcribe(self.model, mel, self.max_tokens, self.language)
         out["ref"] += batch["text"]
+        out["audio"] += batch.get("path", [None] * len(batch["text"]))
 
     def on_test_epoch_end(self) -> None:
         metrics = {}
@@ -195,7 +199,22 @@ class WhisperAdapterModule(AdapterModule):
                   f"{m['base_cer']:>10.3f}{m['cer']:>8.3f}" for k, m in metrics.items()]
         rank_zero_info("\n".join(lines))
         self.write_json("test_metrics.json", metrics)
+        for name, out in self._outputs.items():
+            self.write_hypotheses(name, out)
         self.test_metrics = metrics
+
+    def write_hypotheses(self, test_set: str, out: dict) -> Path:
+        """`hypotheses/<test set>.jsonl`: per utterance its audio file, the reference, and
+        the base's and the adapted model's transcripts, so errors can be read."""
+        rows = [{"audio": audio, "reference": ref, "base": base, "adapted": adapted}
+                for audio, ref, base, adapted in zip(out["audio"], out["ref"], out["base"],
+                                                     out["adapted"])]
+        path = self.output_folder() / "hypotheses" / f"{test_set}.jsonl"
+
+        def write(tmp):
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in rows)
+        return atomic_write(path, write)
 
     # --- predict -------------------------------------------------------------------------
     def on_predict_epoch_start(self) -> None:

@@ -5,6 +5,7 @@ One short fit (20 steps of 8 clips) is shared by the tests that need a trained a
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -58,6 +59,12 @@ def test_s2lora_halves_child_wer_in_twenty_steps(fitted):
     saved = json.loads((out / "test_metrics.json").read_text())
     assert saved["child_test"]["wer"] == pytest.approx(m["wer"])
     assert saved["child_test"]["base_wer"] == pytest.approx(m["base_wer"])
+    rows = [json.loads(line) for line in
+            (out / "hypotheses" / "child_test.jsonl").read_text().splitlines()]
+    assert len(rows) == m["n"] and set(rows[0]) == {"audio", "reference", "base", "adapted"}
+    assert all(Path(r["audio"]).exists() for r in rows)
+    assert error_rates([r["reference"] for r in rows],
+                       [r["adapted"] for r in rows])["wer"] == pytest.approx(m["wer"])
 
 
 def test_embedded_base_is_tiny_en_taught_the_short_context_on_adults(fitted, corpus):
