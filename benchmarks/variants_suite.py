@@ -279,7 +279,7 @@ def run(out_dir, threads: int = 1, quick: bool = False, budget: Budget | None = 
     lora_final = mean_sd([s["val_loss"] for s, _ in results["lora"]["seeds"].values()])[0]
     rows = [method_row(r, lora_final, mean_sd, steps_to_reach, task) for r in results.values()]
     figures = goal_figures({r["key"]: r for r in rows}, bool(task.ood))
-    figures.update(paired_differences(results, task))
+    figures.update(paired_differences(_jsonable(results), task))
     intruders = intruder_counts(base_qv, intruder_weights)
     figures.update({f"intruders_{k}": v for k, v in intruders.items()})
     figures["lora_final_val_loss"] = lora_final

@@ -175,3 +175,18 @@ def test_paired_differences_pair_seeds_and_give_a_t_interval():
     assert f["allora_ood_acc_minus_lora_paired_ci95_low"] == pytest.approx(3.0 - half)
     assert f["allora_ood_acc_minus_lora_paired_ci95_high"] == pytest.approx(3.0 + half)
     assert f["lora_sb_in_domain_acc_minus_lora_paired"] == 0.0
+
+
+def test_paired_differences_read_a_running_suites_records_through_jsonable():
+    from lorakit.benchmarks.variants_suite import WORDNET, _jsonable, paired_differences
+
+    def record(accs):   # run()'s in-memory layout: seed -> (validation summary, test)
+        return {"name": "m", "lr": 1e-3, "sweep": {1e-3: {}},
+                "seeds": {seed: ({}, {"wordnet": a}) for seed, a in enumerate(accs)}}
+    runs = {k: record([0.40, 0.50]) for k in ("lora", "allora", "ggpo", "balora")}
+    runs["lora_sb"] = record([0.42, 0.53])
+    f = paired_differences(_jsonable(runs), WORDNET)
+    assert f["lora_sb_in_domain_acc_minus_lora_paired"] == pytest.approx(2.5)
+    assert set(f) == {"lora_sb_in_domain_acc_minus_lora_paired",
+                      "lora_sb_in_domain_acc_minus_lora_paired_ci95_low",
+                      "lora_sb_in_domain_acc_minus_lora_paired_ci95_high"}
