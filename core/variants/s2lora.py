@@ -74,6 +74,11 @@ class S2LoRA(Variant):
     def penalty(self) -> torch.Tensor:
         return self.lora_lambda.abs().sum()
 
+    @torch.no_grad()
+    def shrink(self, threshold) -> None:
+        lam = self.lora_lambda
+        lam.copy_(lam.sign() * (lam.abs() - threshold(lam)).clamp(min=0))
+
     def active_rank(self, tol: float) -> int:
         return int((self.lora_lambda.detach().abs() > tol).sum())
 

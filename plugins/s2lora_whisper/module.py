@@ -1,15 +1,20 @@
-r"""`WhisperAdapterModule`: openai-whisper adapted with S2-LoRA, LoRA or full fine-tuning.
+r"""`WhisperAdapterModule`: openai-whisper adapted with S2-LoRA, LoRA, BitFit or full FT.
 
     audio (B, samples) ─► log-mel (B, 80, 2·n_audio_ctx) ─► encoder ─┐
     <|sot|>… tokens of " text" ───────────────────────────────────► decoder ─► logits
-    loss = cross-entropy(logits, next token)  +  l1 · Σᵢ |λᵢ|          (teacher forcing)
+    loss = cross-entropy(logits, next token)                           (teacher forcing)
+    after each optimizer step (S2-LoRA): λ ← sign(λ)·max(|λ| − τ, 0), τ = η_λ·l1/(√v̂ + ε)
 
 S2-LoRA (Liu et al., "Sparsely Shared LoRA on Whisper for Child Speech Recognition"):
 every adapted matrix of one shape shares A (r × in) and B (out × r); matrix i keeps
-only λᵢ (r numbers), ΔWᵢ = B·diag(λᵢ)·A, and the L1 term drives λ to sparse rank use.
-`method="lora"` gives each matrix its own A, B (the paper's LoRA baseline); `"full"`
-trains every weight (its full fine-tuning baseline). Everything else (data, loss,
-decoding, metrics) is the same for the three, so they compare like for like.
+only λᵢ (r numbers), ΔWᵢ = B·diag(λᵢ)·A, and an L1 term on λ switches ranks off. The
+L1 term is applied as a proximal step (soft-thresholding λ after each optimizer step, in
+Adam's metric), which leaves exact zeros: added to the loss instead, its gradient
+l1·sign(λ) is rescaled by Adam like any other and λ only jitters around zero.
+`method="lora"` gives each matrix its own A, B (the paper's LoRA baseline); `"bitfit"`
+trains only the biases (BitFit, which the paper also compares); `"full"` trains every
+weight (its full fine-tuning baseline). Everything else (data, loss, decoding, metrics)
+is the same for all, so they compare like for like.
 
 `test` decodes every test set twice, with the frozen base and with the adapted model,
 and prints and saves WER/CER for both; `predict` writes transcripts as JSONL.
@@ -39,11 +44,13 @@ from lorakit.domains.speech.whisper_model import (
 )
 from lorakit.errors import LoraKitError
 from lorakit.lightning_module import AdapterModule
+from lorakit.proximal import adam_thresholds
 
 from .base import embedded_base
 from .teacher_forcing import cross_entropy, transcription_tokenizer
 
 TARGETS = ["*.query", "*.key", "*.value", "*.out", "*.mlp.0", "*.mlp.2"]
+METHODS = ("s2lora", "lora", "bitfit", "full")
 
 
 class WhisperAdapterModule(AdapterModule):
@@ -56,12 +63,16 @@ class WhisperAdapterModule(AdapterModule):
             tiny.en itself when n_audio_ctx is None.
         n_audio_ctx: encoder positions to keep (50 per second); 150 is 3 s. None keeps
             the checkpoint's own context (1500 = 30 s).
-        method: "s2lora" (shared A/B, sparse λ), "lora" (own A/B per matrix) or "full".
+        method: "s2lora" (shared A/B, sparse λ), "lora" (own A/B per matrix), "bitfit"
+            (the biases only) or "full".
         rank: rank r of the adapters.
         alpha: the update is scaled by alpha / r.
         dropout: dropout on the adapter input.
         targets: glob patterns of the Linear layers to adapt.
-        l1: coefficient of the L1 penalty on S2-LoRA's λ (ignored by lora and full).
+        l1: coefficient of the L1 penalty l1·Σ|λ| on S2-LoRA's λ (ignored by the other
+            methods), applied as a proximal step in Adam's metric after each optimizer step
+            (`lorakit.proximal`): ranks whose gradient is small against their λ reach
+            exactly zero.
         adapter: a lorakit adapter file to start from (its method and rank win).
         language: transcription language for multilingual checkpoints.
         max_tokens: cap on decoded tokens per clip; None: from the context (4 per second of
@@ -77,7 +88,7 @@ class WhisperAdapterModule(AdapterModule):
     """
 
     def __init__(self, checkpoint: str | None = None, n_audio_ctx: int | None = 150,
-                 method: Literal["s2lora", "lora", "full"] = "s2lora", rank: int = 8,
+                 method: Literal["s2lora", "lora", "bitfit", "full"] = "s2lora", rank: int = 8,
                  alpha: float = 16.0, dropout: float = 0.0, targets: list[str] | None = None,
                  l1: float = 1e-3, adapter: str | None = None, language: str = "en",
                  max_tokens: int | None = None, output_dir: str | None = None, lr: float = 2e-3,
@@ -85,8 +96,9 @@ class WhisperAdapterModule(AdapterModule):
                  optimizer: str = "adamw") -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer,
                          output_dir=output_dir)
-        if method not in ("s2lora", "lora", "full"):
-            raise LoraKitError(f"method must be 's2lora', 'lora' or 'full', got {method!r}")
+        if method not in METHODS:
+            raise LoraKitError(f"method must be one of {', '.join(map(repr, METHODS))}, "
+                               f"got {method!r}")
         self.save_hyperparameters()
         if checkpoint is None:
             checkpoint = embedded_base(n_audio_ctx) if n_audio_ctx else tiny_en_checkpoint()
@@ -97,7 +109,8 @@ class WhisperAdapterModule(AdapterModule):
         self.max_tokens = max_tokens or decoding_budget(self.n_audio_ctx,
                                                         self.model.dims.n_text_ctx)
         self.tokenizer = transcription_tokenizer(self.model, language)
-        self.config = LoRAConfig(method=method if method != "full" else "lora", rank=rank,
+        self.config = LoRAConfig(method=method if method in ("s2lora", "lora") else "lora",
+                                 rank=rank,
                                  alpha=alpha, dropout=dropout, targets=targets or TARGETS)
         self._reference: list = []   # full fine-tuning's frozen base, kept out of state_dict
         if adapter:
@@ -110,18 +123,31 @@ class WhisperAdapterModule(AdapterModule):
 
     # --- what is trained ------------------------------------------------------------
     def adapt(self, model) -> None:
-        """Attach adapters (or unfreeze everything for full fine-tuning)."""
-        if self.method == "full":
+        """Attach adapters, or unfreeze every weight (full fine-tuning) or every bias of the
+        adapted layers (BitFit) and keep a frozen copy as the base."""
+        if self.method in ("full", "bitfit"):
             self._reference.append(copy.deepcopy(model).requires_grad_(False))
-            model.requires_grad_(True)
+            if self.method == "full":
+                model.requires_grad_(True)
+            else:
+                for name, p in model.named_parameters():
+                    p.requires_grad_(name.endswith(".bias"))
         else:
             self.attach_adapters(model, self.config)
 
     def regularizer(self) -> torch.Tensor:
-        """Added to the loss: S2-LoRA's L1 on λ (zero for LoRA and full fine-tuning)."""
-        if self.adapters is None or self.adapters.config.method != "s2lora":
-            return torch.zeros((), device=self.device)
-        return self.l1 * self.adapters.l1_penalty()
+        """Added to the loss; zero here (S2-LoRA's L1 is a proximal step, `shrink_lambda`)."""
+        return torch.zeros((), device=self.device)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.shrink_lambda()
+
+    def shrink_lambda(self) -> None:
+        """S2-LoRA's proximal L1 step, after the optimizer step, in Adam's metric
+        (`lorakit.proximal`): λ moves lr·l1/(√v̂ + ε) towards zero and stops at zero."""
+        if self.adapters is None or self.adapters.config.method != "s2lora" or not self.l1:
+            return
+        self.adapters.shrink(adam_thresholds(self.trainer.optimizers[0], self.l1))
 
     def param_groups(self) -> list[dict]:
         groups = super().param_groups()

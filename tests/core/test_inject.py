@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 import lorakit
+from lorakit.proximal import adam_thresholds
 
 
 def test_glob_patterns_select_query_and_value_of_a_bert(tiny_bert):
@@ -132,10 +133,62 @@ def test_s2lora_l1_penalty_and_pruning_keep_outputs(tiny_bert):
         v.lora_lambda.abs().sum().item() for v in adapters.variants().values()))
     report = adapters.sparsity_report()
     assert report[0] == {"module": "bert.encoder.layer.0.attention.self.query", "rank": 6,
-                         "active": 2, "sparsity": pytest.approx(4 / 6)}
+                         "active": 2, "sparsity": pytest.approx(4 / 6), "exact_zeros": 4}
     before = model(input_ids=ids).logits
     assert adapters.prune() == {"shared.32x32": 3}
     assert torch.allclose(model(input_ids=ids).logits, before, atol=1e-6)
+
+
+def test_s2lora_shrink_soft_thresholds_lambda_to_exact_zeros(tiny_bert):
+    adapters = lorakit.attach(tiny_bert(), lorakit.LoRAConfig(rank=4, method="s2lora",
+                                                              targets=["*.query"]))
+    v = next(iter(adapters.variants().values()))
+    with torch.no_grad():
+        v.lora_lambda.copy_(torch.tensor([0.5, -0.05, 0.1, -2.0]))
+    adapters.shrink(0.1)
+    assert v.lora_lambda.tolist() == pytest.approx([0.4, 0.0, 0.0, -1.9])
+    assert (v.lora_lambda == 0).sum() == 2 and v.lora_lambda.requires_grad
+
+
+def test_proximal_adam_switches_off_the_ranks_a_task_does_not_need():
+    """Proximal L1 in Adam's metric: a rank-2 target learned with 8 ranks keeps exactly 2
+    λ nonzero and fits; the same L1 added to the loss leaves every λ nonzero."""
+    def fit(proximal: bool) -> tuple[torch.Tensor, float]:
+        torch.manual_seed(0)
+        layer = nn.Sequential(nn.Linear(16, 16, bias=False))
+        adapters = lorakit.attach(layer, lorakit.LoRAConfig(rank=8, alpha=8, method="s2lora",
+                                                            targets=["0"]))
+        v = next(iter(adapters.variants().values()))
+        target = torch.randn(16, 2) @ torch.randn(2, 16) / 4      # a rank-2 update to learn
+        opt = torch.optim.Adam([{"params": [v.basis.lora_A, v.basis.lora_B], "lr": 1e-2},
+                                {"params": [v.lora_lambda], "lr": 2e-2}])
+        for _ in range(400):
+            x = torch.randn(64, 16)
+            loss = ((layer(x) - layer[0].base(x) - x @ target.T) ** 2).mean()
+            if not proximal:
+                loss = loss + 0.1 * adapters.l1_penalty()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if proximal:
+                adapters.shrink(adam_thresholds(opt, 0.1))
+        return v.lora_lambda.detach(), loss.item()
+
+    lam, loss = fit(proximal=True)
+    assert (lam != 0).sum() == 2 and loss < 0.01
+    lam, _ = fit(proximal=False)
+    assert (lam != 0).all()
+
+
+def test_adam_thresholds_leave_entries_without_a_gradient_alone():
+    p = nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([p], lr=0.1)
+    assert adam_thresholds(opt, 1.0)(p) == 0.0                 # no step yet
+    p.grad = torch.tensor([0.5, 0.0, -2.0])
+    opt.step()
+    tau = adam_thresholds(opt, 1.0)(p)
+    # after one step v̂ = g²: τ = lr·l1/(|g| + ε); zero where no gradient was seen
+    assert tau.tolist() == pytest.approx([0.1 / 0.5, 0.0, 0.1 / 2.0], rel=1e-4)
 
 
 def test_whisper_linear_subclass_with_dtype_cast_is_adapted():

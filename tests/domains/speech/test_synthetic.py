@@ -15,6 +15,7 @@ from lorakit.domains.speech.synthetic import (
     AdultSetConfig,
     CorpusConfig,
     build_adult_set,
+    build_adult_val,
     build_corpus,
     draw_speakers,
     speakers_by_split,
@@ -70,3 +71,16 @@ def test_the_bases_adult_set_shares_no_speaker_with_any_adult_test_set(tmp_path)
     utts = read_manifest(folder / "adult_train.jsonl")
     assert len(utts) == 4 and {u.speaker for u in utts} == {"adultbase00", "adultbase01"}
     assert all(u.seconds <= 3.0 for u in utts)
+
+
+def test_adult_val_is_speaker_disjoint_and_shares_no_sentence_with_training(tmp_path):
+    config = CorpusConfig(train=12, val=6, test=4, train_speakers=3, test_speakers=2)
+    corpus = read_manifest(build_corpus(config, tmp_path) / "child_train.jsonl")
+    val = read_manifest(build_adult_val(config, tmp_path) / "adult_val.jsonl")
+    everyone = {s.id: s for split in speakers_by_split(config).values() for s in split}
+    summary = json.loads((build_adult_val(config, tmp_path) / "corpus.json").read_text())
+    val_speakers = summary["splits"]["adult_val"]["speakers"]
+    assert len(val) == 6 and len(val_speakers) == 2
+    assert not {(v["voice"], v["pitch"], v["rate"], v["shift"]) for v in val_speakers} & {
+        (s.voice, s.pitch, s.rate, s.shift) for s in everyone.values()}
+    assert not {u.text for u in val} & {u.text for u in corpus}

@@ -1,6 +1,10 @@
 """s2lora-whisper: S2-LoRA on real Whisper tiny.en weights, synthetic child speech, one thread.
 
-One short fit (20 steps of 8 clips) is shared by the tests that need a trained adapter.
+One short fit (20 steps of 8 clips) is shared by the tests that need a trained adapter. It
+starts from tiny.en itself cut to the 3 s context, not from the embedded base (tiny.en
+after 100 adult steps, built on first use by the demo, the suite or a fit): building that
+would add minutes to every fresh set-up. A fast test checks the base recipe's code path
+with 2 steps; a slow one checks the real base.
 """
 from __future__ import annotations
 
@@ -14,9 +18,10 @@ import torch
 from lorakit import load_adapter
 from lorakit.domains.speech.metrics import error_rates
 from lorakit.domains.speech.pretrained import tiny_en_checkpoint
-from lorakit.domains.speech.synthetic import CorpusConfig, build_corpus
+from lorakit.domains.speech.synthetic import AdultSetConfig, CorpusConfig, build_corpus
 from lorakit.domains.speech.whisper_model import load_whisper, transcribe
 from lorakit.errors import CheckpointError, DataError
+from lorakit.plugins.s2lora_whisper.base import BaseRecipe, base_path, build_base, embedded_base
 from lorakit.plugins.s2lora_whisper.data import SpeechDataModule
 from lorakit.plugins.s2lora_whisper.module import WhisperAdapterModule
 
@@ -36,11 +41,12 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def fitted(corpus, tmp_path_factory):
-    """S2-LoRA after 20 steps on child_train, tested on child_test."""
+    """S2-LoRA on tiny.en at 3 s after 20 steps on child_train, tested on child_test."""
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
     out = tmp_path_factory.mktemp("fit")
-    module = WhisperAdapterModule(method="s2lora", output_dir=str(out))
+    module = WhisperAdapterModule(checkpoint=str(tiny_en_checkpoint()), method="s2lora",
+                                  output_dir=str(out))
     data = SpeechDataModule(train_manifest=str(corpus / "child_train.jsonl"),
                             test_manifest=str(corpus / "child_test.jsonl"), batch_size=8)
     t = trainer(out)
@@ -67,8 +73,21 @@ def test_s2lora_halves_child_wer_in_twenty_steps(fitted):
                        [r["adapted"] for r in rows])["wer"] == pytest.approx(m["wer"])
 
 
-def test_embedded_base_is_tiny_en_taught_the_short_context_on_adults(fitted, corpus):
-    module, _, _ = fitted
+def test_the_base_recipe_writes_a_whisper_checkpoint_with_its_recipe(tmp_path):
+    recipe = BaseRecipe(steps=2, batch_size=4, adult_set=AdultSetConfig(clips=8, speakers=2))
+    out = build_base(recipe, tmp_path / "base.pt", threads=1)
+    assert list(tmp_path.iterdir()) == [out]          # no .partial left behind
+    checkpoint = torch.load(out, map_location="cpu", weights_only=True)
+    assert checkpoint["lorakit_recipe"]["steps"] == 2
+    assert checkpoint["lorakit_recipe"]["source"] == "tiny.en.pt"
+    assert load_whisper(str(out), n_audio_ctx=150).dims.n_audio_ctx == 150
+    # the file name is keyed by the recipe: the embedded base's is another file
+    assert base_path(recipe) != base_path(BaseRecipe())
+
+
+@pytest.mark.slow
+def test_embedded_base_is_tiny_en_taught_the_short_context_on_adults(corpus):
+    module = WhisperAdapterModule(checkpoint=str(embedded_base(150)))
     checkpoint = torch.load(module.checkpoint, map_location="cpu", weights_only=True)
     recipe = checkpoint["lorakit_recipe"]
     assert recipe["source"] == "tiny.en.pt" and checkpoint["dims"]["n_audio_ctx"] == 150
@@ -83,6 +102,14 @@ def test_embedded_base_is_tiny_en_taught_the_short_context_on_adults(fitted, cor
     untaught = error_rates(batch["text"], transcribe(raw, mel, module.max_tokens))["wer"]
     print(f"adult_test WER: tiny.en {untaught:.3f}, embedded base {taught:.3f}")
     assert taught < 0.15 and untaught > 0.5
+
+
+def test_the_proximal_l1_step_leaves_exact_zeros_reported_in_sparsity_json(fitted):
+    module, _, out = fitted
+    rows = json.loads((out / "sparsity.json").read_text())
+    zeros = sum(int((v.lora_lambda == 0).sum()) for v in module.adapters.variants().values())
+    print(f"λ exactly zero: {zeros} of {8 * len(rows)}")
+    assert sum(r["exact_zeros"] for r in rows) == zeros > 0
 
 
 def test_trainable_count_is_shared_bases_plus_r_per_matrix(fitted):
@@ -145,8 +172,19 @@ def test_a_checkpoint_that_is_not_whisper_is_refused(tmp_path):
 
 
 def test_unknown_method_is_refused():
-    with pytest.raises(Exception, match="method must be 's2lora', 'lora' or 'full'"):
+    with pytest.raises(Exception, match="method must be one of 's2lora', 'lora', 'bitfit', "
+                                        "'full', got 'adalora'"):
         WhisperAdapterModule(method="adalora")
+
+
+def test_bitfit_trains_the_biases_only_and_keeps_the_base_for_comparison():
+    module = WhisperAdapterModule(checkpoint=str(tiny_en_checkpoint()), method="bitfit")
+    trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith(".bias") for n in trainable)
+    assert "encoder.blocks.0.attn.query.bias" in trainable
+    assert "encoder.blocks.0.attn.query.weight" not in trainable
+    with module.base_model() as base:
+        assert base is not module.model and not any(p.requires_grad for p in base.parameters())
 
 
 def test_too_long_clips_stop_the_run_with_their_count(corpus, tmp_path):
