@@ -491,13 +491,9 @@ def _say(text: str) -> None:
 
 
 if __name__ == "__main__":
-    import argparse
+    from lorakit.bench import suite_parser, write_suite_run
 
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="reports/variants")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true")
+    p = suite_parser(__doc__, SUITE)
     p.add_argument("--task", choices=["sentiment", "wordnet"], default="sentiment")
     p.add_argument("--paired", metavar="RUNS_JSON",
                    help="print the paired differences to LoRA of a finished run's runs.json "
@@ -508,12 +504,5 @@ if __name__ == "__main__":
         print(json.dumps(paired_differences(json.loads(Path(a.paired).read_text()), task),
                          indent=1))
         raise SystemExit(0)
-    from lorakit.bench import machine, write_results
-    from lorakit.quiet import quiet_third_party
-
-    torch.set_num_threads(a.threads)
-    quiet_third_party()
-    res = run(a.out, a.threads, a.quick, task=task)
-    suite = SUITE if task is SENTIMENT else f"{SUITE}-{task.name}"
-    res = write_results(Path(a.out), {"suite": suite, "machine": machine(), **res})
-    print(json.dumps(res["figures"], indent=1))
+    write_suite_run(SUITE if task is SENTIMENT else f"{SUITE}-{task.name}", a,
+                    lambda: run(a.out, a.threads, a.quick, task=task))

@@ -16,6 +16,7 @@ that come first, each with its unit and the claim or goal it answers), `units`
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -123,6 +124,31 @@ def write_results(out_dir: Path, result: dict) -> dict:
     atomic_write(out_dir / "results.json",
                  lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2, default=float)))
     write_report(out_dir, result)
+    return result
+
+
+def suite_parser(doc: str, suite: str) -> argparse.ArgumentParser:
+    """The command line of `python -m lorakit.benchmarks.<module>` (the same run as
+    `lorakit bench --suite <suite>`): --out, --threads, --quick; a suite adds its own."""
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=f"reports/{suite}", help="folder for results and plots")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
+    return p
+
+
+def write_suite_run(suite: str, args: argparse.Namespace, call) -> dict:
+    """Run `call()` (a suite's `run` with the parsed `args`) as `lorakit bench` does: torch
+    threads and quiet third-party logs first, then results.json / report.md / report.html
+    in args.out; prints the figures."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    quiet_third_party()
+    raw = call()
+    result = write_results(Path(args.out), {"suite": suite, "machine": machine(), **raw})
+    print(json.dumps(result["figures"], indent=1))
     return result
 
 
