@@ -92,6 +92,12 @@ def plot_roc(curves: dict[str, tuple[list[int], list[float]]], path, title: str 
            ylabel="true positive rate (mRNA called coding)", title=title or "ROC",
            xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=7)
+    return save_png(fig, path)
+
+
+def save_png(fig, path) -> Path:
+    """Lay out, write and close a matplotlib figure (its folder made as needed)."""
+    import matplotlib.pyplot as plt
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

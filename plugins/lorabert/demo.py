@@ -43,7 +43,8 @@ def demo(out_dir: Path = Path("lorabert_demo"), threads: int = 1, train_per_clas
     rows = [lora] + [run_baseline(k, splits) for k in ("orf", "kmer", "length")]
     cpc2 = run_cpc2_row(splits)
     rows += [cpc2] if cpc2 else []
-    table_rows = [{k: v for k, v in r.items() if k not in ("probs", "labels")} for r in rows]
+    table_rows = [{k: v for k, v in r.items() if k not in ("probs", "labels", "extra")}
+                  for r in rows]
     plot_roc({r["name"]: (r["labels"], r["probs"]) for r in rows}, out / "roc.png",
              title="CPAT human, held-out test split")
     from lorakit.domains.genomics.features import longest_orf

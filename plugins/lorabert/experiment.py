@@ -2,7 +2,9 @@
 
 Shared by the demo and the benchmark suite so both report the same numbers the same way:
 metrics on the held-out test split, trainable parameters, training time and prediction
-time per 1,000 transcripts, plus the test probabilities for the ROC plot.
+time per 1,000 transcripts, plus the test probabilities for the ROC plot. `extra` names
+more sets to score with the same fitted model (validation, fragments, another species):
+their coding probabilities come back under `row["extra"][name]`.
 """
 from __future__ import annotations
 
@@ -64,7 +66,7 @@ def predict_probs(module: LoRABertModule, items: list[Transcript],
 
 def run_model(name: str, splits: dict[str, list[Transcript]], out_dir: Path,
               epochs: int = 2, batch_size: int = 8, seed: int = 0,
-              **module_kw) -> dict:
+              extra: dict[str, list[Transcript]] | None = None, **module_kw) -> dict:
     """Fit a LoRABertModule (mode etc. in `module_kw`), score it on the test split."""
     pl.seed_everything(seed, verbose=False)
     module = LoRABertModule(**module_kw)
@@ -86,10 +88,12 @@ def run_model(name: str, splits: dict[str, list[Transcript]], out_dir: Path,
     return {"name": name, **binary_metrics(labels, probs), "trainable_params": trainable,
             "total_params": total, "train_s": train_s,
             "predict_s_per_1000": 1000 * predict_s / len(test), "probs": probs.tolist(),
-            "labels": labels.tolist(), "module": module}
+            "labels": labels.tolist(), "module": module,
+            "extra": {k: predict_probs(module, v).tolist() for k, v in (extra or {}).items()}}
 
 
-def run_baseline(kind: str, splits: dict[str, list[Transcript]]) -> dict:
+def run_baseline(kind: str, splits: dict[str, list[Transcript]],
+                 extra: dict[str, list[Transcript]] | None = None) -> dict:
     train, test = splits["train"], splits["test"]
     b = Baseline(kind)
     t0 = time.perf_counter()
@@ -102,10 +106,13 @@ def run_baseline(kind: str, splits: dict[str, list[Transcript]]) -> dict:
     return {"name": b.name, **binary_metrics(labels, probs),
             "trainable_params": b.n_parameters(), "total_params": b.n_parameters(),
             "train_s": train_s, "predict_s_per_1000": 1000 * predict_s / len(test),
-            "probs": probs.tolist(), "labels": labels.tolist()}
+            "probs": probs.tolist(), "labels": labels.tolist(),
+            "extra": {k: b.predict_proba([t.seq for t in v]).tolist()
+                      for k, v in (extra or {}).items()}}
 
 
-def run_cpc2_row(splits: dict[str, list[Transcript]]) -> dict | None:
+def run_cpc2_row(splits: dict[str, list[Transcript]],
+                 extra: dict[str, list[Transcript]] | None = None) -> dict | None:
     """CPC2 with its own shipped model on the test split (nothing trained here), or None
     when its command is not installed."""
     from lorakit.domains.genomics.external import find_cpc2, run_cpc2
@@ -113,13 +120,18 @@ def run_cpc2_row(splits: dict[str, list[Transcript]]) -> dict | None:
     exe = find_cpc2()
     if exe is None:
         return None
+
+    def score(items: list[Transcript]) -> list[float]:
+        probs = run_cpc2([Record(t.id, t.seq) for t in items], exe)
+        return [probs[t.id] for t in items]
+
     test = splits["test"]
     t0 = time.perf_counter()
-    probs = run_cpc2([Record(t.id, t.seq) for t in test], exe)
+    p = score(test)
     predict_s = time.perf_counter() - t0
-    p = np.asarray([probs[t.id] for t in test])
     labels = [t.label for t in test]
     return {"name": "CPC2 (shipped model)", **binary_metrics(labels, p),
             "trainable_params": 0, "total_params": 0, "train_s": 0.0,
             "predict_s_per_1000": 1000 * predict_s / len(test),
-            "probs": p.tolist(), "labels": labels}
+            "probs": p, "labels": labels,
+            "extra": {k: score(v) for k, v in (extra or {}).items()}}

@@ -33,3 +33,14 @@ def test_quick_benchmark_gives_rows_figures_and_the_roc_plot(tmp_path):
         lo, hi = (figures[f"lora_{metric}_minus_best_classic_ci95_{e}"] for e in ("lo", "hi"))
         assert lo <= figures[f"lora_{metric}_minus_best_classic"] <= hi
     assert (tmp_path / "report.md").is_file() and (tmp_path / "roc.png").is_file()
+    for n in (300, 600, 1200):
+        assert all(-1 <= r[f"mcc_{n}"] <= 1 and 0 <= r[f"auroc_{n}"] <= 1 for r in res["rows"])
+        assert 0 < figures[f"n_fragments_{n}_lncrna"] < figures[f"n_fragments_{n}"] <= 400
+        lo, hi = (figures[f"lora_mcc_minus_orf_at_{n}_ci95_{e}"] for e in ("lo", "hi"))
+        assert lo <= figures[f"lora_mcc_minus_orf_at_{n}"] <= hi
+    length_only = next(r for r in res["rows"] if r["name"] == "length only")
+    assert length_only["auroc_300"] == 0.5  # fragments of one length: no signal at all
+    assert figures["n_mouse"] == 100 and figures["frozen_settings"] == 0
+    assert all(0 <= r["mouse_recall"] <= 1 and r["temperature"] > 0 for r in res["rows"])
+    for name in ("reliability.png", "reliability_lora_bert.png", "fragments.png"):
+        assert (tmp_path / name).is_file()
