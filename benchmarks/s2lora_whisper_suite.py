@@ -182,20 +182,34 @@ def write_hypotheses(folder: Path, sets: dict[str, dict]) -> None:
 
 # --- training ---------------------------------------------------------------------------
 def run_folder(out_dir: Path, label: str, lr: float, seed: int) -> Path:
-    """Where one run keeps its adapter and hypotheses."""
+    """Where one run keeps its adapter, hypotheses and scores."""
     return out_dir / "runs" / f"{label.split()[0]}-lr{lr:g}-seed{seed}"
 
 
-def train(label: str, lr: float, seed: int, data, steps: int, out_dir: Path):
-    """One method trained for `steps` steps at `lr` from `seed`; (module, seconds)."""
+def cached(path: Path, compute) -> dict:
+    """The JSON a previous run of the suite left at `path`, else `compute()` written there:
+    a suite stopped part-way resumes where it was, and runs split by `methods` over
+    several processes (the same out_dir) add up."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute()
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+    return result
+
+
+def make_module(label: str, lr: float, seed: int, steps: int, out_dir: Path):
     pl.seed_everything(seed, verbose=False)
     options, _ = METHODS[label]
     extra = {"lambda_lr": 10 * lr} if options["method"] == "s2lora" else {}
     cls = AdaLoRAModule if label == ADA else WhisperAdapterModule
     if cls is AdaLoRAModule:
         extra["total_steps"] = steps
-    module = cls(**options, **extra, lr=lr,
-                 output_dir=str(run_folder(out_dir, label, lr, seed)))
+    return cls(**options, **extra, lr=lr, output_dir=str(run_folder(out_dir, label, lr, seed)))
+
+
+def train(label: str, lr: float, seed: int, data, steps: int, out_dir: Path):
+    """One method trained for `steps` steps at `lr` from `seed`; (module, seconds)."""
+    module = make_module(label, lr, seed, steps, out_dir)
     trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          limit_val_batches=0, num_sanity_val_steps=0)
@@ -208,32 +222,66 @@ def trainable(module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def sweep(label: str, data, val: dict, steps: int, out_dir: Path, lrs) -> tuple:
-    """Seed 0 at every rate of `lrs`; returns the best module (lowest child_val + adult_val
-    WER), its training seconds, its rate and the sweep's rows. Only the best model so far
-    is kept in memory."""
-    best, rows = None, []
-    for lr in lrs:
+def trained_state(module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+
+def sweep_run(label: str, lr: float, data, val: dict, steps: int, out_dir: Path) -> dict:
+    """Seed 0 at `lr`: its validation WERs (and its trained tensors kept on disk, so the
+    chosen one is scored on the test sets without training it again)."""
+    folder = run_folder(out_dir, label, lr, 0)
+
+    def compute() -> dict:
         module, seconds = train(label, lr, 0, data, steps, out_dir)
         v = transcripts(module.model, val, module.max_tokens, module.mel)
-        score = sum(v[s]["wer"] for s in VAL_SETS)
-        rows.append({"method": label, "lr": lr, "select": score,
-                     **{f"{s}_wer": v[s]["wer"] for s in VAL_SETS}})
-        print(rows[-1], flush=True)
-        if best is None or score < best[0]:
-            best = (score, module, seconds, lr)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(trained_state(module), folder / "trained.pt")
+        return {"method": label, "lr": lr, "select": sum(v[s]["wer"] for s in VAL_SETS),
+                "train_s": seconds, **{f"{s}_wer": v[s]["wer"] for s in VAL_SETS}}
+    row = cached(folder / "val.json", compute)
+    print(row, flush=True)
+    return row
+
+
+def test_run(label: str, lr: float, seed: int, data, tests: dict, steps: int,
+             out_dir: Path, train_s: float | None = None) -> dict:
+    """A run scored on the test sets: seed 0 from the sweep's kept tensors, other seeds
+    trained here. Hypotheses beside it; S2-LoRA's and AdaLoRA's ranks in use."""
+    folder = run_folder(out_dir, label, lr, seed)
+
+    def compute() -> dict:
+        if seed == 0:
+            module, seconds = make_module(label, lr, seed, steps, out_dir), train_s
+            module.load_state_dict(torch.load(folder / "trained.pt", weights_only=True),
+                                   strict=False)
         else:
-            del module
-    return best[1], best[2], best[3], rows
+            module, seconds = train(label, lr, seed, data, steps, out_dir)
+        sets = transcripts(module.model, tests, module.max_tokens, module.mel)
+        write_hypotheses(folder, sets)
+        n = trainable(module)
+        ranks = (s2lora_ranks(module) if label == S2 else
+                 module.final_ranks() if label == ADA else None)
+        return {"method": label, "seed": seed, "lr": lr, "trainable_params": n,
+                "adapter_kb": n * 4 / 1024, **scores(sets), "train_s": seconds,
+                **({"ranks": ranks} if ranks else {})}
+    row = cached(folder / "test.json", compute)
+    print({k: v for k, v in row.items() if k != "ranks"}, flush=True)
+    return row
 
 
-def score_run(label: str, lr: float, seed: int, module, seconds: float, tests: dict,
-              out_dir: Path) -> dict:
-    sets = transcripts(module.model, tests, module.max_tokens, module.mel)
-    write_hypotheses(run_folder(out_dir, label, lr, seed), sets)
-    n = trainable(module)
-    return {"method": label, "seed": seed, "lr": lr, "trainable_params": n,
-            "adapter_kb": n * 4 / 1024, **scores(sets), "train_s": seconds}
+def method_runs(label: str, data, val: dict, tests: dict, steps: int, out_dir: Path,
+                seeds, quick: bool) -> tuple[list[dict], list[dict]]:
+    """The sweep of `label` (on validation), then its test runs at the chosen rate."""
+    lrs = METHODS[label][1]
+    rows = [sweep_run(label, lr, data, val, steps, out_dir) for lr in
+            (lrs[1:2] if quick else lrs)]
+    best = min(rows, key=lambda r: r["select"])
+    runs = [test_run(label, best["lr"], seed, data, tests, steps, out_dir,
+                     train_s=best["train_s"]) for seed in seeds]
+    for r in rows:     # the unchosen rates' tensors are not needed again
+        if r is not best:
+            (run_folder(out_dir, label, r["lr"], 0) / "trained.pt").unlink(missing_ok=True)
+    return rows, runs
 
 
 def mean_rows(runs: list[dict]) -> list[dict]:
@@ -254,35 +302,33 @@ def mean_rows(runs: list[dict]) -> list[dict]:
 
 
 def run(out_dir: Path, threads: int = 1, quick: bool = False,
-        seeds: tuple[int, ...] | None = None) -> dict:
+        seeds: tuple[int, ...] | None = None, methods: list[str] | None = None) -> dict:
+    """The suite; `methods`: only these (by their first word, e.g. ["S2-LoRA", "LoRA"]),
+    to split one out_dir's runs over several processes; a later run with every method
+    finds their results there and only adds the rest."""
     torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     steps = QUICK_STEPS if quick else STEPS
     seeds = seeds or (QUICK_SEEDS if quick else SEEDS)
+    labels = [m for m in METHODS if methods is None or m.split()[0] in methods]
     data, val, tests = loaders(quick, out_dir)
-    base = WhisperAdapterModule(method="s2lora")
-    with base.base_model() as model:
-        zero = transcripts(model, tests, base.max_tokens, base.mel)
-    write_hypotheses(out_dir / "runs" / "base", zero)
-    runs = [{"method": "zero-shot base", "seed": 0, "lr": 0.0, "trainable_params": 0,
-             "adapter_kb": 0.0, **scores(zero), "train_s": 0.0}]
-    del base
+
+    def zero_shot() -> dict:
+        base = WhisperAdapterModule(method="s2lora")
+        with base.base_model() as model:
+            sets = transcripts(model, tests, base.max_tokens, base.mel)
+        write_hypotheses(out_dir / "runs" / "base", sets)
+        return {"method": "zero-shot base", "seed": 0, "lr": 0.0, "trainable_params": 0,
+                "adapter_kb": 0.0, **scores(sets), "train_s": 0.0}
+    runs = [cached(out_dir / "runs" / "base" / "test.json", zero_shot)]
     sweeps, ranks = [], {}
-    for label, (_, lrs) in METHODS.items():
-        module, seconds, lr, rows = sweep(label, data, val, steps, out_dir,
-                                          lrs[1:2] if quick else lrs)
+    for label in labels:
+        rows, mine = method_runs(label, data, val, tests, steps, out_dir, seeds, quick)
         sweeps += rows
-        runs.append(score_run(label, lr, 0, module, seconds, tests, out_dir))
-        if label == S2:
-            ranks[S2] = s2lora_ranks(module)
-        elif label == ADA:
-            ranks[ADA] = module.final_ranks()
-        del module
-        for seed in seeds[1:]:
-            module, seconds = train(label, lr, seed, data, steps, out_dir)
-            runs.append(score_run(label, lr, seed, module, seconds, tests, out_dir))
-            del module
-        print(runs[-1], flush=True)
+        runs += mine
+        if "ranks" in mine[0]:
+            ranks[label] = mine[0]["ranks"]
+    runs = [{k: v for k, v in r.items() if k != "ranks"} for r in runs]
     rows = mean_rows(runs)
     (out_dir / "runs_by_seed.json").write_text(json.dumps(runs, indent=2))
     (out_dir / "sweep.json").write_text(json.dumps(sweeps, indent=2))
@@ -313,12 +359,12 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 def figures(rows: list[dict], runs: list[dict], ranks: dict) -> dict:
     by = {r["method"]: r for r in rows}
-    s2, ada, base = by[S2], by[ADA], by["zero-shot base"]
-    out = {
-        "s2lora_params_over_adalora": s2["trainable_params"] / ada["trainable_params"],
-        "s2lora_child_wer_over_adalora": s2["child_test_wer"] / ada["child_test_wer"],
-        "s2lora_ood_wer_minus_adalora": s2["child_ood_wer"] - ada["child_ood_wer"],
-    }
+    base, out = by["zero-shot base"], {}
+    if S2 in by and ADA in by:
+        s2, ada = by[S2], by[ADA]
+        out = {"s2lora_params_over_adalora": s2["trainable_params"] / ada["trainable_params"],
+               "s2lora_child_wer_over_adalora": s2["child_test_wer"] / ada["child_test_wer"],
+               "s2lora_ood_wer_minus_adalora": s2["child_ood_wer"] - ada["child_ood_wer"]}
     if ranks.get(S2):
         s2_ranks = list(ranks[S2].values())
         out["s2lora_lambda_exact_zero_fraction"] = 1 - sum(s2_ranks) / (8 * len(s2_ranks))
@@ -379,3 +425,14 @@ def plot_ranks(ranks: dict[str, dict[str, int]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+if __name__ == "__main__":
+    from lorakit.bench import suite_parser, write_suite_run
+
+    p = suite_parser(__doc__, "s2lora-whisper")
+    p.add_argument("--methods", nargs="+", choices=[m.split()[0] for m in METHODS],
+                   help="only these methods (several processes on one --out add up)")
+    a = p.parse_args()
+    write_suite_run("s2lora-whisper", a, lambda: run(a.out, a.threads, a.quick,
+                                                     methods=a.methods))
