@@ -9,8 +9,12 @@
         model(x)
     adapters.save("a.safetensors", name="default")
     lorakit.load_adapter(other_model, "a.safetensors", name="default")
+    pool = lorakit.AdapterPool(model, "adapters/", max_resident_bytes=2**28)   # serving
+    lorakit.generate(model, pool, [{"prompt": ids, "adapter": "a"}, {"prompt": ids}])
     lorakit.merge_adapters(["a.safetensors", "b.safetensors"], method="lego", k=8,
                            out="ab.safetensors")          # several adapters -> one
+    moe = lorakit.LoRAConfig(method="mixture", n_experts=8, top_k=2, targets=["*.dense"])
+    loss = task_loss + adapters.routing_loss()               # a mixture's load balance
 """
 from .adapter_file import read_adapter, save_adapter
 from .averaging import AdapterEMA
@@ -30,6 +34,7 @@ from .kinds import KINDS, LayerKind
 from .layers import LoRALayer
 from .merge_many import MergedAdapter, merge_adapters
 from .peft_interop import export_peft, import_peft
+from .serving import AdapterPool, generate
 from .variants import (
                      GGPO,
                      VARIANTS,
@@ -40,18 +45,20 @@ from .variants import (
                      LoRA,
                      LoRAGA,
                      LoRASB,
+                     Mixture,
                      S2LoRA,
                      SharedBasis,
                      Variant,
 )
+from .variants.xlora import XLoRA
 from .version import __version__
 
 __all__ = [
-    "GGPO", "KINDS", "VARIANTS", "ALLoRA", "AdapterEMA", "AdapterFileError",
+    "GGPO", "KINDS", "VARIANTS", "ALLoRA", "AdapterEMA", "AdapterFileError", "AdapterPool",
     "AdapterMismatchError", "Adapters", "BALoRA", "CheckpointError", "DataError", "DoRA",
     "FFALoRA", "LayerKind", "LoRA", "LoRAConfig", "LoRAGA", "LoRALayer", "LoRASB",
-    "LoraKitError", "MergedAdapter", "S2LoRA", "SharedBasis", "TargetNotFoundError", "Variant",
+    "LoraKitError", "MergedAdapter", "Mixture", "S2LoRA", "SharedBasis", "TargetNotFoundError", "Variant",
     "__version__", "adapters_of", "attach", "compare_weights", "export_peft", "import_peft",
-    "init_from_gradients", "intruder_dimensions", "load_adapter", "merge_adapters",
-    "read_adapter", "save_adapter",
+    "generate", "init_from_gradients", "intruder_dimensions", "load_adapter", "merge_adapters",
+    "read_adapter", "save_adapter", "XLoRA",
 ]

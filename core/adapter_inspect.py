@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .adapter_file import layer_entries
-from .config import LoRAConfig
+from .config import CORE_FIELDS, LoRAConfig
 from .variants import variant_named
 
 
@@ -13,11 +13,12 @@ def describe(meta: dict, tensors: dict[str, torch.Tensor], tol: float = 1e-3) ->
     method = variant_named(config.method)
     modules = []
     for path, kind, shape in layer_entries(meta):
-        rank = method.file_factors(tensors, path, kind, shape)[0].shape[0]
+        rank = method.file_rank(tensors, path, kind, shape)
         # the rank the update really has (S2-LoRA: ranks with |λ| > tol), not the nominal r
         active = method.file_active_rank(tensors, path, kind, shape, tol)
         modules.append({"module": path, "kind": kind.name, "shape": shape, "rank": rank,
-                        "effective_rank": active, "sparsity": 1.0 - active / max(rank, 1)})
+                        "effective_rank": active, "sparsity": 1.0 - active / max(rank, 1),
+                        **method.file_info(tensors, path, kind, shape)})
     return {
         "name": meta.get("name"), "method": config.method, "rank": config.rank,
         "alpha": config.alpha, "scale": method.scale_for(config), "rslora": config.rslora,
@@ -27,4 +28,7 @@ def describe(meta: dict, tensors: dict[str, torch.Tensor], tol: float = 1e-3) ->
         "parameters": sum(t.numel() for t in tensors.values()),
         "file_bytes": sum(t.numel() * t.element_size() for t in tensors.values()),
         "extra": meta.get("extra", {}), "modules": modules,
+        # the method's own settings (a mixture's router, top_k, expert allocation)
+        "options": {**{k: getattr(config, k) for k in method.options},
+                    **{k: v for k, v in config.to_dict().items() if k not in CORE_FIELDS}},
     }

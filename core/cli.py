@@ -7,6 +7,7 @@
     lorakit bench --suite NAME|all --out DIR         benchmark suites: results.json, report.md/.html, PNGs
     lorakit adapter inspect|merge|analyze|export-peft ...   work on adapter files
     lorakit adapter merge-many A B C --method lego --out M.safetensors   several adapters -> one
+    lorakit serve BASE ADAPTERS... [--port 8000]    many adapters, one base, OpenAI-compatible HTTP
 
 Errors that lorakit raises on purpose (bad input, wrong base model) are printed as
 one line, `lorakit: error: ...`, with exit status 2; anything else is a bug and
@@ -23,6 +24,7 @@ from pathlib import Path
 from .errors import LoraKitError
 from .quiet import quiet_third_party
 from .registry import Plugin, bench_suites, get_plugin, plugins, resolve
+from .serving.command import add_serve
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -179,16 +181,22 @@ def cmd_adapter_inspect(args) -> int:
                 "modules_to_save", "format", "lorakit_version", "base_fingerprint",
                 "parameters", "file_bytes"):
         head.add_row(key, str(info[key]))
+    for key, value in info["options"].items():
+        head.add_row(f"options.{key}", str(value))
     for key, value in info["extra"].items():
         head.add_row(f"extra.{key}", str(value))
     console.print(head)
     mods = Table(title="per module")
-    for col in ("module", "kind", "weight shape", "rank", "effective rank", "sparsity"):
-        mods.add_column(col)
+    base_cols = ("module", "kind", "shape", "rank", "effective_rank", "sparsity")
+    # a method's own per-module facts (a mixture's experts, load, router entropy)
+    more = list(dict.fromkeys(k for row in info["modules"] for k in row if k not in base_cols))
+    for col in ("module", "kind", "weight shape", "rank", "effective rank", "sparsity", *more):
+        mods.add_column(col.replace("_", " "))
     for row in info["modules"]:
         mods.add_row(row["module"], row["kind"], "x".join(map(str, row["shape"])),
                      str(row["rank"]),
-                     str(row["effective_rank"]), f"{row['sparsity']:.1%}")
+                     str(row["effective_rank"]), f"{row['sparsity']:.1%}",
+                     *(str(row.get(k, "")) for k in more))
     console.print(mods)
     return 0
 
@@ -323,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("file", type=Path)
     q.add_argument("out_dir", type=Path)
     q.set_defaults(func=cmd_adapter_export)
+    add_serve(sub)
     return parser
 
 
@@ -372,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     quiet_third_party()
     try:
-        reserved = {"plugins", "demo", "bench", "adapter", "-h", "--help"}
+        reserved = {"plugins", "demo", "bench", "adapter", "serve", "-h", "--help"}
         if argv and argv[0] not in reserved and not argv[0].startswith("-"):
             return cmd_plugin(argv[0], argv[1:])
         parser = build_parser()

@@ -12,7 +12,8 @@ from typing import Literal, get_args
 from .errors import LoraKitError
 
 Method = Literal["lora", "s2lora", "dora", "ffa_lora", "lora_sb", "lora_ga", "allora", "ggpo",
-                 "balora"]
+                 "balora", "mixture"]
+Router = Literal["topk", "dense"]
 Init = Literal["kaiming", "gaussian"]
 BATask = Literal["nlu", "nlg"]
 CORE_FIELDS = ("rank", "alpha", "dropout", "rslora", "init", "targets", "method",
@@ -53,7 +54,9 @@ class LoRAConfig:
                 "'ggpo': LoRA trained at weights perturbed by noise sized from weight and "
                 "gradient norms (LoRA-GGPO, Chang et al. 2025). 'balora': LoRA with "
                 "consistency, diversity and SVD regularisers on the model's outputs "
-                "(BA-LoRA, Chang et al. 2024)."})
+                "(BA-LoRA, Chang et al. 2024). 'mixture': n_experts LoRA experts of rank r "
+                "per module and a token-level router (MixLoRA, LLaVA-MoLE, LoRAMoE, MoLA; see "
+                "n_experts, top_k, router)."})
     init_lr: float = field(default=1e-4, metadata={
         "help": "lora_sb: learning rate of the approximated first full fine-tuning step, "
                 "dW = -init_lr * sign(mean gradient), Adam's first step (Ponkshe et al. 2024, "
@@ -80,6 +83,33 @@ class LoRAConfig:
                 "singular values)."})
     ba_svd_k: int = field(default=3, metadata={
         "help": "BA-LoRA: k, how many top singular values the SVD term rewards."})
+    n_experts: int = field(default=8, metadata={
+        "help": "mixture: LoRA experts per adapted module (each of rank r), unless "
+                "expert_schedule or experts_per_layer gives a count per layer."})
+    top_k: int = field(default=2, metadata={
+        "help": "mixture, router 'topk': experts each token uses (MixLoRA 2 of 8, Li et al. "
+                "2024; LLaVA-MoLE 1, Chen et al. 2024). Must not exceed any layer's experts."})
+    router: Router = field(default="topk", metadata={
+        "help": "mixture: 'topk' (softmax router, each token's k most probable experts, "
+                "their gates renormalised when k > 1) or 'dense' (every expert weighted by "
+                "the softmax: LoRAMoE, Dou et al. 2024)."})
+    expert_schedule: str = field(default="", metadata={
+        "help": "mixture: experts per depth segment, e.g. '2,4,6,8' = 2 in the first "
+                "quarter of the adapted layers ... 8 in the last (MoLA, Gao et al. 2024)."})
+    experts_per_layer: list[int] = field(default_factory=list, metadata={
+        "help": "mixture: an explicit expert count per adapted layer (a layer: the modules "
+                "under one numbered block, e.g. encoder.layer.3); its length must equal the "
+                "number of adapted layers."})
+    router_aux_loss: float = field(default=0.01, metadata={
+        "help": "mixture, router 'topk': weight of the Switch load-balance loss "
+                "E * sum_e f_e * P_e (Fedus et al. 2022, eq. 4; MixLoRA uses 0.01)."})
+    lbc_weight: float = field(default=0.0, metadata={
+        "help": "mixture: weight of LoRAMoE's localized balancing constraint (its "
+                "'blc_weight'); experts split in two halves, new tasks and world knowledge; "
+                "rows' data types via Adapters.row_types."})
+    lbc_delta: float = field(default=0.1, metadata={
+        "help": "mixture: LoRAMoE's delta ('blc_alpha'): importance weight 1+delta for an "
+                "expert of the row's own group, 1-delta for the other group."})
     modules_to_save: list[str] = field(default_factory=list, metadata={
         "help": "Patterns of modules trained in full and saved with the adapter "
                 "(a classification head, a new projection), as PEFT's modules_to_save."})
@@ -102,6 +132,21 @@ class LoRAConfig:
         if self.allora_eta <= 0 or self.ba_svd_k < 1:
             raise LoraKitError("LoRAConfig.allora_eta must be > 0 and ba_svd_k >= 1, got "
                                f"{self.allora_eta} and {self.ba_svd_k}")
+        if self.router not in get_args(Router):
+            raise LoraKitError(f"LoRAConfig.router must be one of {list(get_args(Router))}, "
+                               f"got {self.router!r}")
+        if self.n_experts < 1 or self.top_k < 1:
+            raise LoraKitError(f"LoRAConfig.n_experts and top_k must be >= 1, got "
+                               f"{self.n_experts} and {self.top_k}")
+        if (self.method == "mixture" and self.router == "topk" and self.top_k > self.n_experts
+                and not (self.expert_schedule or self.experts_per_layer)):
+            raise LoraKitError(f"LoRAConfig.top_k={self.top_k} exceeds n_experts="
+                               f"{self.n_experts}: a token cannot use more experts than exist")
+        if self.router_aux_loss < 0 or self.lbc_weight < 0 or not 0 <= self.lbc_delta < 1:
+            raise LoraKitError("LoRAConfig.router_aux_loss and lbc_weight must be >= 0 and "
+                               f"lbc_delta in [0, 1), got {self.router_aux_loss}, "
+                               f"{self.lbc_weight}, {self.lbc_delta}")
+        self.experts_per_layer = [int(n) for n in self.experts_per_layer]
         if self.init not in get_args(Init):
             raise LoraKitError(f"LoRAConfig.init must be one of {list(get_args(Init))}, "
                                f"got {self.init!r}")

@@ -178,6 +178,7 @@ class Adapters:
             if path in taken:
                 raise LoraKitError(f"module {path!r} is already trained in full by adapter "
                                    f"{taken[path]!r}; two adapters cannot both save it")
+        plan = cls.plan(config, list(targets))    # per-module configs; refusals come first
         first = not self.named
         if first:
             self.model.requires_grad_(False)
@@ -185,11 +186,12 @@ class Adapters:
         for path, module in targets.items():
             layer = module if isinstance(module, LoRALayer) else self._wrap(path, module)
             base_weight = layer.base.weight
+            own = plan.get(path, config)
             key = cls.shared_key(layer.kind)
             if key is not None and key not in shared:
-                shared[key] = cls.make_shared(layer.kind, config, adapter_dtype(base_weight),
+                shared[key] = cls.make_shared(layer.kind, own, adapter_dtype(base_weight),
                                               base_weight.device)
-            variant = cls(layer.kind, config, adapter_dtype(base_weight), base_weight.device,
+            variant = cls(layer.kind, own, adapter_dtype(base_weight), base_weight.device,
                           shared.get(key) if key is not None else None)
             variant.init_from_weight(layer.kind.to_matrix(base_weight.detach()))
             layer.variants[name] = variant.train(layer.base.training)
@@ -501,6 +503,58 @@ class Adapters:
                  if (t := v.penalty()) is not None]
         return torch.stack(terms).sum() if terms else torch.zeros(())
 
+    @torch.no_grad()
+    def shrink(self, threshold, name: str | None = None) -> None:
+        """The proximal step of `l1_penalty`, to call after each optimizer step: every
+        penalised tensor moves towards zero by `threshold` and stops at zero (S2-LoRA:
+        λ ← sign(λ)·max(|λ| − τ, 0)). `threshold`: a number, or a function of the tensor
+        giving per-entry thresholds (`lorakit.proximal.adam_thresholds`, the step in Adam's
+        metric). Leaves exact zeros, where the penalty added to the loss leaves λ jittering
+        around zero under Adam (see `lorakit.proximal`)."""
+        fn = threshold if callable(threshold) else (lambda _p: threshold)
+        for variant in self.variants(name).values():
+            variant.shrink(fn)
+
+    def routing_terms(self) -> dict[str, torch.Tensor]:
+        """The active adapters' auxiliary losses of the last forward (a mixture's load
+        balance, LoRAMoE's localized balancing), each the mean over the adapter's modules,
+        as `{"<adapter>/<term>": value}`; weighted already, to add to the loss."""
+        terms: dict[str, torch.Tensor] = {}
+        for name in self._active:
+            per_term: dict[str, list[torch.Tensor]] = {}
+            for variant in self.variants(name).values():
+                for term, value in variant.aux_losses().items():
+                    per_term.setdefault(term, []).append(value)
+            for term, values in per_term.items():
+                terms[f"{name}/{term}"] = torch.stack(values).mean()
+        return terms
+
+    def routing_loss(self) -> torch.Tensor:
+        """The sum of `routing_terms()` (zero without mixtures), to add to the task loss."""
+        terms = self.routing_terms()
+        return torch.stack(list(terms.values())).sum() if terms else torch.zeros(())
+
+    def routing_stats(self, name: str | None = None) -> dict[str, dict]:
+        """Module path -> what its router did (experts, top_k, per-expert `load` and router
+        `entropy` of the last forward, `train_load` / `train_entropy` over training)."""
+        return {p: stats for p, v in self.variants(name).items()
+                if (stats := v.routing_stats())}
+
+    @contextlib.contextmanager
+    def row_types(self, types):
+        """Each batch row's data type inside the block (LoRAMoE: 1 new-task data, 0
+        world-knowledge data), for the methods whose losses read it."""
+        types = None if types is None else torch.as_tensor(types)
+        for layer in self.layers.values():
+            for variant in layer.variants.values():
+                variant.set_row_types(types)
+        try:
+            yield self.model
+        finally:
+            for layer in self.layers.values():
+                for variant in layer.variants.values():
+                    variant.set_row_types(None)
+
     def before_optimizer_step(self) -> None:
         """Let every method change its gradients before the optimizer step (ALLoRA's per-row
         scaling). Call it between `backward()` and `optimizer.step()`; `AdapterModule` does,
@@ -574,12 +628,14 @@ class Adapters:
         return torch.stack(list(terms.values())).sum() if terms else outputs.new_zeros(())
 
     def sparsity_report(self, tol: float = 1e-3, name: str | None = None) -> list[dict]:
-        """Per module: rank, ranks in use and the fraction switched off."""
+        """Per module: rank, ranks in use (|λ| > tol), the fraction switched off, and the
+        ranks that are exactly zero."""
         rows = []
         for path, v in self.variants(name).items():
             active = v.active_rank(tol)
             rows.append({"module": path, "rank": v.rank, "active": active,
-                         "sparsity": 1.0 - active / max(v.rank, 1)})
+                         "sparsity": 1.0 - active / max(v.rank, 1),
+                         "exact_zeros": v.rank - v.active_rank(0.0)})
         return rows
 
     @torch.no_grad()

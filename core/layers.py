@@ -23,6 +23,7 @@ from torch import nn
 from .errors import LoraKitError
 from .kinds import LayerKind
 from .variants import Variant
+from .variants.mixture import mixed
 
 
 class LoRALayer(nn.Module):
@@ -40,6 +41,8 @@ class LoRALayer(nn.Module):
         # during `Adapters.route`: (row -> adapter index, adapter names, cached stacks or None)
         self.routing: tuple[torch.Tensor, list[str], tuple | None] | None = None
         self._stack_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+        # during an X-LoRA pass: (per-token weights (..., n) matching x's rows, adapter names)
+        self.scalings: tuple[torch.Tensor, list[str]] | None = None
 
     def __getattr__(self, name: str):
         try:
@@ -56,6 +59,8 @@ class LoRALayer(nn.Module):
             return y
         if self.routing is not None:
             return y + self.routed(x).to(y.dtype)
+        if self.scalings is not None:
+            return y + self.scaled(x).to(y.dtype)
         for name, weight in self.active.items():
             if name not in self.merged:
                 y = y.add(self.variants[name](x, self.kind, self.base).to(y.dtype),
@@ -113,6 +118,19 @@ class LoRALayer(nn.Module):
         if bool((index == first).all()):   # one adapter for every row: two plain matmuls
             return self.kind.up(self.kind.down(x, a_stack[first]), b_stack[first])
         return self.kind.routed(x, a_stack, b_stack, index)
+
+    def scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """Σ_n s_n · scale_n · B_n A_n x with a weight per token and adapter (X-LoRA's second
+        pass): the adapters' stacked factors, two matmuls, no loop over adapters."""
+        weights, names = self.scalings
+        a_stack, b_stack = self.cached_stacks(names)      # frozen adapters: stacked once
+        rows = x.reshape(-1, x.shape[-1]).to(a_stack.dtype)
+        if weights.numel() != rows.shape[0] * len(names):
+            raise LoraKitError(f"X-LoRA: this layer sees {rows.shape[0]} token rows but the "
+                               f"scalings hold {weights.numel() // len(names)}; both passes "
+                               "must see the same tokens")
+        y = mixed(self.kind, rows, a_stack[:-1], b_stack[:-1], weights.reshape(-1, len(names)))
+        return y.reshape(*x.shape[:-1], y.shape[-1])
 
     # --- merging ------------------------------------------------------------------------
     @torch.no_grad()

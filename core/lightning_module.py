@@ -20,6 +20,8 @@ then gives it, without further code:
   one (`optimizer_step` runs Lightning's closure twice around `adapters.perturbed()`,
   LoRA-GGPO), and `output_regularisers(outputs, run_base)` for methods with loss terms on
   the outputs (BA-LoRA), the base outputs from the same model with adapters disabled;
+  and `routing_losses()` for mixtures of experts (load balance), logged with each router's
+  per-expert load and entropy;
 - nothing that breaks DDP/FSDP or mixed precision: it is a plain LightningModule.
 
 Why the perturbed pass lives in `optimizer_step` and not in a manual-optimization loop:
@@ -53,6 +55,21 @@ from .inject import Adapters, attach
 
 ADAPTER_KEY = "lorakit_adapters"
 ADAPTER_FILE = "adapter.safetensors"
+
+
+def routing_summary(stats: dict[str, dict]) -> dict[str, float]:
+    """Mean router entropy and mean load per expert index over the modules of one adapter
+    (`Adapters.routing_stats`), for logging."""
+    out: dict[str, float] = {}
+    entropies = [float(s["entropy"]) for s in stats.values() if "entropy" in s]
+    if entropies:
+        out["entropy"] = sum(entropies) / len(entropies)
+    loads: dict[int, list[float]] = {}
+    for s in stats.values():
+        for i, v in enumerate(s.get("load", [])):
+            loads.setdefault(i, []).append(float(v))
+    out.update({f"load_e{i}": sum(v) / len(v) for i, v in loads.items()})
+    return out
 
 
 class AdapterModule(pl.LightningModule):
@@ -164,6 +181,22 @@ class AdapterModule(pl.LightningModule):
             for name, value in terms.items():
                 self.log(f"reg/{name}", value.detach())
         return torch.stack(list(terms.values())).sum()
+
+    def routing_losses(self) -> torch.Tensor:
+        """The mixtures' auxiliary losses of the last forward (load balance, LoRAMoE's
+        localized balancing), each logged as `moe/<adapter>/<term>`, with the router's
+        entropy and per-expert load (`moe/<adapter>/entropy`, `moe/<adapter>/load_e<i>`,
+        means over modules); add it to the loss in `training_step`. Zero without mixtures."""
+        if self.adapters is None:
+            return torch.zeros(())
+        terms = self.adapters.routing_terms()
+        if self._trainer is not None:
+            for name, value in terms.items():
+                self.log(f"moe/{name}", value.detach())
+            for name in self.adapters.active:
+                for key, value in routing_summary(self.adapters.routing_stats(name)).items():
+                    self.log(f"moe/{name}/{key}", value)
+        return torch.stack(list(terms.values())).sum() if terms else torch.zeros(())
 
     # --- the adapter file at the end of fit ------------------------------------------
     def output_folder(self) -> Path:

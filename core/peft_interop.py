@@ -51,7 +51,8 @@ def _write_peft(meta: dict, tensors: dict[str, torch.Tensor], out_dir: Path,
     config = LoRAConfig.from_dict(meta["config"])
     method = variant_named(config.method)
     if not method.peft:
-        raise AdapterFileError(f"{source}: method {config.method!r} has no PEFT LoRA layout")
+        raise AdapterFileError(f"{source}: method {config.method!r} has no PEFT LoRA layout"
+                               + (f": {method.peft_refusal}" if method.peft_refusal else ""))
     peft_tensors: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
     kinds = set()

@@ -15,10 +15,11 @@ from .ggpo import GGPO
 from .lora import LoRA
 from .lora_ga import LoRAGA
 from .lora_sb import LoRASB
+from .mixture import Mixture
 from .s2lora import S2LoRA, SharedBasis
 
 VARIANTS: dict[str, type[Variant]] = {v.method: v for v in (
-    LoRA, S2LoRA, DoRA, FFALoRA, LoRASB, LoRAGA, ALLoRA, GGPO, BALoRA)}
+    LoRA, S2LoRA, DoRA, FFALoRA, LoRASB, LoRAGA, ALLoRA, GGPO, BALoRA, Mixture)}
 
 
 def variant_named(method: str, source: str = "adapter") -> type[Variant]:
@@ -28,5 +29,5 @@ def variant_named(method: str, source: str = "adapter") -> type[Variant]:
     return VARIANTS[method]
 
 
-__all__ = ["ALLoRA", "BALoRA", "DoRA", "FFALoRA", "GGPO", "LoRA", "LoRAGA", "LoRASB", "S2LoRA",
-           "SharedBasis", "VARIANTS", "Variant", "adapter_dtype", "variant_named"]
+__all__ = ["ALLoRA", "BALoRA", "DoRA", "FFALoRA", "GGPO", "LoRA", "LoRAGA", "LoRASB", "Mixture",
+           "S2LoRA", "SharedBasis", "VARIANTS", "Variant", "adapter_dtype", "variant_named"]

@@ -24,7 +24,13 @@ trainable tensors for the module and says
 - its training hooks, no-ops unless the method needs them: `before_optimizer_step`
   (change the gradients: ALLoRA), `perturb` / `restore` (a perturbed second pass:
   LoRA-GGPO) and `output_terms` (loss terms on the model's outputs: BA-LoRA), which the
-  handle calls on every variant and `AdapterModule` calls through the handle.
+  handle calls on every variant and `AdapterModule` calls through the handle;
+- what a router needs (a mixture of experts): `plan` (per-module configs, such as an
+  expert count per layer, and refusals before any module changes), `aux_losses` (loss
+  terms of the last forward: load balance), `routing_stats` (per-expert load, router
+  entropy), `set_row_types` (each row's data type: LoRAMoE), and for files `file_rank`,
+  `file_info` (inspect's per-module facts), `options` (the config fields it reads) and
+  `peft_refusal` (why `export-peft` cannot hold it).
 
 The layer, the handle, the adapter file, PEFT interop, merge and inspect call these
 and never ask which method they hold. A method that is not a plain product B A
@@ -70,6 +76,8 @@ class Variant(nn.Module):
     routable: ClassVar[bool] = True              # has `factors()`: mixed-adapter batches work
     perturbs: ClassVar[bool] = False             # `perturb` does something: a second pass
     output_regularised: ClassVar[bool] = False   # `output_terms` gives loss terms
+    peft_refusal: ClassVar[str] = ""             # why `export-peft` refuses it (peft False)
+    options: ClassVar[tuple[str, ...]] = ()      # LoRAConfig fields it reads (for inspect)
 
     def __init__(self, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
                  device: torch.device, shared: nn.Module | None = None) -> None:
@@ -92,6 +100,13 @@ class Variant(nn.Module):
     def make_shared(cls, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
                     device: torch.device) -> nn.Module | None:
         return None
+
+    @classmethod
+    def plan(cls, config: LoRAConfig, paths: list[str]) -> dict[str, LoRAConfig]:
+        """Per-module configs where modules differ (a mixture's expert count per layer), by
+        path; `attach` uses `config` for the others. Raise here to refuse a config before
+        any module is touched. Default: every module gets `config`."""
+        return {}
 
     # --- init from the base --------------------------------------------------------------
     def init_from_weight(self, weight: torch.Tensor) -> None:
@@ -158,6 +173,10 @@ class Variant(nn.Module):
         """A term the method adds to the loss (S2-LoRA's Σ|λ|), or None."""
         return None
 
+    def shrink(self, threshold) -> None:
+        """The proximal step of `penalty`, after an optimizer step (S2-LoRA: λ moves
+        `threshold(λ)` towards zero and stops there); a no-op for methods without one."""
+
     def active_rank(self, tol: float) -> int:
         return self.rank
 
@@ -172,6 +191,18 @@ class Variant(nn.Module):
 
     def restore(self) -> None:
         """Undo `perturb`."""
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        """Weighted loss terms of this module's last forward, by name (a mixture's load
+        balance); the handle averages them over modules (`Adapters.routing_terms`)."""
+        return {}
+
+    def routing_stats(self) -> dict:
+        """What a router did (a mixture: per-expert load and entropy); empty without one."""
+        return {}
+
+    def set_row_types(self, row_types: torch.Tensor | None) -> None:
+        """Each batch row's data type, for methods whose losses depend on it (LoRAMoE)."""
 
     @classmethod
     def output_terms(cls, config: LoRAConfig, outputs: torch.Tensor,
@@ -210,6 +241,17 @@ class Variant(nn.Module):
                         weight_shape) -> dict[str, torch.Tensor]:
         """The inverse of `peft_extra`: file tensors of module `path` (full keys) from the
         PEFT tensors under it other than A and B ({suffix: tensor}); default none."""
+        return {}
+
+    @classmethod
+    def file_rank(cls, tensors, path, kind, weight_shape) -> int:
+        """The nominal rank of module `path` in a file."""
+        return int(cls.file_factors(tensors, path, kind, weight_shape)[0].shape[0])
+
+    @classmethod
+    def file_info(cls, tensors, path, kind, weight_shape) -> dict:
+        """Method-specific facts about module `path` for `adapter inspect` (a mixture's
+        experts and their load); default none."""
         return {}
 
     @classmethod

@@ -1,0 +1,316 @@
+r"""Mixtures of LoRA experts: one machinery for MixLoRA, LLaVA-MoLE, LoRAMoE and MoLA.
+
+    x ─┬─► router R (E × in) ─► softmax ─► p (E) ─► top-k (or dense) ─► gates g (E)
+       │                                                                   │
+       └─► dropout ─► A (E·r × in: every expert's A, stacked) ─► h (E × r) ⊙ g·scale
+                                                                           │
+                       B (out × E·r: every expert's B, side by side) ◄─────┘ ─► + W x
+
+    y = W x + Σ_e g_e(x) · scale · B_e A_e x        g_e = 0 outside each token's top k
+
+Each adapted module holds E LoRA experts (A_e r × in, B_e out × r, B at zero, so the model
+starts at the base) as two stacked tensors and a token-level router. A paper is a
+configuration (`LoRAConfig`), not a class:
+
+- MixLoRA (Li et al. 2024): `router="topk", top_k=2, n_experts=8` on the FFN, the gates
+  renormalised over the k chosen (Mixtral's softmax over the top k) and the Switch load
+  balance loss `router_aux_loss`; its attention LoRA is a second named adapter.
+- LLaVA-MoLE (Chen et al. 2024): `top_k=1` on the MLP. With one expert the gate is the
+  router's probability itself, not renormalised (Switch Transformer, Fedus et al. 2022,
+  sec. 2.1): renormalised it would be 1 and the router would learn nothing.
+- LoRAMoE (Dou et al. 2024): `router="dense"`, every expert weighted by the softmax, and
+  the localized balancing constraint `lbc_weight`, `lbc_delta` (sec. 3.2): the first half
+  of the experts serve the new tasks, the second half keep the base's world knowledge.
+- MoLA (Gao et al. 2024): a per-layer expert count, `expert_schedule="2,4,6,8"` (values
+  over equal depth segments: quarters here) or `experts_per_layer=[...]` (one per layer).
+
+The computation is stacked, never a Python loop over experts: every expert's r-wide down
+projection is one matmul (E·r columns, what one LoRA of rank E·r costs), the gates zero
+all but each token's k experts, and the up projection is one matmul over the E·r wide
+activations. Gathering each token's k weight matrices instead (Punica's per-row gather,
+`LayerKind.routed`) would copy tokens × k × r × (in + out) numbers per forward: for
+token-level routing that costs more than the E·r columns it saves at these ranks. Exact
+zeros outside the top k mean an expert no token chose gets exactly zero gradient.
+
+A mixture's update depends on each token (ΔW(x)), so it has no single B A: it cannot be
+merged into the base, routed in a mixed-adapter batch, or exported to PEFT's LoRA layout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import LoRAConfig
+from ..errors import LoraKitError
+from ..kinds import LayerKind
+from .base import Variant, init_down_projection
+
+NOT_A_PRODUCT = ("a mixture of LoRA experts has no fixed update: each token's ΔW depends on "
+                 "its routing, so it cannot be folded into the base weight or written as one "
+                 "B·A")
+
+
+# --- layer-wise expert allocation (MoLA) ---------------------------------------------------
+def layer_key(path: str) -> str:
+    """The depth layer a module belongs to: its path up to the first numeric component
+    ('encoder.layer.3.attention.self.query' -> 'encoder.layer.3'); the path itself if none."""
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[:i + 1])
+    return path
+
+
+def parse_schedule(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in re.split(r"[,\s]+", text.strip()) if v]
+    except ValueError:
+        raise LoraKitError(f"LoRAConfig.expert_schedule {text!r}: give expert counts separated "
+                           "by commas, e.g. '2,4,6,8'") from None
+    if not values or min(values) < 1:
+        raise LoraKitError(f"LoRAConfig.expert_schedule {text!r}: every count must be >= 1")
+    return values
+
+
+def allocation(config: LoRAConfig, paths: list[str]) -> dict[str, int]:
+    """Module path -> its number of experts, from `n_experts`, `expert_schedule` or
+    `experts_per_layer`; every module of one depth layer gets the same count."""
+    layers = list(dict.fromkeys(layer_key(p) for p in paths))
+    if config.experts_per_layer:
+        counts = list(config.experts_per_layer)
+        if len(counts) != len(layers):
+            shown = ", ".join(layers[:4]) + (" ..." if len(layers) > 4 else "")
+            raise LoraKitError(
+                f"LoRAConfig.experts_per_layer has {len(counts)} entries but the targets "
+                f"{config.targets} adapt {len(layers)} layers ({shown}); give one count per "
+                "layer, or a depth schedule with expert_schedule='2,4,6,8'")
+    elif config.expert_schedule:
+        schedule = parse_schedule(config.expert_schedule)
+        if len(schedule) > len(layers):
+            raise LoraKitError(
+                f"LoRAConfig.expert_schedule {config.expert_schedule!r} has {len(schedule)} "
+                f"depth segments but the targets adapt only {len(layers)} layers")
+        # layer i of n falls in segment floor(i · segments / n): quarters for four values
+        counts = [schedule[i * len(schedule) // len(layers)] for i in range(len(layers))]
+    else:
+        counts = [config.n_experts] * len(layers)
+    per_layer = dict(zip(layers, counts))
+    for layer, n in per_layer.items():
+        if n < 1:
+            raise LoraKitError(f"layer {layer!r} is given {n} experts; every layer needs >= 1")
+        if config.router == "topk" and config.top_k > n:
+            raise LoraKitError(f"LoRAConfig.top_k={config.top_k} but layer {layer!r} has only "
+                               f"{n} experts: top_k must not exceed any layer's expert count")
+        if config.lbc_weight > 0 and n % 2:
+            raise LoraKitError(f"LoRAMoE's localized balancing splits the experts in two "
+                               f"equal groups, but layer {layer!r} has {n}: use even counts")
+    return {p: per_layer[layer_key(p)] for p in paths}
+
+
+def mixed(kind: LayerKind, rows: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+          weights: torch.Tensor) -> torch.Tensor:
+    """Σ_e weights[:, e] · B_e A_e x for every row: rows (N, in), a (E, r, in), b (E, out, r),
+    weights (N, E) -> (N, out). Two matmuls over the stacked experts, no loop over them;
+    an expert whose weight is zero on every row gets exactly zero gradient."""
+    e, r = a.shape[0], a.shape[1]
+    h = kind.down(rows, a.reshape(e * r, -1)).view(-1, e, r) * weights.to(a.dtype)[..., None]
+    return kind.up(h.reshape(-1, e * r), b.permute(1, 0, 2).reshape(b.shape[1], e * r))
+
+
+# --- the auxiliary losses, as plain functions of the routing -------------------------------
+def switch_balance(probs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """E · Σ_e f_e · P_e (Switch Transformer, Fedus et al. 2022, eq. 4; with k choices per
+    token as Mixtral / MixLoRA count them): f_e the fraction of tokens routed to expert e,
+    P_e its mean router probability. k at a perfectly even split."""
+    n_experts = probs.shape[-1]
+    return n_experts * (chosen.float().mean(0) * probs.mean(0)).sum()
+
+
+def localized_balance(gates: torch.Tensor, batch: int, row_types: torch.Tensor | None,
+                      delta: float) -> torch.Tensor:
+    """LoRAMoE's localized balancing constraint (Dou et al. 2024, sec. 3.2, eq. 7-8):
+    Q (batch × E) each sample's importance per expert (its tokens' gates summed), I the
+    group weights, 1 + δ where the expert's group is the sample's type and 1 − δ
+    elsewhere, and the loss the squared coefficient of variation of Z = I ⊙ Q, as in the
+    authors' code (`cv_squared`). Type 1: new-task data (first half of the experts);
+    type 0: world-knowledge data (second half). Rows of unknown type count as type 1."""
+    n_experts = gates.shape[-1]
+    q = gates.reshape(batch, -1, n_experts).sum(1)
+    types = (torch.ones(batch, dtype=torch.long, device=gates.device) if row_types is None
+             else row_types.to(gates.device).long())
+    task_expert = torch.arange(n_experts, device=gates.device) < n_experts // 2
+    same = task_expert[None, :] == (types[:, None] == 1)
+    z = (q * torch.where(same, 1.0 + delta, 1.0 - delta)).flatten()
+    return z.var() / (z.mean() ** 2 + 1e-10)
+
+
+def router_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean entropy (nats) of the tokens' router distributions; log E when uniform."""
+    return -(probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
+
+
+class Mixture(Variant):
+    """E LoRA experts, stacked, and a token-level router (see the module docstring)."""
+
+    method = "mixture"
+    peft = False
+    routable = False
+    options = ("n_experts", "top_k", "router", "expert_schedule", "experts_per_layer",
+               "router_aux_loss", "lbc_weight", "lbc_delta")
+    peft_refusal = ("PEFT's LoRA layout holds one B·A per module, but a mixture holds E "
+                    "experts and a router that weighs them per token; keep the lorakit file "
+                    "(lorakit.load_adapter)")
+
+    def __init__(self, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
+                 device: torch.device, shared: nn.Module | None = None) -> None:
+        super().__init__(kind, config, dtype, device, shared)
+        if not kind.float_input or not kind.routable:
+            raise LoraKitError(f"a mixture of experts routes each token by its features: it "
+                               f"adapts Linear and Conv1D layers, not a {kind.describe()}")
+        e, r = config.n_experts, config.rank
+        self.dense = config.router == "dense"
+        self.top_k = e if self.dense else config.top_k
+        self.aux_weight = 0.0 if self.dense else config.router_aux_loss
+        self.lbc_weight, self.lbc_delta = config.lbc_weight, config.lbc_delta
+        self.lora_A = nn.Parameter(torch.empty(e, r, kind.in_features, dtype=dtype, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(e, kind.out_features, r, dtype=dtype,
+                                               device=device))
+        for a in self.lora_A.data:       # each expert initialised as its own LoRA's A
+            init_down_projection(a, config.init)
+        self.moe_router = nn.Parameter(torch.empty(e, kind.in_features, dtype=dtype,
+                                                   device=device))
+        nn.init.kaiming_uniform_(self.moe_router, a=math.sqrt(5))   # as nn.Linear (LoRAMoE)
+        # routing seen in training, kept in the file for `adapter inspect`
+        self.register_buffer("moe_load", torch.zeros(e, dtype=torch.float32, device=device))
+        self.register_buffer("moe_tokens", torch.zeros((), dtype=torch.float32, device=device))
+        self.register_buffer("moe_entropy", torch.zeros((), dtype=torch.float32, device=device))
+        self.row_types: torch.Tensor | None = None
+        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None
+
+    @property
+    def n_experts(self) -> int:
+        return self.lora_A.shape[0]
+
+    @property
+    def rank(self) -> int:
+        return self.lora_A.shape[1]
+
+    @classmethod
+    def plan(cls, config: LoRAConfig, paths: list[str]) -> dict[str, LoRAConfig]:
+        counts = allocation(config, paths)
+        return {p: dataclasses.replace(config, n_experts=n, experts_per_layer=[],
+                                       expert_schedule="") for p, n in counts.items()}
+
+    # --- routing ----------------------------------------------------------------------
+    def gates(self, probs: torch.Tensor) -> torch.Tensor:
+        """(tokens, E) weights of the experts, zero outside each token's top k."""
+        if self.dense:
+            return probs
+        top, index = probs.topk(self.top_k, dim=-1)
+        if self.top_k > 1:       # Mixtral / MixLoRA: a softmax over the k chosen
+            top = top / top.sum(-1, keepdim=True)
+        return torch.zeros_like(probs).scatter(-1, index, top)
+
+    def forward(self, x: torch.Tensor, kind: LayerKind, base: nn.Module) -> torch.Tensor:
+        x = x.to(self.lora_A.dtype)
+        rows = x.reshape(-1, x.shape[-1])
+        probs = torch.softmax(F.linear(rows, self.moe_router).float(), dim=-1)
+        gates = self.gates(probs)
+        y = mixed(kind, self.dropout(rows), self.lora_A, self.lora_B, gates * self.scale)
+        batch = x.shape[0] if x.dim() > 2 else rows.shape[0]
+        self._last = (probs, gates, gates > 0, batch)
+        if self.training:
+            self._record(probs, gates)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    @torch.no_grad()
+    def _record(self, probs: torch.Tensor, gates: torch.Tensor) -> None:
+        share = gates if self.dense else (gates > 0).float() / self.top_k
+        self.moe_load += share.sum(0)
+        self.moe_tokens += probs.shape[0]
+        self.moe_entropy += router_entropy(probs) * probs.shape[0]
+
+    # --- the protocol's training hooks -------------------------------------------------
+    def set_row_types(self, row_types: torch.Tensor | None) -> None:
+        self.row_types = row_types
+
+    def aux_losses(self) -> dict[str, torch.Tensor]:
+        if self._last is None:
+            return {}
+        probs, gates, chosen, batch = self._last
+        terms = {}
+        if self.aux_weight > 0:
+            terms["balance"] = self.aux_weight * switch_balance(probs, chosen)
+        if self.lbc_weight > 0:
+            terms["lbc"] = self.lbc_weight * localized_balance(gates, batch, self.row_types,
+                                                               self.lbc_delta)
+        return terms
+
+    def routing_stats(self) -> dict:
+        """Last forward's load per expert (share of the routing) and router entropy, and the
+        same accumulated over training."""
+        stats: dict = {"experts": self.n_experts, "top_k": self.top_k}
+        if self._last is not None:
+            probs, gates, chosen, _ = self._last
+            share = gates if self.dense else chosen.float() / self.top_k
+            stats["load"] = share.mean(0).detach()
+            stats["entropy"] = router_entropy(probs).detach()
+        tokens = float(self.moe_tokens)
+        if tokens:
+            stats["train_load"] = (self.moe_load / tokens).detach()
+            stats["train_entropy"] = float(self.moe_entropy) / tokens
+        return stats
+
+    # --- no fixed ΔW ------------------------------------------------------------------
+    def factors(self):
+        raise LoraKitError(NOT_A_PRODUCT)
+
+    def delta_weight(self, weight=None):
+        raise LoraKitError(NOT_A_PRODUCT)
+
+    def merge_into(self, weight, kind, factor):
+        raise LoraKitError(f"{NOT_A_PRODUCT}; keep it unmerged")
+
+    unmerge_from = merge_into
+
+    def active_rank(self, tol: float) -> int:
+        return self.rank
+
+    # --- the file ---------------------------------------------------------------------
+    @classmethod
+    def file_keys(cls, path, kind, weight_shape):
+        return [f"{path}.{n}" for n in ("lora_A", "lora_B", "moe_router", "moe_load",
+                                        "moe_tokens", "moe_entropy")]
+
+    @classmethod
+    def file_factors(cls, tensors, path, kind, weight_shape):
+        raise LoraKitError(f"module {path!r}: {NOT_A_PRODUCT}")
+
+    @classmethod
+    def file_delta(cls, tensors, path, kind, weight_shape, scale, weight=None):
+        raise LoraKitError(f"module {path!r}: {NOT_A_PRODUCT}")
+
+    @classmethod
+    def file_rank(cls, tensors, path, kind, weight_shape) -> int:
+        return int(tensors[f"{path}.lora_A"].shape[1])
+
+    @classmethod
+    def file_active_rank(cls, tensors, path, kind, weight_shape, tol):
+        return cls.file_rank(tensors, path, kind, weight_shape)
+
+    @classmethod
+    def file_info(cls, tensors, path, kind, weight_shape) -> dict:
+        experts = int(tensors[f"{path}.lora_A"].shape[0])
+        tokens = float(tensors[f"{path}.moe_tokens"])
+        info: dict = {"experts": experts, "routed_tokens": int(tokens)}
+        if tokens:
+            load = tensors[f"{path}.moe_load"].float() / tokens
+            info["expert_load"] = [round(float(v), 4) for v in load]
+            info["router_entropy"] = round(float(tensors[f"{path}.moe_entropy"]) / tokens, 4)
+            info["router_entropy_max"] = round(math.log(experts), 4)
+        return info
