@@ -477,19 +477,7 @@ def _say(text: str) -> None:
 
 
 if __name__ == "__main__":
-    import argparse
+    from lorakit.bench import suite_parser, write_suite_run
 
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="reports/moe")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true")
-    a = p.parse_args()
-    from lorakit.bench import machine, write_results
-    from lorakit.quiet import quiet_third_party
-
-    torch.set_num_threads(a.threads)
-    quiet_third_party()
-    res = write_results(Path(a.out), {"suite": SUITE, "machine": machine(),
-                                      **run(a.out, a.threads, a.quick)})
-    print(json.dumps(res["figures"], indent=1))
+    a = suite_parser(__doc__, SUITE).parse_args()
+    write_suite_run(SUITE, a, lambda: run(a.out, a.threads, a.quick))
