@@ -134,13 +134,10 @@ def import_peft(peft_dir, model: torch.nn.Module, name: str | None = None) -> Ad
     return adapters
 
 
-def _read_peft(peft_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    config_path, weights = peft_dir / CONFIG, peft_dir / WEIGHTS
-    if not weights.is_file():
-        pickled = peft_dir / "adapter_model.bin"
-        hint = (" It has adapter_model.bin, a pickle, which lorakit never loads: re-save it "
-                "with save_pretrained(..., safe_serialization=True).") if pickled.exists() else ""
-        raise AdapterFileError(f"{peft_dir} has no {WEIGHTS}.{hint}")
+def read_peft_config(peft_dir: Path) -> dict:
+    """A PEFT folder's adapter_config.json, refused unless it is a plain LoRA lorakit can
+    hold (one rank and alpha per adapter, no bias)."""
+    config_path = peft_dir / CONFIG
     try:
         pc = json.loads(config_path.read_text())
     except ValueError as err:
@@ -152,6 +149,17 @@ def _read_peft(peft_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if unsupported:
         raise AdapterFileError(f"{config_path} uses {unsupported}, which lorakit does not "
                                "import (one rank and alpha per adapter, no bias)")
+    return pc
+
+
+def _read_peft(peft_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    config_path, weights = peft_dir / CONFIG, peft_dir / WEIGHTS
+    if not weights.is_file():
+        pickled = peft_dir / "adapter_model.bin"
+        hint = (" It has adapter_model.bin, a pickle, which lorakit never loads: re-save it "
+                "with save_pretrained(..., safe_serialization=True).") if pickled.exists() else ""
+        raise AdapterFileError(f"{peft_dir} has no {WEIGHTS}.{hint}")
+    pc = read_peft_config(peft_dir)
     init = str(pc.get("init_lora_weights", True)).lower()
     if init.startswith(MUTATED_INITS):
         raise AdapterFileError(

@@ -53,7 +53,7 @@ from ..errors import AdapterFileError, AdapterMismatchError, LoraKitError
 from ..inject import adapters_of, attach, check_fingerprint
 from ..kinds import kind_named, kind_of
 from ..layers import LoRALayer
-from ..peft_interop import CONFIG, WEIGHTS, _read_peft, peft_method
+from ..peft_interop import CONFIG, WEIGHTS, _read_peft, peft_method, read_peft_config
 from ..variants import adapter_dtype, variant_named
 
 PEFT_PREFIX = "base_model.model."
@@ -237,17 +237,7 @@ class AdapterPool:
 
     def _peft_header(self, entry: PoolEntry) -> None:
         folder = entry.source
-        try:
-            pc = json.loads((folder / CONFIG).read_text())
-        except ValueError as err:
-            raise AdapterFileError(f"{folder / CONFIG} is not valid JSON ({err})") from None
-        if pc.get("peft_type") != "LORA":
-            raise AdapterFileError(f"{folder / CONFIG}: peft_type {pc.get('peft_type')!r}, "
-                                   "not LORA")
-        odd = [k for k in ("rank_pattern", "alpha_pattern", "lora_bias") if pc.get(k)]
-        if odd:
-            raise AdapterFileError(f"{folder / CONFIG} uses {odd}, which lorakit does not "
-                                   "import (one rank and alpha per adapter, no bias)")
+        pc = read_peft_config(folder)
         _, shapes = _shapes(folder / WEIGHTS)
         keys = {k.removeprefix(PEFT_PREFIX): v for k, v in shapes.items()}
         layers: dict[str, tuple[str, tuple[int, ...]]] = {}
