@@ -1,0 +1,16 @@
+"""Plugin federated: federated LoRA on Flower (FedAvg-LoRA, FFA-LoRA, LoRA-FAIR, Fed-SB)."""
+from pathlib import Path
+
+from lorakit.registry import Plugin
+
+PLUGIN = Plugin(
+    name="federated",
+    summary="federated LoRA on Flower: FedAvg-LoRA, FFA-LoRA, LoRA-FAIR, Fed-SB",
+    module="lorakit.plugins.federated.app:ClientModule",
+    datamodule="lorakit.plugins.federated.data:ClientData",
+    default_config=str(Path(__file__).with_name("default.yaml")),
+    demo="lorakit.plugins.federated.run:demo",
+    extra="federated",
+    requires=("flwr", "ray", "transformers"),
+    commands={"run": "lorakit.plugins.federated.run:main"},
+)
