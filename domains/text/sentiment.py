@@ -27,11 +27,10 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from lorakit.domains.archives import tar_member
 from lorakit.domains.downloads import Pinned, cache_root, fetch
 from lorakit.domains.split import stratified_split
 from lorakit.errors import DataError
-
-from lorakit.domains.archives import tar_member
 
 SDIST = Pinned(
     filename="vaderSentiment-3.3.2.tar.gz", pip="vaderSentiment==3.3.2", sdist=True,

