@@ -139,30 +139,31 @@ def suite_parser(doc: str, suite: str) -> argparse.ArgumentParser:
 
 
 def write_suite_run(suite: str, args: argparse.Namespace, call) -> dict:
-    """Run `call()` (a suite's `run` with the parsed `args`) as `lorakit bench` does: torch
-    threads and quiet third-party logs first, then results.json / report.md / report.html
-    in args.out; prints the figures."""
-    import torch
-
-    torch.set_num_threads(args.threads)
-    quiet_third_party()
-    raw = call()
-    result = write_results(Path(args.out), {"suite": suite, "machine": machine(), **raw})
+    """Run `call()` (a suite's `run` with the parsed `args`) as `lorakit bench` does and
+    print the figures."""
+    result = _run_and_write(suite, Path(args.out), args.threads, call)
     print(json.dumps(result["figures"], indent=1))
     return result
 
 
 def run_suite(name: str, out_dir: Path, threads: int = 1, quick: bool = False) -> dict:
-    import torch
-
     suites = bench_suites()
     if name not in suites:
         raise LoraKitError(f"no benchmark suite {name!r}; available: {', '.join(sorted(suites))}")
+    out_dir = Path(out_dir)
+    return _run_and_write(name, out_dir, threads, lambda: resolve(suites[name])(
+        out_dir, threads=threads, quick=quick))
+
+
+def _run_and_write(suite: str, out_dir: Path, threads: int, call) -> dict:
+    """Torch threads and quiet third-party logs first, then `call()`, then results.json /
+    report.md / report.html in `out_dir` (its figures, rows and notes)."""
+    import torch
+
     torch.set_num_threads(threads)
     quiet_third_party()
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    raw = resolve(suites[name])(out_dir, threads=threads, quick=quick)
-    result = {"suite": name, "machine": machine(), "figures": dict(raw.get("figures", {})),
+    raw = call()
+    result = {"suite": suite, "machine": machine(), "figures": dict(raw.get("figures", {})),
               "rows": list(raw.get("rows", [])), "notes": raw.get("notes", "")}
     return write_results(out_dir, result)

@@ -21,18 +21,16 @@ import json
 import re
 import shutil
 import tarfile
-from math import gcd
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from lorakit.domains.archives import deb_data, deb_member
 from lorakit.domains.downloads import Pinned, cache_root, fetch
 from lorakit.errors import DataError
 
-from .audio import SAMPLE_RATE
+from .audio import SAMPLE_RATE, resample
 
 VERSION = "1.6.1-1"
 POOL = "https://deb.debian.org/debian/pool/main/a/asterisk-core-sounds"
@@ -78,11 +76,8 @@ def spoken(transcript: str) -> str | None:
 
 
 def to_16k(audio: np.ndarray, rate: int) -> np.ndarray:
-    """Mono float32 at 16 kHz (the prompts are 8 kHz: upsampled ×2, polyphase)."""
-    if audio.ndim > 1:
-        audio = audio.mean(axis=1)
-    g = gcd(SAMPLE_RATE, rate)
-    return resample_poly(audio, SAMPLE_RATE // g, rate // g).astype(np.float32)
+    """Mono float32 at 16 kHz (the prompts are 8 kHz: upsampled ×2 by `audio.resample`)."""
+    return resample(audio.mean(axis=1) if audio.ndim > 1 else audio, rate)
 
 
 def asterisk_corpus(cache: Path | None = None, max_seconds: float = 3.0) -> Path:
