@@ -5,4 +5,5 @@
   degradations (low light + noise, blur, an unseen texture style).
 - `images`: one scene's photos from a folder, with clear errors.
 - `metrics`: depth AbsRel, pointmap error after scale alignment, relative pose errors.
+- `transforms`: poses, quaternions, the similarity (Umeyama) solver, pinhole cameras.
 """

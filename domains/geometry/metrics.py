@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from .transforms import similarity
+
 
 def depth_absrel(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None) -> float:
     """pred, gt: (n,H,W) or (H,W) depths; median-scaled per image."""
@@ -32,23 +34,6 @@ def depth_absrel(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | Non
     return float(torch.stack(scores).mean()) if scores else float("nan")
 
 
-def umeyama(src: torch.Tensor, dst: torch.Tensor, with_rotation: bool = True):
-    """s, R, t minimising ||s R src + t - dst||^2 over points (N,3)."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    a, b = src - mu_s, dst - mu_d
-    if not with_rotation:
-        s = (a * b).sum() / (a * a).sum().clamp(min=1e-12)
-        return s, torch.eye(3, dtype=src.dtype), mu_d - s * mu_s
-    cov = b.T @ a / len(src)
-    u, sig, vt = torch.linalg.svd(cov)
-    d = torch.ones(3, dtype=src.dtype)
-    if torch.det(u @ vt) < 0:
-        d[2] = -1
-    r = u @ torch.diag(d) @ vt
-    s = (sig * d).sum() / (a * a).sum(-1).mean().clamp(min=1e-12)
-    return s, r, mu_d - s * r @ mu_s
-
-
 def pointmap_error(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None,
                    mode: str = "sim3") -> float:
     """pred, gt: (...,3) pointmaps; relative error after scale or similarity alignment."""
@@ -62,7 +47,7 @@ def pointmap_error(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | N
         s = (p * g).sum() / (p * p).sum().clamp(min=1e-12)
         aligned = s * p
     elif mode == "sim3":
-        s, r, t = umeyama(p, g)
+        s, r, t = similarity(p, g)
         aligned = s * p @ r.T + t
     else:
         raise ValueError(f"mode must be 'scale' or 'sim3', got {mode!r}")
@@ -104,7 +89,7 @@ def pair_relative_pose(own_i: torch.Tensor, j_in_i: torch.Tensor, own_j: torch.T
     if w is not None:
         m = w.reshape(-1) > 0
         src, dst = src[m], dst[m]
-    s, r, t = umeyama(src, dst)
+    s, r, t = similarity(src, dst)
     pose = torch.eye(4)
     pose[:3, :3], pose[:3, 3] = r, t / s
     return pose

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-PRETRAIN_STYLES = ("checker", "stripes", "waves", "gradient")
-UNSEEN_STYLES = ("cells",)
+PRETRAIN_STYLES = ("noise", "marble", "cells")
+UNSEEN_STYLES = ("checker", "stripes", "waves", "gradient")
 STYLES = PRETRAIN_STYLES + UNSEEN_STYLES
+NOISE_PERIOD = 32           # lattice cells of the value-noise table (period 32 / freq metres)
 HELD_OUT_SEEDS = 1_000_000   # pretraining scenes use seeds >= this, held-out scenes below it
 FAR = 1e6
 
@@ -46,7 +47,8 @@ class Material:
     direction: torch.Tensor        # (3,) unit vector for stripes / gradients
     phases: torch.Tensor           # (3,) random phases
     seeds: torch.Tensor | None = None    # (n, 3) Worley feature points for 'cells'
-    palette: torch.Tensor | None = None  # (n, 3)
+    palette: torch.Tensor | None = None  # (n, 3); 'noise' and 'marble': 3 ramp colours
+    table: torch.Tensor | None = None    # (2, P, P, P) value-noise lattices ('noise', 'marble')
 
     def shade(self, p: torch.Tensor) -> torch.Tensor:
         """Albedo (N, 3) at world points p (N, 3)."""
@@ -66,6 +68,18 @@ class Material:
             t = (p @ self.direction) * f * 0.5 + self.phases[0]
             m = (t - torch.floor(t))[:, None]
             m = m + 0.15 * torch.sin(6 * math.pi * f * p).sum(-1, keepdim=True) / 3
+        elif self.style == "noise":
+            m1 = fbm(p, self.table[0], f, self.phases)
+            m2 = fbm(p, self.table[1], f * 0.5, self.phases.flip(0))
+            mix = self.palette[0] * (1 - m1[:, None]) + self.palette[1] * m1[:, None]
+            return (mix * (1 - 0.6 * m2[:, None]) + self.palette[2] * 0.6 * m2[:, None]).clamp(0, 1)
+        elif self.style == "marble":
+            warp = 4.0 * fbm(p, self.table[0], f, self.phases)
+            m = (0.5 + 0.5 * torch.sin(2 * math.pi * f * 0.5 * (p @ self.direction) + 2 * math.pi
+                                       * warp))[:, None]
+            m2 = fbm(p, self.table[1], 2 * f, self.phases.flip(0))[:, None]
+            mix = self.palette[0] * (1 - m) + self.palette[1] * m
+            return (mix * (0.75 + 0.5 * (m2 - 0.5))).clamp(0, 1)
         elif self.style == "cells":
             d = torch.cdist(p * f, self.seeds)          # (N, n)
             two = d.topk(2, dim=1, largest=False)
@@ -78,10 +92,49 @@ class Material:
         return self.color_a * (1 - m) + self.color_b * m
 
 
+def value_noise(p: torch.Tensor, table: torch.Tensor, freq: float) -> torch.Tensor:
+    """Trilinear value noise in [0, 1] at points p (N, 3) from a periodic lattice (P, P, P)."""
+    q = p * freq
+    cell = torch.floor(q)
+    t = q - cell
+    t = t * t * (3 - 2 * t)                                     # smoothstep weights
+    cell = cell.long()
+    size = table.shape[0]
+    out = torch.zeros(p.shape[0])
+    for corner in range(8):
+        offset = torch.tensor([(corner >> k) & 1 for k in range(3)])
+        idx = (cell + offset).remainder(size)
+        w = torch.where(offset.bool(), t, 1 - t).prod(-1)
+        out = out + w * table[idx[:, 0], idx[:, 1], idx[:, 2]]
+    return out
+
+
+def fbm(p: torch.Tensor, table: torch.Tensor, freq: float, offsets: torch.Tensor,
+        octaves: int = 3) -> torch.Tensor:
+    """Fractal value noise (octaves at doubling frequency), contrast-stretched to [0, 1]:
+    aperiodic at any scale a camera sees, so no two patches of a surface look alike."""
+    total = torch.zeros(p.shape[0])
+    for k in range(octaves):
+        total = total + 0.5 ** k * value_noise(p + offsets * (k + 1), table, freq * 2 ** k)
+    total = total / sum(0.5 ** k for k in range(octaves))
+    return ((total - 0.5) * 2.5 + 0.5).clamp(0, 1)
+
+
 def random_material(style: str, g: torch.Generator) -> Material:
     def rand(*shape):
         return torch.rand(*shape, generator=g)
 
+    if style in ("noise", "marble"):
+        # three ramp colours of random hue and a wide luminance spread
+        lum = torch.sort(rand(3)).values * torch.tensor([0.45, 0.8, 1.0]) + \
+            torch.tensor([0.05, 0.15, 0.0])
+        tint = 0.4 + 0.6 * rand(3, 3)
+        palette = (tint / tint.mean(-1, keepdim=True) * lum[:, None]).clamp(0, 1)
+        palette = palette[torch.randperm(3, generator=g)]
+        d = torch.nn.functional.normalize(torch.randn(3, generator=g), dim=0)
+        freq = float(1.0 + 2.0 * rand(1).item())
+        return Material(style, palette[0], palette[1], freq, d, rand(3) * 10,
+                        palette=palette, table=rand(2, NOISE_PERIOD, NOISE_PERIOD, NOISE_PERIOD))
     if style == "cells":
         # saturated, hue-cycled palette: colours the pretraining palette never uses
         n = 96
@@ -91,7 +144,7 @@ def random_material(style: str, g: torch.Generator) -> Material:
         palette = (palette - palette.min(-1, keepdim=True).values)
         palette = palette / palette.max(-1, keepdim=True).values.clamp(min=1e-3)
         seeds = (rand(n, 3) - 0.5) * 2 * 8.0
-        return Material(style, palette[0], palette[1], 1.5 + rand(1).item(),
+        return Material(style, palette[0], palette[1], 4.0 + 4.0 * rand(1).item(),
                         torch.tensor([1.0, 0, 0]), rand(3), seeds=seeds, palette=palette)
     # pretraining palette: muted colours with a clear luminance contrast
     base = 0.25 + 0.5 * rand(3)
@@ -109,6 +162,10 @@ class Box:
     half: torch.Tensor     # (3,) half extents in the box frame
     yaw: float             # rotation about the vertical (y) axis
     material: int
+    rot: torch.Tensor | None = None    # a full box-to-world rotation instead of `yaw`
+
+    def rotation(self) -> torch.Tensor:
+        return _yaw_matrix(self.yaw) if self.rot is None else self.rot
 
 
 @dataclass
@@ -126,6 +183,19 @@ class Panel:
     half_w: float
     half_h: float
     material: int
+    rot: torch.Tensor | None = None    # a full rotation (tilted panel) instead of `yaw`
+
+    def rotation(self) -> torch.Tensor:
+        return _yaw_matrix(self.yaw) if self.rot is None else self.rot
+
+
+def random_rotation(g: torch.Generator) -> torch.Tensor:
+    """A uniformly random 3-D rotation (QR of a Gaussian matrix, signs fixed)."""
+    q, r = torch.linalg.qr(torch.randn(3, 3, generator=g))
+    q = q * torch.sign(torch.diagonal(r))
+    if torch.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
 
 
 def _yaw_matrix(yaw: float) -> torch.Tensor:
@@ -177,7 +247,7 @@ class Scene:
         take(t_room, nrm, room_mats)
 
         for box in self.boxes:
-            r = _yaw_matrix(box.yaw)                             # box-to-world rotation
+            r = box.rotation()                                   # box-to-world rotation
             o = (origins - box.center) @ r
             d = dirs @ r
             d = torch.where(d.abs() < 1e-9, torch.full_like(d, 1e-9), d)
@@ -204,7 +274,7 @@ class Scene:
             take(t, torch.nn.functional.normalize(p - sph.center, dim=-1), sph.material)
 
         for pan in self.panels:
-            r = _yaw_matrix(pan.yaw)
+            r = pan.rotation()
             nz = r[:, 2]
             denom = dirs @ nz
             denom = torch.where(denom.abs() < 1e-9, torch.full_like(denom, 1e-9), denom)
@@ -441,3 +511,101 @@ def random_pair(seed: int, size: int = 64, styles=PRETRAIN_STYLES) -> SceneViews
     if torch.rand(1, generator=g) < 0.5:
         poses = poses.flip(0)
     return render_views(scene, poses, size, fov, "none", seed)
+
+
+# --- pretraining scenes: several views, matching required ------------------------------
+def make_float_scene(seed: int, styles: tuple[str, ...] = PRETRAIN_STYLES) -> Scene:
+    """Primitives floating at random positions and orientations inside a far, textured box,
+    at a random overall scale: no floor, no walls nearby, no up direction, so a single view
+    tells little about depth and the geometry is only recoverable by matching views."""
+    g = torch.Generator().manual_seed(int(seed) + 17)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g)
+
+    def pick(seq):
+        return seq[int(torch.randint(len(seq), (1,), generator=g))]
+
+    scale = math.exp(math.log(0.3) + rand(1).item() * math.log(10.0))     # 0.3 .. 3
+    half = scale * (6.0 + 6.0 * rand(3))
+    materials: list[Material] = []
+
+    def new_material():
+        materials.append(random_material(pick(styles), g))
+        return len(materials) - 1
+
+    walls = [new_material() for _ in range(3)]
+    scene = Scene(-half, half, materials, [walls[0], walls[0], walls[1], walls[1], walls[2],
+                                           walls[2]], style="float")
+    for _ in range(5 + int(torch.randint(6, (1,), generator=g))):
+        center = (rand(3) - 0.5) * 3.0 * scale
+        m = new_material()
+        kind = pick(("box", "box", "sphere", "panel"))
+        if kind == "box":
+            size = scale * (0.15 + 0.45 * rand(3))
+            scene.boxes.append(Box(center, size, 0.0, m, rot=random_rotation(g)))
+        elif kind == "sphere":
+            scene.spheres.append(Sphere(center, scale * float(0.15 + 0.4 * rand(1)), m))
+        else:
+            scene.panels.append(Panel(center, 0.0, scale * float(0.3 + 0.5 * rand(1)),
+                                      scale * float(0.3 + 0.5 * rand(1)), m,
+                                      rot=random_rotation(g)))
+    scene.light = torch.randn(3, generator=g)
+    return scene
+
+
+def roll_pose(pose: torch.Tensor, roll_deg: float) -> torch.Tensor:
+    """The same camera turned by `roll_deg` about its optical axis."""
+    c, s = math.cos(math.radians(roll_deg)), math.sin(math.radians(roll_deg))
+    out = pose.clone()
+    out[:3, :3] = pose[:3, :3] @ torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    return out
+
+
+def orbit_path(center: torch.Tensor, radius: float, n_views: int, step_deg: float,
+               g: torch.Generator, max_roll_deg: float = 35.0) -> torch.Tensor:
+    """Poses (n, 4, 4) on a tilted circle around `center`, all aimed at it, with a random
+    common roll and a few degrees of roll jitter per view."""
+    axis_tilt = random_rotation(g)
+    start = float(torch.rand(1, generator=g)) * 2 * math.pi
+    roll = (float(torch.rand(1, generator=g)) * 2 - 1) * max_roll_deg
+    poses = []
+    for i in range(n_views):
+        a = start + math.radians(step_deg) * i
+        offset = axis_tilt @ torch.tensor([math.cos(a), 0.0, math.sin(a)]) * radius
+        aim = center + (torch.rand(3, generator=g) - 0.5) * 0.2 * radius
+        pose = look_at(center + offset, aim)
+        jitter = (float(torch.rand(1, generator=g)) - 0.5) * 6.0
+        poses.append(roll_pose(pose, roll + jitter))
+    return torch.stack(poses)
+
+
+def view_angle_deg(pose_a: torch.Tensor, pose_b: torch.Tensor) -> float:
+    """Angle between two cameras' optical axes."""
+    cos = float((pose_a[:3, 2] * pose_b[:3, 2]).sum().clamp(-1, 1))
+    return math.degrees(math.acos(cos))
+
+
+def random_scene_views(seed: int, size: int = 64, n_views: tuple[int, int] = (4, 8),
+                       float_fraction: float = 0.5, styles=PRETRAIN_STYLES) -> SceneViews:
+    """4-8 views of one random pretraining scene (a room, or floating primitives with
+    `float_fraction`): consecutive views 3-18 degrees apart, so the pairs of a scene span
+    the baselines of a 6-view calibration graph; field of view 50-75 degrees."""
+    g = torch.Generator().manual_seed(int(seed) + 53)
+    n = n_views[0] + int(torch.randint(n_views[1] - n_views[0] + 1, (1,), generator=g))
+    step = 3.0 + 15.0 * float(torch.rand(1, generator=g))
+    fov = float(50 + 25 * torch.rand(1, generator=g))
+    if float(torch.rand(1, generator=g)) < float_fraction:
+        scene = make_float_scene(seed, styles=styles)
+        extent = float((scene.room_max - scene.room_min).min()) / 12.0      # ~ object spread
+        radius = extent * (2.5 + 2.0 * float(torch.rand(1, generator=g)))
+        poses = orbit_path(torch.zeros(3), radius, n, step, g)
+    else:
+        scene = make_scene(seed, styles=styles)
+        poses = camera_path(scene, n, overlap=1.0 - step / 60.0, seed=seed)
+        if float(torch.rand(1, generator=g)) < 0.5:
+            roll = (float(torch.rand(1, generator=g)) * 2 - 1) * 15.0
+            poses = torch.stack([roll_pose(p, roll) for p in poses])
+    views = render_views(scene, poses, size, fov, "none", seed)
+    views.meta.update({"step_deg": step, "kind": scene.style})
+    return views

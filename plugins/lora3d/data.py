@@ -1,12 +1,15 @@
-"""`SceneDataModule`: one target scene's images and its pair graph.
+"""`SceneDataModule`: one target scene's images, its pair graph, its ground truth if any.
 
 With `images` a folder, its photos (resized and centre-cropped to `size`); without it,
-a held-out synthetic calibration scene (unseen texture style, low light + noise, blur)
-from `lorakit.domains.geometry`, so `lorakit lora3d fit` runs with no data at all.
-Training batches are lists of pairs (i, j) of the graph; the module turns them into
-images and pseudo-labels. Prediction yields the whole scene once.
+a held-out synthetic target scene from `lorakit.domains.geometry`, so `lorakit lora3d
+fit` runs with no data at all; `SceneDataModule.of(tensor)` holds images already in
+memory (what `fit_scene` uses). Training batches are lists of pairs (i, j) of the graph;
+the module turns them into images and labels. Prediction yields the whole scene once.
+`truth` (synthetic scenes, or given to `of`) is only read by labels='oracle'.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
@@ -15,7 +18,16 @@ from torch.utils.data import DataLoader, Dataset
 from lorakit.domains.geometry.images import read_folder
 from lorakit.errors import LoraKitError
 
-from .calibrate import make_pairs
+from .inference import make_pairs
+
+
+@dataclass
+class SceneTruth:
+    """Ground truth of a scene: world points, their validity, cameras (None: recovered
+    from the points)."""
+    pts3d: torch.Tensor                 # (n,H,W,3) world
+    valid: torch.Tensor | None = None   # (n,H,W) bool
+    poses: torch.Tensor | None = None   # (n,4,4) camera-to-world
 
 
 class _Pairs(Dataset):
@@ -76,20 +88,31 @@ class SceneDataModule(pl.LightningDataModule):
         self.scene_seed, self.n_views, self.overlap = scene_seed, n_views, overlap
         self.images: torch.Tensor | None = None
         self.names: list[str] = []
-        self.views = None          # SceneViews of a synthetic scene (ground truth)
+        self.truth: SceneTruth | None = None
         self.edges: list[tuple[int, int]] = []
 
+    @classmethod
+    def of(cls, images: torch.Tensor, truth: SceneTruth | None = None,
+           names: list[str] | None = None, **kwargs) -> SceneDataModule:
+        """A scene already in memory: images (n,H,W,3) in [0,1]."""
+        if images.dim() != 4 or images.shape[-1] != 3:
+            raise LoraKitError(f"scene images must be (n,H,W,3), got {tuple(images.shape)}")
+        dm = cls(size=images.shape[1], **kwargs)
+        dm.images = images.detach().float().cpu()
+        dm.names = names or [f"view{k}" for k in range(images.shape[0])]
+        dm.truth = truth
+        return dm
+
     def setup(self, stage: str | None = None) -> None:
-        if self.images is not None:
-            return
-        if self.folder is not None:
+        if self.images is None and self.folder is not None:
             self.images, self.names = read_folder(self.folder, self.size,
                                                   self.allow_mixed_sizes, self.max_images)
-        else:
+        elif self.images is None:
             from lorakit.domains.geometry.scenes import make_target_scene
-            self.views = make_target_scene(self.scene_seed, n_views=self.n_views,
-                                           size=self.size, overlap=self.overlap)
-            self.images = self.views.images
+            views = make_target_scene(self.scene_seed, n_views=self.n_views, size=self.size,
+                                      overlap=self.overlap)
+            self.images, self.truth = views.images, SceneTruth(views.pts3d, views.valid,
+                                                               views.poses)
             self.names = [f"synthetic_{self.scene_seed}_view{k}" for k in range(self.n_views)]
         self.edges = make_pairs(self.images.shape[0], self.graph, self.window)
 

@@ -60,3 +60,79 @@ def pair_targets(pts_world_1: torch.Tensor, pts_world_2: torch.Tensor,
     def apply(p):
         return torch.einsum("bxij,bhwj->bhwi", r, p) + t[:, :, None, :]
     return apply(pts_world_1), apply(pts_world_2)
+
+
+def patch_correspondences(pts_world: torch.Tensor, valid: torch.Tensor, K_other: torch.Tensor,
+                          pose_other: torch.Tensor, depth_other: torch.Tensor, patch: int,
+                          tol: float = 0.03) -> torch.Tensor:
+    """For each patch of a view (row-major, as DUSt3R's tokens), the index of the patch of
+    the other view that sees its centre point, or -1 when that point is outside the other
+    image, occluded there (depth differs by more than `tol` relative) or not valid.
+
+    pts_world, valid: (H, W, 3), (H, W) of this view; K_other (3, 3), pose_other (4, 4)
+    camera-to-world, depth_other (H, W) of the other view."""
+    h, w = valid.shape
+    c = patch // 2
+    centre = pts_world[c::patch, c::patch].reshape(-1, 3)
+    ok = valid[c::patch, c::patch].reshape(-1)
+    w2c = torch.linalg.inv(pose_other)
+    cam = centre @ w2c[:3, :3].T + w2c[:3, 3]
+    z = cam[:, 2]
+    pix = cam @ K_other.T
+    u = pix[:, 0] / z.clamp(min=1e-6)
+    v = pix[:, 1] / z.clamp(min=1e-6)
+    ui, vi = u.round().long(), v.round().long()
+    inside = (z > 1e-6) & (ui >= 0) & (ui < w) & (vi >= 0) & (vi < h)
+    seen = depth_other[vi.clamp(0, h - 1), ui.clamp(0, w - 1)]
+    visible = inside & ok & ((seen - z).abs() <= tol * z)
+    target = (vi.clamp(0, h - 1) // patch) * (w // patch) + ui.clamp(0, w - 1) // patch
+    return torch.where(visible, target, torch.full_like(target, -1))
+
+
+class CrossAttentionProbe:
+    """Records, for one head of every decoder cross-attention, the attention logits of the
+    first view's tokens over the second's (`dec_blocks`) and the reverse (`dec_blocks2`),
+    so a loss can teach that head to attend to the corresponding patch. Use as a context
+    manager around the forward pass; `logits` then holds (which, (B, Nq, Nk)) pairs with
+    which = 0 for view 1 -> 2 and 1 for view 2 -> 1."""
+
+    def __init__(self, model, head: int = 0) -> None:
+        self.model, self.head, self.logits, self._handles = model, head, [], []
+
+    def _hook(self, which: int):
+        def hook(attn, args, output):
+            query, key, _value, qpos, kpos = args
+            b, nq, dim = query.shape
+            heads = attn.num_heads
+            q = attn.projq(query).reshape(b, nq, heads, dim // heads).permute(0, 2, 1, 3)
+            k = attn.projk(key).reshape(b, key.shape[1], heads, dim // heads).permute(0, 2, 1, 3)
+            if attn.rope is not None:
+                q, k = attn.rope(q, qpos), attn.rope(k, kpos)
+            self.logits.append((which, (q[:, self.head] @ k[:, self.head].transpose(-2, -1))
+                                * attn.scale))
+        return hook
+
+    def __enter__(self):
+        for which, blocks in enumerate((self.model.dec_blocks, self.model.dec_blocks2)):
+            for blk in blocks:
+                self._handles.append(blk.cross_attn.register_forward_hook(self._hook(which)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def correspondence_loss(probe: CrossAttentionProbe, target_12: torch.Tensor,
+                        target_21: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the probed heads against the true corresponding patch
+    (targets (B, N) with -1 where a patch has no visible counterpart)."""
+    losses = []
+    for which, logits in probe.logits:
+        target = target_12 if which == 0 else target_21
+        if not (target >= 0).any():
+            continue
+        losses.append(torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), target.flatten(), ignore_index=-1))
+    return torch.stack(losses).mean() if losses else target_12.new_zeros((), dtype=torch.float)

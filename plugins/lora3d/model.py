@@ -26,15 +26,15 @@ from lorakit.errors import LoraKitError
 INF = float("inf")
 EMBEDDED = Path(__file__).with_name("tiny_dust3r.pth")
 
-#: the embedded default: 64 px, patch 8, RoPE, linear head, 4 encoder + 2 decoder blocks
+#: the embedded default: 64 px, patch 8, RoPE, linear head, 4 encoder + 4 decoder blocks
 TINY_ARGS: dict = dict(
     output_mode="pts3d", head_type="linear", patch_embed_cls="PatchEmbedDust3R",
     img_size=(64, 64), patch_size=8, enc_embed_dim=128, enc_depth=4, enc_num_heads=4,
-    dec_embed_dim=64, dec_depth=2, dec_num_heads=2, pos_embed="RoPE100",
+    dec_embed_dim=128, dec_depth=4, dec_num_heads=4, pos_embed="RoPE100",
     landscape_only=False, depth_mode=("exp", -INF, INF), conf_mode=("exp", 1, INF),
 )
 
-#: the 48 nn.Linear of the tiny model's transformer blocks (heads and embeddings excluded)
+#: the 80 nn.Linear of the tiny model's transformer blocks (heads and embeddings excluded)
 LORA_TARGETS = ["enc_blocks.*.attn.qkv", "enc_blocks.*.attn.proj", "enc_blocks.*.mlp.fc1",
                 "enc_blocks.*.mlp.fc2", "dec_blocks*.attn.qkv", "dec_blocks*.attn.proj",
                 "dec_blocks*.cross_attn.projq", "dec_blocks*.cross_attn.projk",

@@ -1,16 +1,24 @@
-"""`SelfCalibrationModule`: LoRA3D self-calibration as a Lightning module.
+"""`SelfCalibrationModule`: LoRA3D self-calibration as a Lightning module, the one training loop.
 
-fit:      on_fit_start runs the frozen DUSt3R (adapters off) over the scene's pair graph,
-          aligns the pointmaps robustly (align -> re-weight -> align) and keeps the
-          high-confidence points as pseudo-labels; training_step fine-tunes the LoRA
-          adapters on them with DUSt3R's confidence-aware loss; at the end of fit
-          `AdapterModule` saves adapter.safetensors into the output folder.
-predict:  aligns the adapted model's predictions and writes cloud.ply, poses.json and
-          preview.png (depth, confidence before / after, a rendered view) into the
-          output folder (`output_dir`, else the run's folder under default_root_dir).
+    on_fit_start   frozen DUSt3R (adapters off) over the scene's pair graph -> `before`
+                   -> robust global alignment (align -> re-weight -> align) and the
+                      pseudo-label masks -> `calibration`
+                   -> pseudo-labels: the aligned points at the high-confidence pixels
+                      (or, labels='oracle', ground truth at those same pixels) -> `labels`
+    training_step  LoRA on a batch of pairs, DUSt3R's confidence-aware loss on the labels
+                   (conf_loss=False: the plain regression error), AdamW with a cosine
+                   schedule; gradient clipping is the Trainer's (default.yaml)
+    on_fit_end     `AdapterModule` writes adapter.safetensors into the output folder
+    predict        aligns the adapted model's predictions and writes cloud.ply, poses.json
+                   and preview.png (depth, confidence before / after, a rendered view)
+
+`lorakit lora3d fit`, `fit_scene` (fit.py), the demo and the benchmark all run this
+module through `pl.Trainer`. After fit, `stats` holds the stage times (inference_s,
+alignment_s, training_s) and `before` / `calibration` / `labels` what they came from.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -21,16 +29,22 @@ from lorakit.config import LoRAConfig
 from lorakit.errors import LoraKitError
 from lorakit.lightning_module import AdapterModule
 
-from .align import robust_alignment
-from .calibrate import (
-    PseudoLabels,
-    SelfCalibration,
-    calibration_loss,
-    pairwise_inference,
-    pseudo_labels,
-)
+from .align import CalibrationTargets, PairPredictions, robust_alignment
+from .inference import make_pairs, pairwise_inference, predict_pairs
+from .loss import confidence_loss, regression_errors
 from .model import EMBEDDED, LORA_TARGETS, load_checkpoint
 from .outputs import preview, write_ply, write_poses
+from .reweight import PseudoLabels, image_confidence, oracle_labels, pseudo_labels
+
+LABEL_SOURCES = ("pseudo", "oracle")
+
+
+def regression_loss(pred, gt, valid) -> torch.Tensor:
+    """Sum over views of the mean ||pred/z - gt/zgt|| over the labelled pixels: DUSt3R's
+    regression term without the confidence (the ablation conf_loss=False)."""
+    errs = regression_errors(pred, gt, valid)
+    return sum((e * m.float()).sum() / m.float().sum().clamp(min=1e-8)
+               for e, m in zip(errs, valid))
 
 
 class SelfCalibrationModule(AdapterModule):
@@ -41,49 +55,57 @@ class SelfCalibrationModule(AdapterModule):
             embedded tiny model.
         rank: LoRA rank.
         alpha: LoRA alpha.
-        targets: module patterns to adapt (default: the 48 transformer nn.Linear).
+        targets: module patterns to adapt (default: the transformer blocks' nn.Linear).
         align_iters: iterations of the first global alignment.
         round_iters: iterations of each re-weighting round.
-        reweight_rounds: confidence re-weighting rounds (0: none, an ablation).
+        align_lr: Adam learning rate of the global alignment.
+        reweight_rounds: confidence re-weighting rounds (0: none, the ablation "no
+            re-weighting": plain alignment, labels from the raw confidence).
         mu_factor: robust residual scale, times the median residual.
         conf_threshold: keep pixels whose calibrated confidence exceeds it (None: use
             keep_fraction).
         keep_fraction: fraction of each image kept as pseudo-labels.
-        all_points: every pixel is a pseudo-label (ablation).
+        all_points: every pixel is a label (the ablation "all points").
+        labels: 'pseudo' (the method: aligned points) or 'oracle' (the synthetic scene's
+            ground-truth points at the same pixels; needs ground truth, a diagnostic).
+        conf_loss: DUSt3R's confidence-aware loss; False is the ablation "no confidence
+            in the loss" (plain regression error on the labels).
+        loss_alpha: weight of -log(confidence) in the loss.
         init: alignment initialisation, 'mst' (falls back to 'random' on a NaN focal).
         backend: aligner, 'auto', 'native' or 'upstream' (mini-dust3r's PointCloudOptimizer).
-        loss_alpha: weight of -log(confidence) in the loss.
         adapter: an adapter file to load before predicting.
         output_dir: where fit writes adapter.safetensors and predict writes cloud.ply,
             poses.json, preview.png; None: the run's folder under
             --trainer.default_root_dir.
-        lr: adapter learning rate.
+        lr: peak adapter learning rate (cosine decay to zero over the run's steps).
     """
 
     def __init__(self, checkpoint: str | None = None, rank: int = 8, alpha: float = 16.0,
                  targets: list[str] | None = None, align_iters: int = 150,
-                 round_iters: int = 50, reweight_rounds: int = 2, mu_factor: float = 1.0,
-                 conf_threshold: float | None = None, keep_fraction: float = 0.5,
-                 all_points: bool = False, init: str = "mst", backend: str = "auto",
-                 loss_alpha: float = 0.2, adapter: str | None = None,
+                 round_iters: int = 50, align_lr: float = 0.01, reweight_rounds: int = 2,
+                 mu_factor: float = 1.0, conf_threshold: float | None = None,
+                 keep_fraction: float = 0.5, all_points: bool = False, labels: str = "pseudo",
+                 conf_loss: bool = True, loss_alpha: float = 0.2, init: str = "mst",
+                 backend: str = "auto", adapter: str | None = None,
                  output_dir: str | None = None, lr: float = 2e-3) -> None:
         super().__init__(lr=lr, weight_decay=0.0, optimizer="adamw", output_dir=output_dir)
+        if labels not in LABEL_SOURCES:
+            raise LoraKitError(f"labels must be 'pseudo' or 'oracle', got {labels!r}")
+        if reweight_rounds < 0:
+            raise LoraKitError(f"reweight_rounds must be >= 0, got {reweight_rounds}")
         self.save_hyperparameters()
         self.checkpoint = checkpoint
+        self.label_source = labels
         self.model, self.model_args = load_checkpoint(checkpoint)
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.cfg = SelfCalibration(
-            align_iters=align_iters, round_iters=round_iters, align_lr=0.01,
-            reweight_rounds=reweight_rounds, mu_factor=mu_factor,
-            conf_threshold=conf_threshold, keep_fraction=keep_fraction, all_points=all_points,
-            init=init, backend=backend, rank=rank, alpha=alpha,
-            targets=list(targets or LORA_TARGETS), lr=lr, loss_alpha=loss_alpha)
         self.attach_adapters(self.model, LoRAConfig(rank=rank, alpha=alpha,
                                                     targets=list(targets or LORA_TARGETS)))
         if adapter is not None:
             self._load_adapter(adapter)
-        self.labels: PseudoLabels | None = None
+        self.before: PairPredictions | None = None       # the frozen model's predictions
+        self.calibration: CalibrationTargets | None = None   # robust alignment and label masks
+        self.labels: PseudoLabels | None = None          # what training_step fits
         self.stats: dict = {}
 
     def _load_adapter(self, path) -> None:
@@ -106,49 +128,90 @@ class SelfCalibrationModule(AdapterModule):
                                f"DUSt3R checkpoint expects {want[0]}x{want[1]}: set "
                                f"--data.size {want[0]}")
 
+    def make_labels(self, images: torch.Tensor, edges, truth=None) -> PseudoLabels:
+        """Inference with the adapters off, robust alignment, label selection (timed)."""
+        hp = self.hparams
+        if self.label_source == "oracle" and truth is None:
+            raise LoraKitError("labels='oracle' trains on ground-truth points and this scene "
+                               "has none: pass gt_pts3d (and gt_valid) to fit_scene, or fit "
+                               "a synthetic scene (no --data.images)")
+        t = time.perf_counter()
+        with self.adapters.disabled():
+            self.before = pairwise_inference(self.model, images.to(self.device), edges).to("cpu")
+        t_inf = time.perf_counter() - t
+        t = time.perf_counter()
+        self.calibration = robust_alignment(
+            self.before, rounds=hp.reweight_rounds, niter=hp.align_iters,
+            niter_round=hp.round_iters, lr=hp.align_lr, init=hp.init, backend=hp.backend,
+            mu_factor=hp.mu_factor, threshold=hp.conf_threshold, keep_fraction=hp.keep_fraction)
+        labels = pseudo_labels(self.calibration, hp.all_points)
+        if self.label_source == "oracle":
+            labels = oracle_labels(labels, truth.pts3d, truth.valid, truth.poses)
+        a = self.calibration.alignment
+        self.stats = {"inference_s": t_inf, "alignment_s": time.perf_counter() - t,
+                      "backend": a.backend, "alignment_rounds": self.calibration.rounds,
+                      "alignment_notes": a.notes, "labels": labels.source,
+                      "pseudo_label_fraction": float(labels.masks.float().mean())}
+        for note in a.notes:
+            print(f"lora3d: {note}", flush=True)
+        self.labels = labels
+        return labels
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
         dm = self._scene()
         self._check_size(dm.images)
-        t = time.perf_counter()
-        with self.adapters.disabled():
-            preds = pairwise_inference(self.model, dm.images, dm.edges)
-        t_inf = time.perf_counter() - t
-        t = time.perf_counter()
-        targets = self.cfg.align(preds)
-        self.labels = pseudo_labels(targets, dm.edges, self.cfg.all_points)
-        self.stats = {"inference_s": t_inf, "alignment_s": time.perf_counter() - t,
-                      "alignment_rounds": targets.rounds,
-                      "alignment_notes": targets.alignment.notes,
-                      "pseudo_label_fraction": float(self.labels.masks.float().mean())}
-        for note in targets.alignment.notes:
-            print(f"lora3d: {note}", flush=True)
+        self.make_labels(dm.images, dm.edges, dm.truth)
+        self.model.train()
+
+    def on_train_start(self) -> None:
+        self._t_train = time.perf_counter()
+
+    def on_train_end(self) -> None:
+        self.stats["training_s"] = time.perf_counter() - self._t_train
+
+    def labelled_loss(self, images: torch.Tensor, edges) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, regression error) of the adapted model on `edges` against the labels."""
+        if self.labels is None:
+            raise LoraKitError("labels are missing: on_fit_start (or make_labels) did not run")
+        o = predict_pairs(self.model, images.to(self.device), edges, batch=len(edges))
+        gi, gj, mi, mj = (t.to(self.device) for t in self.labels.targets(edges))
+        pred, gt, valid = [o["pts_i"], o["pts_j"]], [gi, gj], [mi, mj]
+        if not self.hparams.conf_loss:
+            loss = regression_loss(pred, gt, valid)
+            return loss, loss.detach()
+        loss, parts = confidence_loss(pred, [o["conf_i"], o["conf_j"]], gt, valid,
+                                      self.hparams.loss_alpha)
+        return loss, parts["regr"]
 
     def training_step(self, batch, batch_idx):
-        if self.labels is None:
-            raise LoraKitError("pseudo-labels are missing: on_fit_start did not run")
         edges = [tuple(int(x) for x in e) for e in batch]
-        loss, parts = calibration_loss(self.model, self._scene().images, self.labels, edges,
-                                       self.cfg.loss_alpha)
+        loss, regr = self.labelled_loss(self._scene().images, edges)
         if not torch.isfinite(loss):
-            raise LoraKitError(f"LoRA fine-tuning diverged at step {self.global_step}")
+            raise LoraKitError(f"LoRA fine-tuning diverged at step {self.global_step} "
+                               f"(loss {loss.detach().item()})")
         self.log("train_loss", loss, prog_bar=True, batch_size=len(edges))
-        self.log("train_regr", parts["regr"], batch_size=len(edges))
+        self.log("train_regr", regr, batch_size=len(edges))
         return loss
+
+    def configure_optimizers(self):
+        """AdamW over the adapters, lr decayed by a half cosine to zero at the last step."""
+        opt = super().configure_optimizers()
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def adapter_metadata(self) -> dict:
         return {"plugin": "lora3d", "base_model": self.model_args,
                 "checkpoint": self.checkpoint or EMBEDDED.name, "steps": int(self.global_step),
-                "calibration": self.cfg.to_dict(), "stats": self.stats}
+                "calibration": dict(self.hparams), "stats": self.stats}
 
     # --- predict -----------------------------------------------------------------------
     def predict_step(self, batch, batch_idx=0):
         images, names = batch["images"], batch["names"]
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        edges = dm.edges if dm is not None and dm.edges else None
-        if edges is None:
-            from .calibrate import make_pairs
-            edges = make_pairs(images.shape[0])
+        edges = dm.edges if dm is not None and dm.edges else make_pairs(images.shape[0])
         return self.reconstruct(images, names, edges, self.output_folder())
 
     def reconstruct(self, images, names, edges, out_dir) -> dict:
@@ -161,19 +224,20 @@ class SelfCalibrationModule(AdapterModule):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         with self.adapters.disabled():
-            before = pairwise_inference(self.model, images, edges)
-        after = pairwise_inference(self.model, images, edges)
-        targets = robust_alignment(after, rounds=0, niter=self.cfg.align_iters,
-                                   init=self.cfg.init, backend=self.cfg.backend)
-        a = targets.alignment
-        from .align import image_confidence
+            before = pairwise_inference(self.model, images.to(self.device), edges).to("cpu")
+        after = pairwise_inference(self.model, images.to(self.device), edges).to("cpu")
+        hp = self.hparams
+        a = robust_alignment(after, rounds=0, niter=hp.align_iters, lr=hp.align_lr,
+                             init=hp.init, backend=hp.backend).alignment
         n = images.shape[0]
         conf_b = image_confidence(edges, before.conf_i, before.conf_j, n, "max")
         conf_a = image_confidence(edges, after.conf_i, after.conf_j, n, "max")
+        images = images.cpu()
         ply = write_ply(out / "cloud.ply", a.pts3d, images)
         poses = write_poses(out / "poses.json", a.poses, a.focals, list(names),
-                            tuple(images.shape[1:3]),
-                            {"alignment_loss": a.loss, "init": a.init, "notes": a.notes})
+                            tuple(images.shape[1:3]), {"alignment_loss": a.loss,
+                                                       "init": a.init, "backend": a.backend,
+                                                       "notes": a.notes})
         png = preview(out / "preview.png", images, a.depths, conf_b, conf_a, a.pts3d, a.poses,
                       float(a.focals.mean()) * 1.5, "lora3d: aligned with the adapted model")
         return {"ply": str(ply), "poses": str(poses), "preview": str(png),

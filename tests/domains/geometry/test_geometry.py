@@ -1,11 +1,11 @@
-"""The geometry domain: procedural scenes, image folders, metrics."""
+"""The geometry domain: procedural scenes, image folders, metrics, transforms."""
 import math
 
 import pytest
 import torch
 
 from lorakit.domains.geometry import images as gimages
-from lorakit.domains.geometry import metrics, scenes
+from lorakit.domains.geometry import metrics, scenes, transforms
 from lorakit.errors import LoraKitError
 
 
@@ -65,7 +65,7 @@ def test_degradations_and_unseen_style(views):
         scenes.make_target_scene(scenes.HELD_OUT_SEEDS, n_views=2, size=16)
     with pytest.raises(ValueError):
         scenes.degrade(img, "fog", g)
-    assert "cells" not in scenes.PRETRAIN_STYLES
+    assert set(scenes.PRETRAIN_STYLES).isdisjoint(scenes.UNSEEN_STYLES)
 
 
 def test_metrics_are_zero_for_exact_answers_up_to_scale(views):
@@ -112,3 +112,42 @@ def test_image_folder_errors(tmp_path, views):
     with pytest.raises(LoraKitError, match="mixed sizes"):
         gimages.read_folder(mixed)
     assert gimages.read_folder(mixed, size=16, allow_mixed_sizes=True)[0].shape[0] == 3
+
+
+def test_similarity_recovers_a_transform_and_ignores_zero_weight_outliers():
+    g = torch.Generator().manual_seed(0)
+    src = torch.randn(60, 3, generator=g)
+    pose = scenes.look_at(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 0.0, 0.0]))
+    dst = 2.5 * src @ pose[:3, :3].T + pose[:3, 3]
+    dst[:10] += 5 * torch.randn(10, 3, generator=g)          # outliers
+    w = torch.ones(60)
+    w[:10] = 0
+    s, r, t = transforms.similarity(src, dst, w)
+    assert abs(float(s) - 2.5) < 1e-4
+    assert torch.allclose(r, pose[:3, :3], atol=1e-4) and torch.allclose(t, pose[:3, 3], atol=1e-4)
+    s, r, t = transforms.similarity(src[10:], dst[10:], scale=False)
+    assert float(s) == 1.0 and torch.allclose(r @ r.T, torch.eye(3), atol=1e-5)
+    s, r, t = transforms.similarity(src, 3 * src + 1, rotation=False)
+    assert abs(float(s) - 3) < 1e-5 and torch.equal(r, torch.eye(3))
+    assert torch.allclose(t, torch.ones(3), atol=1e-5)
+
+
+def test_quaternions_round_trip_and_to_frame_inverts_the_pose(views):
+    r = views.poses[:, :3, :3]
+    assert torch.allclose(transforms.quat_to_rotmat(transforms.rotmat_to_quat(r)), r, atol=1e-5)
+    cam = transforms.to_frame(views.poses[0], views.pts3d[0])
+    assert torch.allclose(transforms.apply(views.poses[0], cam), views.pts3d[0], atol=1e-4)
+    assert torch.allclose(cam[..., 2], views.depth[0], atol=1e-4)
+    f = transforms.estimate_focal(cam, torch.ones(24, 24))
+    assert abs(float(f) - float(views.K[0, 0, 0])) < 1e-2
+
+
+def test_camera_from_world_points_is_the_rendering_camera(views):
+    for k in range(3):
+        pose, K = transforms.camera_from_pointmap(views.pts3d[k], views.valid[k])
+        assert torch.allclose(pose, views.poses[k], atol=1e-3)
+        assert torch.allclose(K, views.K[k], atol=1e-2)
+    wall = views.pts3d[0].clone()
+    wall[..., 2] = 1.0                                      # every point on one plane
+    with pytest.raises(LoraKitError, match="one plane"):
+        transforms.camera_from_pointmap(wall)

@@ -2,6 +2,7 @@
 import torch
 
 from lorakit.domains.geometry import scenes
+from lorakit.domains.geometry.transforms import to_frame
 from lorakit.plugins.lora3d import align as A
 
 INF = float("inf")
@@ -21,7 +22,7 @@ def exact_predictions(n=4, size=20, seed=5, conf=3.0):
     pi, pj = [], []
     for i, j in edges:
         s = 0.5 + float(torch.rand(1, generator=g))
-        pi.append(A.to_frame(views.poses[i], views.pts3d[i]) * s)
-        pj.append(A.to_frame(views.poses[i], views.pts3d[j]) * s)
+        pi.append(to_frame(views.poses[i], views.pts3d[i]) * s)
+        pj.append(to_frame(views.poses[i], views.pts3d[j]) * s)
     c = torch.full((len(edges), size, size), conf)
     return views, A.PairPredictions(edges, torch.stack(pi), torch.stack(pj), c, c.clone())

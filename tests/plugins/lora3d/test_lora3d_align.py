@@ -1,12 +1,15 @@
-"""lora3d without DUSt3R: global alignment, re-weighting, pseudo-labels, the loss, errors."""
+"""lora3d without DUSt3R: global alignment, its backends, re-weighting, pseudo-labels, the loss."""
 import math
 
 import pytest
 import torch
 
 from lorakit.domains.geometry.metrics import relative_pose_errors
+from lorakit.domains.geometry.transforms import to_frame
 from lorakit.errors import LoraKitError
 from lorakit.plugins.lora3d import align as A
+from lorakit.plugins.lora3d import aligners
+from lorakit.plugins.lora3d import reweight as R
 from lorakit.plugins.lora3d.loss import confidence_loss
 
 from .helpers import exact_predictions
@@ -31,15 +34,56 @@ def test_upstream_point_cloud_optimizer_recovers_ground_truth_poses():
     assert errs["rot_err_deg"] < 2 and errs["trans_dir_err_deg"] < 3
 
 
-def test_mst_failure_falls_back_to_random_init_and_says_so(monkeypatch):
-    _, preds = exact_predictions(n=3, size=12)
+def test_auto_backend_falls_back_to_native_on_import_error_only(monkeypatch):
+    real = A.importlib.import_module
 
+    def fake(error):
+        def imp(name, *a):
+            if name == "mini_dust3r.cloud_opt":
+                raise error
+            return real(name, *a)
+        return imp
+    _, preds = exact_predictions(n=3, size=12)
+    monkeypatch.setattr(A.importlib, "import_module", fake(ImportError("no torchvision")))
+    result, aligner = A.global_align(preds, niter=2, backend="auto")
+    assert result.backend == "native" and isinstance(aligner, aligners.NativeAligner)
+    with pytest.raises(LoraKitError, match="no torchvision"):
+        A.global_align(preds, niter=2, backend="upstream")
+    monkeypatch.setattr(A.importlib, "import_module",
+                        fake(RuntimeError("operator torchvision::nms does not exist")))
+    with pytest.raises(RuntimeError, match="nms"):   # a broken install is not hidden
+        A.global_align(preds, niter=2, backend="auto")
+
+
+def test_both_backends_implement_the_aligner_protocol():
+    members = [m for m in vars(aligners.Aligner) if not m.startswith("_")]
+    assert set(members) >= {"initialise", "set_weights", "parameters", "loss", "residuals",
+                            "geometry"}
+    for name, cls in aligners.BACKENDS.items():
+        assert cls.name == name
+        assert all(callable(getattr(cls, m)) for m in members if m not in ("name", "notes"))
+
+
+@pytest.fixture
+def mst_fails(monkeypatch):
+    """The native aligner's MST initialisation fails as it does on a NaN focal."""
     def boom(self):
-        raise A.AlignmentError("init 'mst'", "NaN focal")
-    monkeypatch.setattr(A.NativeAligner, "init_mst", boom)
+        raise ValueError("NaN focal")
+    monkeypatch.setattr(aligners.NativeAligner, "init_mst", boom)
+    return exact_predictions(n=3, size=12)[1]
+
+
+def test_mst_failure_falls_back_to_random_init_and_says_so(mst_fails):
     with pytest.warns(UserWarning, match="fell back"):
-        result, _ = A.global_align(preds, niter=5, backend="native")
+        result, _ = A.global_align(mst_fails, niter=5, backend="native")
     assert result.init.startswith("random") and "fell back" in result.notes[0]
+
+
+def test_warm_started_rounds_keep_the_initialisation_notes(mst_fails):
+    with pytest.warns(UserWarning, match="fell back"):
+        targets = A.robust_alignment(mst_fails, rounds=1, niter=4, backend="native")
+    assert "fell back" in targets.alignment.notes[0]
+    assert targets.rounds[0]["backend"] == targets.alignment.backend == "native"
 
 
 UPSTREAM = pytest.mark.skipif(not A.upstream_available(),
@@ -54,7 +98,7 @@ def test_reweighting_lowers_the_weight_of_injected_outliers(backend):
     g = torch.Generator().manual_seed(0)
     preds.pts_j[0][bad] += torch.randn(int(bad.sum()), 3, generator=g) * 2.0
     targets = A.robust_alignment(preds, rounds=2, niter=60, niter_round=30, backend=backend)
-    wi, wj, ci, cj = A.reweight(preds, targets.alignment)
+    wi, wj, ci, cj = R.reweight(preds, targets.alignment)
     assert wj[0][bad].mean() < 0.2 * wj[0][~bad].mean()
     assert cj[0][bad].mean() < 0.5 * cj[0][~bad].mean()
     # the raw confidence could not tell them apart; the other edges keep the image's
@@ -67,11 +111,11 @@ def test_reweighting_lowers_the_weight_of_injected_outliers(backend):
 
 def test_robust_factor_is_the_closed_form_weight_and_scale_free():
     r = torch.tensor([[0.0, 0.5, 1.0, 3.0, 4.0]])
-    ki, kj = A.robust_factor(r, r)               # mu = the median residual = 1.0
+    ki, kj = R.robust_factor(r, r)               # mu = the median residual = 1.0
     assert torch.allclose(ki, torch.tensor([[1.0, 4 / 9, 1 / 4, 1 / 16, 1 / 25]]))
     assert torch.equal(ki, kj)
     assert ki[0, 0] == 1.0 and (ki[0, 1:] < ki[0, :-1]).all()
-    k10, _ = A.robust_factor(10 * r, 10 * r)
+    k10, _ = R.robust_factor(10 * r, 10 * r)
     assert torch.allclose(k10, ki)
 
 
@@ -79,7 +123,7 @@ def test_residuals_are_relative_to_the_depth_of_the_point():
     views, preds = exact_predictions(n=3, size=20)
     e = 0
     i, j = preds.edges[e]
-    d = A.to_frame(views.poses[i], views.pts3d[j])[..., 2]
+    d = to_frame(views.poses[i], views.pts3d[j])[..., 2]
     near, far = divmod(int(d.argmin()), 20), divmod(int(d.argmax()), 20)
     assert d[far] > 3 * d[near]                 # an absolute residual would be 3x larger
     for (y, x) in (near, far):                   # the same 10 % error, relative to depth
@@ -94,13 +138,13 @@ def test_image_confidence_mean_and_max_over_the_edges_that_see_a_pixel():
     edges = [(0, 1), (1, 0)]
     ci = torch.tensor([1.0, 3.0]).view(2, 1, 1).expand(2, 2, 2)
     cj = torch.tensor([5.0, 7.0]).view(2, 1, 1).expand(2, 2, 2)
-    mean = A.image_confidence(edges, ci, cj, 2, "mean")
+    mean = R.image_confidence(edges, ci, cj, 2, "mean")
     assert torch.allclose(mean[0], torch.full((2, 2), 4.0))    # (1 + 7) / 2
     assert torch.allclose(mean[1], torch.full((2, 2), 4.0))    # (5 + 3) / 2
-    mx = A.image_confidence(edges, ci, cj, 2, "max")
+    mx = R.image_confidence(edges, ci, cj, 2, "max")
     assert torch.allclose(mx[0], torch.full((2, 2), 7.0))
     with pytest.raises(LoraKitError):
-        A.image_confidence(edges, ci, cj, 2, "median")
+        R.image_confidence(edges, ci, cj, 2, "median")
 
 
 def test_reweighted_selection_keeps_inliers_that_raw_confidence_would_drop():
@@ -124,13 +168,13 @@ def test_reweighted_selection_keeps_inliers_that_raw_confidence_would_drop():
 
 def test_pseudo_label_selection():
     conf = torch.arange(2 * 10 * 10, dtype=torch.float32).reshape(2, 10, 10)
-    m = A.select_pseudo_labels(conf, keep_fraction=0.3)
+    m = R.select_pseudo_labels(conf, keep_fraction=0.3)
     assert m.shape == conf.shape and m[0].sum() == 30 and m[1].sum() == 30
     assert conf[0][m[0]].min() > conf[0][~m[0]].max()
-    m = A.select_pseudo_labels(conf, threshold=150.0)
+    m = R.select_pseudo_labels(conf, threshold=150.0)
     assert m[0].sum() == 16 and m[1].sum() == 49          # min_pixels guard for image 0
     with pytest.raises(LoraKitError):
-        A.select_pseudo_labels(conf, keep_fraction=0.0)
+        R.select_pseudo_labels(conf, keep_fraction=0.0)
 
 
 def test_alignment_divergence_is_detected_with_the_stage():

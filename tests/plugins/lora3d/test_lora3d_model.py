@@ -1,4 +1,4 @@
-"""lora3d with a micro DUSt3R: checkpoints, calibration step, merge, Lightning, errors."""
+"""lora3d with a micro DUSt3R: checkpoints, merge, Lightning, errors."""
 import argparse
 
 import pytest
@@ -18,14 +18,14 @@ def micro_model(seed=0):
     return build_model(MICRO).eval()
 
 
-def test_tiny_model_has_the_48_lora_targets_and_about_a_million_parameters():
+def test_tiny_model_has_the_80_lora_targets_and_about_three_million_parameters():
     import lorakit
     from lorakit.plugins.lora3d.model import LORA_TARGETS, TINY_ARGS, build_model
     model = build_model(TINY_ARGS)
     n = sum(p.numel() for p in model.parameters())
-    assert 0.7e6 < n < 1.5e6
+    assert 2.5e6 < n < 5e6          # the issue's bound: <= 5 M parameters, <= 20 MB
     adapters = lorakit.attach(model, lorakit.LoRAConfig(rank=4, targets=LORA_TARGETS))
-    assert len(adapters.layers) == 48
+    assert len(adapters.layers) == 80
 
 
 def test_checkpoint_round_trip_in_the_upstream_format(tmp_path):
@@ -61,40 +61,9 @@ def test_a_checkpoint_that_is_not_dust3r_is_refused(tmp_path):
         load_checkpoint(tmp_path / "missing.pth")
 
 
-def test_one_calibration_step_reduces_the_loss_on_pseudo_labels():
-    import lorakit
-    from lorakit.plugins.lora3d.calibrate import (
-        SelfCalibration,
-        calibration_loss,
-        make_pairs,
-        pairwise_inference,
-        pseudo_labels,
-    )
-    from lorakit.plugins.lora3d.model import LORA_TARGETS
-    model = micro_model()
-    views = scenes.make_target_scene(2, n_views=3, size=16)
-    edges = make_pairs(3)
-    cfg = SelfCalibration(align_iters=20, round_iters=10, reweight_rounds=1, backend="native")
-    preds = pairwise_inference(model, views.images, edges)
-    labels = pseudo_labels(cfg.align(preds), edges)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    adapters = lorakit.attach(model, lorakit.LoRAConfig(rank=4, targets=LORA_TARGETS))
-    opt = torch.optim.Adam(adapters.parameters(), lr=1e-2)
-    model.train()
-    before, _ = calibration_loss(model, views.images, labels, edges)
-    opt.zero_grad()
-    before.backward()
-    opt.step()
-    with torch.no_grad():
-        after, _ = calibration_loss(model, views.images, labels, edges)
-    assert after.item() < before.item()
-    assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
-
-
 def test_merged_adapter_gives_the_unmerged_prediction():
     import lorakit
-    from lorakit.plugins.lora3d.calibrate import pairwise_inference
+    from lorakit.plugins.lora3d.inference import pairwise_inference
     from lorakit.plugins.lora3d.model import LORA_TARGETS
     model = micro_model()
     adapters = lorakit.attach(model, lorakit.LoRAConfig(rank=4, targets=LORA_TARGETS))
@@ -115,7 +84,7 @@ def test_merged_adapter_gives_the_unmerged_prediction():
 
 
 def test_pair_graphs():
-    from lorakit.plugins.lora3d.calibrate import make_pairs
+    from lorakit.plugins.lora3d.inference import make_pairs
     assert len(make_pairs(4)) == 12
     swin = make_pairs(5, "swin", 1)
     assert (0, 1) in swin and (1, 0) in swin and (0, 2) not in swin and len(swin) == 8
