@@ -1,16 +1,22 @@
 """Benchmark suite `federated`: FedAvg-LoRA, FFA-LoRA, LoRA-FAIR and Fed-SB on Flower's
 simulation engine (lorakit.plugins.federated), the same rounds and local steps for each.
 
-Base: the plugin's tiny random BERT on its synthetic four-domain token task, one domain
-per client (MiniLM and the four-domain sentiment data are not wired to the federated
-apps yet, so these figures say nothing about the papers' MiniLM-scale claims). No DP.
+Base (`--base`): "tiny", the plugin's tiny random BERT on its synthetic four-domain token
+task (a smoke test of the machinery: its figures say nothing about the papers' claims),
+or "minilm", all-MiniLM-L6-v2 on the four-domain sentiment data (movies, tweets, Amazon,
+NYT; 256 training sentences per domain, 128 test), suite `federated-minilm`. One domain
+per client either way. The learning rates are not tuned (tiny 1e-2, MiniLM 3e-3).
 
 Figures per strategy (mean over seeds): final global accuracy, bytes sent per client per
-round, mean aggregation error ‖aggregated ΔW − Σ pᵢ ΔWᵢ‖_F, wall time.
+round, mean aggregation error ‖aggregated ΔW − Σ pᵢ ΔWᵢ‖_F, wall time; and the same run
+again with per-client DP-SGD at a fixed budget (ε = 8, δ = 1e-5 over the whole run, σ
+solved per client by Opacus's RDP accountant; clipping C = 1): `<strategy>.dp.*` and
+`<strategy>.dp_accuracy_drop` (accuracy without DP minus with).
 
-    run(out_dir, threads=1, quick=False) -> {"figures", "rows", "notes"} (+ accuracy.png)
-    full: 4 clients, 5 rounds, 10 local steps, seeds 0-2; quick: 2 clients, 2 rounds,
-    3 local steps, seed 0.
+    run(out_dir, threads=1, quick=False, base="tiny") -> {"figures", "rows", "notes"}
+    (+ accuracy.png, accuracy_dp.png); full: 4 clients, 5 rounds, 10 local steps, seeds
+    0-2; quick: 2 clients, 2 rounds, 3 local steps, seed 0 (MiniLM: 64 sentences per
+    domain). `python -m lorakit.benchmarks.federated_suite --base minilm` for MiniLM.
 """
 from __future__ import annotations
 
@@ -22,31 +28,58 @@ from lorakit.plugins.federated.aggregation import STRATEGIES
 from lorakit.plugins.federated.run import measure, plot_accuracy
 
 SUITE = "federated"
+DP = {"dp.enabled": True, "dp.target_epsilon": 8.0, "dp.delta": 1e-5, "dp.max_grad_norm": 1.0}
 
 
-def run(out_dir, threads: int = 1, quick: bool = False) -> dict:
+def run(out_dir, threads: int = 1, quick: bool = False, base: str = "tiny") -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
     seeds = [0] if quick else [0, 1, 2]
     setting = ({"clients": 2, "rounds": 2, "local-steps": 3} if quick
                else {"clients": 4, "rounds": 5, "local-steps": 10})
+    setting["base"] = base
+    if base == "minilm":
+        setting.update({"lr": 3e-3, "train-per-domain": 64 if quick else 256,
+                        "test-per-domain": 64 if quick else 128})
     rows, per_seed = [], []
     for seed in seeds:
         results, figures = measure(STRATEGIES, seed=seed, **setting)
+        private, dp_figures = measure(STRATEGIES, seed=seed, **setting, **DP)
+        figures.update({k.replace(".", ".dp.", 1): v for k, v in dp_figures.items()})
         per_seed.append(figures)
         if seed == seeds[0]:
             plot_accuracy(results, out / "accuracy.png")
-        for name, res in results.items():
-            for r in res["history"]:
-                rows.append({"seed": seed, "strategy": name, "round": r["round"],
-                             "accuracy": r.get("accuracy"), "error": r.get("error"),
-                             "bytes_per_client": r.get("bytes_per_client"),
-                             "clients": r.get("clients")})
+            plot_accuracy(private, out / "accuracy_dp.png")
+        for dp, runs in ((False, results), (True, private)):
+            for name, res in runs.items():
+                for r in res["history"]:
+                    rows.append({"seed": seed, "strategy": name, "dp": dp, "round": r["round"],
+                                 "accuracy": r.get("accuracy"), "error": r.get("error"),
+                                 "bytes_per_client": r.get("bytes_per_client"),
+                                 "clients": r.get("clients"), "epsilon": r.get("epsilon")})
     figures = {k: sum(f[k] for f in per_seed) / len(per_seed) for k in per_seed[0]}
+    for name in STRATEGIES:
+        figures[f"{name}.dp_accuracy_drop"] = (figures[f"{name}.final_accuracy"]
+                                               - figures[f"{name}.dp.final_accuracy"])
     fedavg_bytes = figures["fedavg.bytes_per_client"]
     figures["fedsb.bytes_vs_fedavg"] = figures["fedsb.bytes_per_client"] / fedavg_bytes
     figures["ffa.bytes_vs_fedavg"] = figures["ffa.bytes_per_client"] / fedavg_bytes
-    notes = (f"Setting: {setting}, seeds {seeds}, tiny random BERT, synthetic four-domain "
-             "task, one domain per client, Flower simulation engine (Ray). No DP runs.")
-    return {"figures": figures, "rows": rows, "notes": notes, "plots": ["accuracy.png"]}
+    data = ("tiny random BERT, synthetic four-domain task" if base == "tiny"
+            else "all-MiniLM-L6-v2, four-domain sentiment data")
+    notes = (f"Setting: {setting}, seeds {seeds}, {data}, one domain per client, Flower "
+             "simulation engine (Ray). DP arm: "
+             f"{DP}, Poisson sampling at q = batch/n per client; `*.dp.epsilon` is the "
+             "worst client's ε spent by the last round.")
+    return {"figures": figures, "rows": rows, "notes": notes,
+            "plots": ["accuracy.png", "accuracy_dp.png"]}
+
+
+if __name__ == "__main__":
+    from lorakit.bench import suite_parser, write_suite_run
+
+    p = suite_parser(__doc__, SUITE)
+    p.add_argument("--base", choices=["tiny", "minilm"], default="tiny")
+    a = p.parse_args()
+    write_suite_run(SUITE if a.base == "tiny" else f"{SUITE}-{a.base}", a,
+                    lambda: run(a.out, a.threads, a.quick, base=a.base))

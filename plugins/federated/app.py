@@ -4,13 +4,18 @@ adapter locally with Lightning and replies with only the tensors its strategy se
 
 A run's settings travel in Flower's run config (`flwr run --run-config` or
 `Context.run_config` in simulation): strategy, rank, lr, local-steps, batch-size, seed,
-clients, alpha (Dirichlet), base ("tiny": a tiny random BERT, the only base wired so far).
+clients, dirichlet (α), base ("tiny": a tiny random BERT on a synthetic four-domain task;
+"minilm": all-MiniLM-L6-v2 on the four-domain sentiment data, `train-per-domain` /
+`test-per-domain` sentences per domain), min-clients (the fewest replies a round goes on
+with; 0: all clients), round-timeout, history-file (where the ServerApp writes the run's
+per-round record as JSON), and the per-client DP-SGD settings `dp.*` (privacy.py).
 """
 from __future__ import annotations
 
 import json
 import logging
 import zlib
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -20,27 +25,38 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from lorakit import LoRAConfig
+from lorakit.atomic import atomic_write
 from lorakit.lightning_module import AdapterModule
 
 from .aggregation import METHOD, aggregate, check_strategy, payload_bytes, reject_reason, sent_keys
 from .data import DOMAINS, client_loader, held_out
+from .privacy import DPConfig, epsilon, noise_for_epsilon, per_sample_gradients, privatize
 
 log = logging.getLogger("lorakit.federated")
 
 DEFAULTS = {"strategy": "fedavg", "rank": 4, "alpha": 8.0, "lr": 1e-2, "local-steps": 20,
             "batch-size": 16, "seed": 0, "clients": 2, "dirichlet": 0.0, "base": "tiny",
-            "rounds": 2, "head": 1}
+            "rounds": 2, "head": 1, "min-clients": 0, "round-timeout": 600.0,
+            "history-file": "", "dp.enabled": False, "dp.noise_multiplier": 1.0,
+            "dp.max_grad_norm": 1.0, "dp.delta": 1e-5, "dp.target_epsilon": 0.0,
+            "train-per-domain": 256, "test-per-domain": 128}
 
 
 def settings(run_config) -> dict:
     return {**DEFAULTS, **dict(run_config or {})}
 
 
+BASES = ("tiny", "minilm")
+
+
 def make_base(cfg: dict) -> torch.nn.Module:
-    if cfg["base"] != "tiny":
-        raise ValueError(f"federated: base {cfg['base']!r} is not wired yet (only 'tiny')")
+    if cfg["base"] not in BASES:
+        raise ValueError(f"federated: unknown base {cfg['base']!r}; choose one of {BASES}")
     from transformers import BertConfig, BertForSequenceClassification
     torch.manual_seed(int(cfg["seed"]))         # every client and the server: one base, one head
+    if cfg["base"] == "minilm":
+        from lorakit.domains.text.minilm import minilm_dir
+        return BertForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2).eval()
     bert = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                       intermediate_size=64, max_position_embeddings=32, num_labels=2,
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -50,13 +66,24 @@ def make_base(cfg: dict) -> torch.nn.Module:
 class ClientModule(AdapterModule):
     """A sequence classifier whose only trained tensors are the adapter's (and the head's).
     Built by `from_cfg` (a federated client) it writes no files: its tensors go to the
-    server; under `lorakit federated fit` it saves its adapter like any module."""
+    server; under `lorakit federated fit` it saves its adapter like any module.
+
+    With `dp.enabled` each step is a DP-SGD step (privacy.py): per-sample gradients of the
+    trainable tensors, each clipped to `dp.max_grad_norm`, summed, Gaussian noise of std
+    σ·C added, divided by the expected batch size (`expected_batch`, set by the federated
+    client from its Poisson sampling rate; else the batch's own size)."""
 
     federated = False
 
     def __init__(self, strategy: str = "fedavg", rank: int = 4, alpha: float = 8.0,
-                 lr: float = 1e-2, seed: int = 0, base: str = "tiny", head: bool = True) -> None:
+                 lr: float = 1e-2, seed: int = 0, base: str = "tiny", head: bool = True,
+                 dp: DPConfig | None = None) -> None:
         super().__init__(lr=lr)
+        self.dp = dp or DPConfig()
+        self.automatic_optimization = not self.dp.enabled   # the DP step is written out below
+        self.noise_multiplier = self.dp.noise_multiplier
+        self.expected_batch: float | None = None
+        self.noise_generator: torch.Generator | None = None
         self.model = make_base({"base": base, "seed": seed})
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -69,16 +96,34 @@ class ClientModule(AdapterModule):
     @classmethod
     def from_cfg(cls, cfg: dict) -> ClientModule:
         module = cls(cfg["strategy"], int(cfg["rank"]), float(cfg["alpha"]), float(cfg["lr"]),
-                     int(cfg["seed"]), cfg["base"], bool(int(cfg["head"])))
+                     int(cfg["seed"]), cfg["base"], bool(int(cfg["head"])),
+                     DPConfig.from_settings(cfg))
         module.federated = True
         return module
 
     def forward(self, ids):
-        return self.model(input_ids=ids).logits
+        """Logits; id 0 is padding. The mask goes in as the additive 4-D form transformers
+        passes through unchanged: the 2-D form is checked with data-dependent control flow
+        (`mask.all()`), which `vmap`'s per-sample gradients (DP) cannot run."""
+        pad = (ids == 0)[:, None, None, :]
+        mask = torch.zeros(pad.shape, dtype=self.model.dtype).masked_fill(
+            pad, torch.finfo(self.model.dtype).min)
+        return self.model(input_ids=ids, attention_mask=mask).logits
 
     def training_step(self, batch, batch_idx):
         ids, y = batch
-        return torch.nn.functional.cross_entropy(self(ids), y)
+        if not self.dp.enabled:
+            return torch.nn.functional.cross_entropy(self(ids), y)
+        per_sample = per_sample_gradients(self, torch.nn.functional.cross_entropy, ids, y)
+        noisy = privatize(per_sample, self.dp.max_grad_norm, self.noise_multiplier,
+                          self.expected_batch or len(ids), self.noise_generator)
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        params = dict(self.named_parameters())
+        for name, g in noisy.items():
+            params[name].grad = g
+        optimizer.step()
+        return None
 
     def on_fit_end(self) -> None:
         if not self.federated:        # a client's adapter goes back to the server, not to a file
@@ -95,15 +140,41 @@ def state_of(module: ClientModule) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.adapters.state_dict().items()}
 
 
+def make_private(module: ClientModule, loader, n: int, cfg: dict, partition: int,
+                 server_round: int):
+    """Switch a client to DP-SGD for this round: Poisson sampling at q = batch / n (Opacus's
+    DPDataLoader, what the accountant assumes), σ from `dp.noise_multiplier` or solved for
+    `dp.target_epsilon` over the whole run, and ε spent after this round for δ, counting
+    every round so far (an upper bound when a client sat out a round).
+    The noise and sampling generators are seeded from (seed, partition, round): independent
+    draws per client and round, reproducible runs; keep the seed secret when the noise must
+    also hide the data from someone who knows the run's settings."""
+    from opacus.data_loader import DPDataLoader
+    dp = module.dp
+    steps = int(cfg["local-steps"])
+    q = min(1.0, int(cfg["batch-size"]) / n)
+    sigma = (noise_for_epsilon(dp.target_epsilon, q, steps * int(cfg["rounds"]), dp.delta)
+             if dp.target_epsilon > 0 else dp.noise_multiplier)
+    seed = (int(cfg["seed"]) * 1_000_003 + partition) * 10_007 + server_round
+    module.noise_multiplier, module.expected_batch = sigma, q * n
+    module.noise_generator = torch.Generator().manual_seed(seed)
+    loader = DPDataLoader.from_data_loader(loader, generator=torch.Generator().manual_seed(seed + 1))
+    return loader, {"epsilon": epsilon(sigma, q, steps * server_round, dp.delta),
+                    "noise-multiplier": sigma}
+
+
 def local_train(cfg: dict, global_state: dict[str, torch.Tensor], partition: int,
-                partitions: int) -> tuple[dict[str, torch.Tensor], dict]:
-    """One client's round: load the global adapter, train `local-steps` steps, return the
-    tensors its strategy sends and its metrics."""
+                partitions: int, server_round: int = 1) -> tuple[dict[str, torch.Tensor], dict]:
+    """One client's round: load the global adapter, train `local-steps` steps (DP-SGD when
+    `dp.enabled`), return the tensors its strategy sends and its metrics."""
     torch.set_num_threads(1)
     module = ClientModule.from_cfg(cfg)
     if global_state:
         module.adapters.load_state_dict(global_state, source="global adapter")
     loader, n = client_loader(cfg, partition, partitions)
+    privacy = {}
+    if module.dp.enabled:
+        loader, privacy = make_private(module, loader, n, cfg, partition, server_round)
     trainer = pl.Trainer(max_steps=int(cfg["local-steps"]), accelerator="cpu", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
@@ -111,7 +182,7 @@ def local_train(cfg: dict, global_state: dict[str, torch.Tensor], partition: int
     state = state_of(module)
     sent = {k: state[k] for k in sent_keys(cfg["strategy"], state)}
     return sent, {"num-examples": n, "base-id": base_id(module.adapters),
-                  "bytes": payload_bytes(sent)}
+                  "bytes": payload_bytes(sent), **privacy}
 
 
 class LoRAStrategy(FedAvg):
@@ -130,8 +201,8 @@ class LoRAStrategy(FedAvg):
         self.history: list[dict] = []
 
     def aggregate_train(self, server_round: int, replies):
-        valid, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
-        updates, weights, rejected = [], [], []
+        valid, failed = self._check_and_log_replies(replies, is_train=True, validate=False)
+        updates, weights, rejected, spent = [], [], [], []
         for msg in valid:
             content = msg.content
             arrays = next(iter(content.array_records.values()), None)
@@ -148,7 +219,13 @@ class LoRAStrategy(FedAvg):
                 continue
             updates.append(update)
             weights.append(float(metrics[self.weighted_by_key]))
-        row = {"round": server_round, "clients": len(updates), "rejected": rejected}
+            if "epsilon" in metrics:
+                spent.append(float(metrics["epsilon"]))
+        row = {"round": server_round, "clients": len(updates), "rejected": rejected,
+               "failed": [{"node": m.metadata.src_node_id, "reason": str(m.error.reason)}
+                          for m in failed]}
+        if spent:       # the worst client's ε so far (each client has its own budget)
+            row["epsilon"] = max(spent)
         if not updates:
             self.history.append(row)
             return None, None
@@ -191,7 +268,8 @@ def make_apps(overrides: dict | None = None, sink: list | None = None):
         state = msg.content["arrays"].to_torch_state_dict()
         part = int(context.node_config.get("partition-id", 0))
         parts = int(context.node_config.get("num-partitions", cfg["clients"]))
-        sent, metrics = local_train(cfg, state, part, parts)
+        server_round = int(msg.content["config"].get("server-round", 1))
+        sent, metrics = local_train(cfg, state, part, parts, server_round)
         return Message(RecordDict({"arrays": ArrayRecord(sent),
                                    "metrics": MetricRecord(metrics)}), reply_to=msg)
 
@@ -199,22 +277,35 @@ def make_apps(overrides: dict | None = None, sink: list | None = None):
     def main(grid: Grid, context: Context) -> None:
         cfg = settings({**dict(context.run_config), **(overrides or {})})
         state, base = initial(cfg)
-        n = int(cfg["clients"])
+        # every connected node trains each round; a round needs `min-clients` of them
+        # (Flower's minimum-nodes rule): a node that dies mid-round comes back as an error
+        # reply (or none by `round-timeout`), is left out of that round, and later rounds
+        # go on with those still connected
+        least = int(cfg["min-clients"]) or int(cfg["clients"])
         strategy = LoRAStrategy(cfg["strategy"], state, base, fraction_evaluate=0.0,
-                                min_train_nodes=n, min_available_nodes=n)
+                                fraction_train=1.0, min_train_nodes=least,
+                                min_available_nodes=least)
         evaluations: dict[int, dict] = {}
+
+        def record(done: bool) -> list[dict]:
+            rows = [{"round": 0, **evaluations.get(0, {})}]
+            rows += [{**row, **evaluations.get(row["round"], {})} for row in strategy.history]
+            if cfg["history-file"]:    # whole or not at all: the runner polls it
+                text = json.dumps({"done": done, "history": rows})
+                atomic_write(cfg["history-file"], lambda tmp: Path(tmp).write_text(text))
+            return rows
 
         def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             evaluations[server_round] = accuracy(cfg, arrays.to_torch_state_dict())
+            record(done=False)
             return MetricRecord(evaluations[server_round])
         strategy.start(grid=grid, initial_arrays=ArrayRecord(state),
-                       num_rounds=int(cfg["rounds"]), evaluate_fn=evaluate)
-        for row in strategy.history:
-            row.update(evaluations.get(row["round"], {}))
-        strategy.history.insert(0, {"round": 0, **evaluations.get(0, {})})
-        log.info("federated %s: %s", cfg["strategy"], json.dumps(strategy.history))
+                       num_rounds=int(cfg["rounds"]), evaluate_fn=evaluate,
+                       timeout=float(cfg["round-timeout"]))
+        history = record(done=True)
+        log.info("federated %s: %s", cfg["strategy"], json.dumps(history))
         if sink is not None:
-            sink.extend(strategy.history)
+            sink.extend(history)
 
     return server_app, client_app
 

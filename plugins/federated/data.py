@@ -1,11 +1,20 @@
 """Non-IID client data: one domain per client, or a Dirichlet(α) split over (domain, label).
 
-`dirichlet_split` works on any labelled, domain-tagged set. The loaders here serve a small
-synthetic four-domain token task (the tiny base's stand-in for the four-domain sentiment
-data, which is not wired to the federated apps yet): in domain d a positive sequence is
-marked by token 10 + d in about half its positions.
+`dirichlet_split` works on any labelled, domain-tagged set. The loaders here serve, by the
+run's `base`:
+
+- "tiny": a small synthetic four-domain token task (the tiny random BERT's stand-in for
+  the sentiment data): in domain d a positive sequence is marked by token 10 + d in
+  about half its positions;
+- "minilm": the four-domain sentiment data of lorakit.domains.text (VADER's human-rated
+  movie snippets, tweets, Amazon reviews, NYT editorials; label = mean rating > 0.5),
+  `train-per-domain` training and `test-per-domain` test sentences per domain, MiniLM's
+  tokenizer, padded with id 0 (the model's attention mask is `ids != 0`).
 """
 from __future__ import annotations
+
+import random
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -13,6 +22,8 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
 DOMAINS = 4
+SENTIMENT_DOMAINS = ("movies", "tweets", "amazon", "nyt")
+MAX_TOKENS = 48      # movie snippets average 28 MiniLM tokens; a few tweets run longer
 
 
 def dirichlet_split(labels, domains, clients: int, alpha: float, seed: int = 0) -> list[list[int]]:
@@ -48,8 +59,38 @@ def synthetic(n: int = 256, seq: int = 12, seed: int = 0):
     return ids, labels, domains
 
 
+@lru_cache(maxsize=4)
+def sentiment_tensors(split: str, per_domain: int, seed: int = 0):
+    """(ids, labels, domains) of `per_domain` sentences of each sentiment domain's split,
+    drawn by `seed`, tokenised for MiniLM."""
+    from transformers import AutoTokenizer
+
+    from lorakit.domains.text.minilm import minilm_dir
+    from lorakit.domains.text.sentiment import sentiment
+
+    data, rng = sentiment(), random.Random(seed)
+    texts, labels, domains = [], [], []
+    for d, name in enumerate(SENTIMENT_DOMAINS):
+        rows = list(data[name][split])
+        rng.shuffle(rows)
+        for text, y in rows[:per_domain]:
+            texts.append(text)
+            labels.append(y)
+            domains.append(d)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    ids = tokenizer(texts, truncation=True, max_length=MAX_TOKENS, padding="longest",
+                    return_tensors="pt")["input_ids"]
+    return ids, torch.tensor(labels), torch.tensor(domains)
+
+
+def train_set(cfg: dict):
+    if cfg["base"] == "minilm":
+        return sentiment_tensors("train", int(cfg["train-per-domain"]), int(cfg["seed"]))
+    return synthetic(seed=int(cfg["seed"]))
+
+
 def client_loader(cfg: dict, partition: int, partitions: int) -> tuple[DataLoader, int]:
-    ids, labels, domains = synthetic(seed=int(cfg["seed"]))
+    ids, labels, domains = train_set(cfg)
     parts = dirichlet_split(labels, domains, partitions, float(cfg["dirichlet"]), int(cfg["seed"]))
     idx = torch.tensor(parts[partition], dtype=torch.long)
     data = TensorDataset(ids[idx], labels[idx])
@@ -58,7 +99,10 @@ def client_loader(cfg: dict, partition: int, partitions: int) -> tuple[DataLoade
 
 
 def held_out(cfg: dict, n: int = 128):
-    """Held-out examples from the same four domains (another generator seed)."""
+    """Held-out examples from the same four domains (the sentiment test splits; for the
+    tiny base, another generator seed)."""
+    if cfg["base"] == "minilm":
+        return sentiment_tensors("test", int(cfg["test-per-domain"]), 0)
     return synthetic(n, seed=int(cfg["seed"]) + 10_000)
 
 
@@ -66,9 +110,11 @@ class ClientData(LightningDataModule):
     """One client's partition, for `lorakit federated fit` (a single client, no server)."""
 
     def __init__(self, partition: int = 0, partitions: int = 2, dirichlet: float = 0.0,
-                 batch_size: int = 16, seed: int = 0) -> None:
+                 batch_size: int = 16, seed: int = 0, base: str = "tiny",
+                 train_per_domain: int = 256) -> None:
         super().__init__()
-        self.cfg = {"dirichlet": dirichlet, "batch-size": batch_size, "seed": seed}
+        self.cfg = {"dirichlet": dirichlet, "batch-size": batch_size, "seed": seed,
+                    "base": base, "train-per-domain": train_per_domain}
         self.partition, self.partitions = partition, partitions
 
     def train_dataloader(self) -> DataLoader:

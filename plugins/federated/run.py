@@ -1,24 +1,51 @@
-"""`lorakit federated run` and `lorakit federated demo`: each strategy on Flower's
-simulation engine (Ray backend), then results.json, report.md and accuracy.png."""
+"""`lorakit federated run` and `lorakit federated demo`: each strategy on one of Flower's
+two engines, then results.json, report.md and accuracy.png.
+
+- `--engine simulation`: Flower's simulation engine (Ray backend), one process;
+- `--engine deployment`: real processes on loopback, one `flower-superlink` and one
+  `flower-supernode` per client, started here and stopped when the runs end
+  (deployment.py); the demo runs this one.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .aggregation import STRATEGIES
-from .app import DEFAULTS, simulate
+from .app import DEFAULTS, settings, simulate
+
+ENGINES = ("simulation", "deployment")
 
 
-def measure(strategies=STRATEGIES, **overrides) -> tuple[dict, dict]:
-    """Each strategy once on the simulation engine: (per-strategy history and wall time,
-    flat figures: final accuracy, bytes per client per round, mean aggregation error)."""
+@contextmanager
+def engine_runner(engine: str, clients: int, workdir: Path | None = None):
+    """A function `run(overrides) -> history` on the chosen engine; under `deployment` one
+    loopback federation of `clients` SuperNodes serves every run and is stopped on exit."""
+    if engine == "simulation":
+        yield simulate
+        return
+    if engine != "deployment":
+        raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+    from .deployment import Loopback
+    with Loopback(clients, Path(workdir or tempfile.mkdtemp(prefix="lorakit-flwr-"))) as fed:
+        yield lambda overrides: fed.run(settings(overrides), name=overrides["strategy"])
+
+
+def measure(strategies=STRATEGIES, engine: str = "simulation", workdir: Path | None = None,
+            **overrides) -> tuple[dict, dict]:
+    """Each strategy once: (per-strategy history and wall time, flat figures: final
+    accuracy, bytes per client per round, mean aggregation error, ε when DP is on)."""
     results = {}
-    for name in strategies:
-        start = time.perf_counter()
-        history = simulate({**overrides, "strategy": name})
-        results[name] = {"history": history, "wall_s": time.perf_counter() - start}
+    clients = int(settings(overrides)["clients"])
+    with engine_runner(engine, clients, workdir) as run:
+        for name in strategies:
+            start = time.perf_counter()
+            history = run({**overrides, "strategy": name})
+            results[name] = {"history": history, "wall_s": time.perf_counter() - start}
         print(f"federated {name}: " + ", ".join(
             f"round {r['round']} acc {r.get('accuracy', float('nan')):.3f}" for r in history),
             flush=True)
@@ -30,18 +57,21 @@ def measure(strategies=STRATEGIES, **overrides) -> tuple[dict, dict]:
         figures[f"{name}.mean_aggregation_error"] = (
             sum(r["error"] for r in res["history"][1:]) / max(1, len(res["history"]) - 1))
         figures[f"{name}.wall_s"] = res["wall_s"]
+        if "epsilon" in last:
+            figures[f"{name}.epsilon"] = last["epsilon"]
     return results, figures
 
 
-def run_all(out_dir: Path, strategies=STRATEGIES, **overrides) -> dict:
+def run_all(out_dir: Path, strategies=STRATEGIES, engine: str = "simulation",
+            **overrides) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results, figures = measure(strategies, **overrides)
-    settings = {k: v for k, v in {**DEFAULTS, **overrides}.items() if k != "strategy"}
-    summary = {"settings": settings, "figures": figures, "runs": results}
+    results, figures = measure(strategies, engine, out / "deployment", **overrides)
+    used = {k: v for k, v in {**DEFAULTS, **overrides}.items() if k != "strategy"}
+    summary = {"engine": engine, "settings": used, "figures": figures, "runs": results}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     plot_accuracy(results, out / "accuracy.png")
-    lines = ["# Federated LoRA (Flower simulation engine)", "",
+    lines = [f"# Federated LoRA (Flower {engine} engine)", "",
              f"settings: `{json.dumps(summary['settings'])}`", "",
              "| strategy | final accuracy | bytes/client/round | mean aggregation error | wall s |",
              "|---|---|---|---|---|"]
@@ -50,6 +80,11 @@ def run_all(out_dir: Path, strategies=STRATEGIES, **overrides) -> dict:
                      f"{figures[f'{name}.bytes_per_client']} | "
                      f"{figures[f'{name}.mean_aggregation_error']:.3g} | "
                      f"{figures[f'{name}.wall_s']:.1f} |")
+    if any(f"{name}.epsilon" in figures for name in results):
+        lines += ["", "DP-SGD per client; ε spent by the end (worst client, δ = "
+                  f"{used['dp.delta']}): " + ", ".join(
+                      f"{name} {figures[f'{name}.epsilon']:.2f}" for name in results
+                      if f"{name}.epsilon" in figures)]
     lines += ["", "![accuracy per round](accuracy.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
     return figures
@@ -71,20 +106,30 @@ def plot_accuracy(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _flag(text: str) -> bool:
+    if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("1", "true", "yes")
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="lorakit federated run", description=__doc__)
+    ap = argparse.ArgumentParser(prog="lorakit federated run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--engine", choices=ENGINES, default="simulation")
     ap.add_argument("--out", type=Path, default=Path("federated_run"))
     for key, value in DEFAULTS.items():
-        if key != "strategy":
-            ap.add_argument(f"--{key}", type=type(value), default=value)
+        if key not in ("strategy", "history-file"):
+            kind = _flag if isinstance(value, bool) else type(value)
+            ap.add_argument(f"--{key}", type=kind, default=value)
     args = vars(ap.parse_args(argv))
-    out, names = args.pop("out"), args.pop("strategies").split(",")
-    run_all(out, names, **args)
+    out, names, engine = args.pop("out"), args.pop("strategies").split(","), args.pop("engine")
+    run_all(out, names, engine, **args)
     print(f"federated: wrote {out}/report.md")
     return 0
 
 
 def demo(out_dir: Path = Path("federated_demo"), threads: int = 1) -> dict:
-    """Four strategies, four clients (one domain each), three rounds on the tiny base."""
-    return run_all(out_dir, STRATEGIES, clients=4, rounds=3)
+    """Four strategies, four clients (one domain each), three rounds on the tiny base, on
+    the deployment engine (a SuperLink and four SuperNodes on loopback)."""
+    return run_all(out_dir, STRATEGIES, "deployment", clients=4, rounds=3)

@@ -51,6 +51,7 @@ def test_round_with_a_bad_client(strategy, caplog):
     row = strat.history[-1]
     assert row["clients"] == 2 and len(row["rejected"]) == 2
     assert "shape" in row["rejected"][0]["reason"] and "base" in row["rejected"][1]["reason"]
+    assert row["failed"] == [{"node": 9, "reason": "node 9 disconnected"}]
     assert "rejected node" in caplog.text
     assert row["error"] < 1e-6                       # FFA-LoRA and Fed-SB aggregate exactly
     assert set(arrays.to_torch_state_dict()) == set(state)
