@@ -110,14 +110,15 @@ def score_pairs(model, pairs: list[SceneViews], baseline: torch.Tensor) -> dict:
             for name, rs in rows.items()}
 
 
-def checkpoint_card(checkpoint=None, n_pairs: int = 40) -> dict:
-    """The pretraining check of a checkpoint: pairwise scores vs the mean-pointmap baseline
-    on held-out pairs (seeds below the pretraining range) of the pretraining styles and of
-    the unseen 'cells' style. The baseline's mean pointmap is built from a disjoint set of
-    held-out pairs (seeds n_pairs .. 2 n_pairs - 1)."""
+def checkpoint_card(checkpoint=None, n_pairs: int = 40, gate_result: dict | None = None) -> dict:
+    """The checkpoint's card: pairwise scores vs the mean-pointmap baseline on held-out
+    pairs (seeds below the pretraining range) of the pretraining styles and of the unseen
+    periodic styles (`scenes.UNSEEN_STYLES`), and the gate's result when given. The
+    baseline's mean pointmap is built from a disjoint set of held-out pairs (seeds
+    n_pairs .. 2 n_pairs - 1)."""
     import argparse as _argparse
 
-    from lorakit.domains.geometry.scenes import random_pair
+    from lorakit.domains.geometry.scenes import UNSEEN_STYLES, random_pair
 
     from .model import EMBEDDED, count_parameters, load_checkpoint
     model, args = load_checkpoint(checkpoint)
@@ -128,11 +129,14 @@ def checkpoint_card(checkpoint=None, n_pairs: int = 40) -> dict:
     # the baseline's mean pointmap comes from other held-out pairs than those scored
     base = mean_pointmap([random_pair(s, size) for s in range(n_pairs, 2 * n_pairs)])
     seen = score_pairs(model, [random_pair(s, size) for s in range(n_pairs)], base)
-    unseen = score_pairs(model, [random_pair(s, size, styles=("cells",))
+    unseen = score_pairs(model, [random_pair(s, size, styles=UNSEEN_STYLES)
                                  for s in range(n_pairs)], base)
-    return {"parameters": count_parameters(model), "args": {k: str(v) for k, v in args.items()},
+    card = {"parameters": count_parameters(model), "args": {k: str(v) for k, v in args.items()},
             "pretrain": raw.get("pretrain", {}), "held_out_pairs": n_pairs,
-            "pretraining_styles": seen, "unseen_cells_style": unseen}
+            "pretraining_styles": seen, "unseen_periodic_styles": unseen}
+    if gate_result is not None:
+        card["gate"] = {k: v for k, v in gate_result.items() if k != "per_scene"}
+    return card
 
 
 # --- the gate ------------------------------------------------------------------------------
@@ -266,6 +270,7 @@ if __name__ == "__main__":
     import argparse
     import json
     import sys
+    from pathlib import Path
 
     ap = argparse.ArgumentParser(description="score a DUSt3R checkpoint against the "
                                              "mean-pointmap baseline, or (--gate) run the "
@@ -274,6 +279,8 @@ if __name__ == "__main__":
     ap.add_argument("--out", default=None, help="write the card as JSON here")
     ap.add_argument("--pairs", type=int, default=40)
     ap.add_argument("--gate", action="store_true", help="the gate tests instead of the card")
+    ap.add_argument("--with-gate", default=None, metavar="GATE_JSON",
+                    help="card: include this saved gate result (from --gate --out)")
     ap.add_argument("--scenes", type=int, default=8, help="gate scenes")
     ap.add_argument("--iters", type=int, default=300, help="gate: global alignment iterations")
     ap.add_argument("--styles", nargs="+", default=None,
@@ -282,9 +289,9 @@ if __name__ == "__main__":
     a = ap.parse_args(sys.argv[1:])
     torch.set_num_threads(a.threads)
     card = (gate(a.checkpoint, a.scenes, niter=a.iters, styles=a.styles, verbose=True) if a.gate
-            else checkpoint_card(a.checkpoint, a.pairs))
+            else checkpoint_card(a.checkpoint, a.pairs, json.loads(Path(a.with_gate).read_text())
+                                 if a.with_gate else None))
     text = json.dumps(card, indent=1, default=str)
     if a.out:
-        from pathlib import Path
         Path(a.out).write_text(text)
     print(text)
