@@ -188,11 +188,8 @@ def _check(sources: list[Source], drop_saved: bool) -> tuple[dict, dict]:
     for src in sources:
         method = variant_named(src.config.method, source=src.label)
         if not method.routable:
-            raise LoraKitError(
-                f"{src.label}: method {method.method!r} is not a plain product B·A (its "
-                "update depends on the base weight), so it has no rank-1 units to merge. "
-                "Fold it into the base with `lorakit adapter merge`, or merge adapters "
-                "trained with a plain-LoRA method")
+            raise LoraKitError(f"{src.label}: method {method.method!r} is not a plain "
+                               f"product B·A: {method.merge_refusal}")
         saved = saved_keys(src.meta, src.tensors)
         if saved and not drop_saved:
             raise LoraKitError(

@@ -77,6 +77,11 @@ class Variant(nn.Module):
     perturbs: ClassVar[bool] = False             # `perturb` does something: a second pass
     output_regularised: ClassVar[bool] = False   # `output_terms` gives loss terms
     peft_refusal: ClassVar[str] = ""             # why `export-peft` refuses it (peft False)
+    #: why it has no rank-1 units to merge with others (routable False), and what to do
+    merge_refusal: ClassVar[str] = ("its update depends on the base weight, so it has no "
+                                    "rank-1 units to merge. Fold it into the base with "
+                                    "`lorakit adapter merge`, or merge adapters trained "
+                                    "with a plain-LoRA method")
     options: ClassVar[tuple[str, ...]] = ()      # LoRAConfig fields it reads (for inspect)
 
     def __init__(self, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,

@@ -162,6 +162,9 @@ class Mixture(Variant):
     routable = False
     options = ("n_experts", "top_k", "router", "expert_schedule", "experts_per_layer",
                "router_aux_loss", "lbc_weight", "lbc_delta")
+    merge_refusal = ("each token's update depends on its routing, so it has no fixed rank-1 "
+                     "units to merge and cannot be folded into the base either. Keep it as "
+                     "its own adapter, or merge the single-LoRA adapters it was built from")
     peft_refusal = ("PEFT's LoRA layout holds one B·A per module, but a mixture holds E "
                     "experts and a router that weighs them per token; keep the lorakit file "
                     "(lorakit.load_adapter)")

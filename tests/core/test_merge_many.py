@@ -270,8 +270,17 @@ def test_adapters_for_another_base_are_refused_naming_both_files_and_the_module(
 def test_dora_is_refused_because_it_has_no_rank_one_units(make):
     dora = make("d", method="dora")
     with pytest.raises(lorakit.LoraKitError, match=r"d.safetensors: method 'dora' is not a "
-                                                   r"plain product"):
+                                                   r"plain product.*depends on the base "
+                                                   r"weight.*lorakit adapter merge"):
         merge_adapters([make("a"), dora], method="concat")
+
+
+def test_a_mixture_is_refused_without_being_sent_to_fold_into_the_base(make):
+    moe = make("m", method="mixture")
+    with pytest.raises(lorakit.LoraKitError, match=r"m.safetensors: method 'mixture' is not "
+                                                   r"a plain product.*routing") as err:
+        merge_adapters([make("a"), moe], method="concat")
+    assert "adapter merge" not in str(err.value)
 
 
 def test_saved_modules_are_refused_unless_dropped(make):
