@@ -34,7 +34,7 @@ from lorakit.domains.geometry.transforms import (
 from lorakit.errors import LoraKitError
 
 if TYPE_CHECKING:
-    from .align import PairPredictions
+    from .pairs import PairPredictions
 
 
 class Aligner(Protocol):

@@ -23,8 +23,9 @@ from lorakit.domains.geometry.scenes import SceneViews
 from lorakit.domains.geometry.shifts import GATE_SEEDS, UNRELATED_SEEDS, target_scene
 from lorakit.domains.geometry.transforms import to_frame
 
-from .align import PairPredictions, robust_alignment
+from .align import robust_alignment
 from .inference import make_pairs, pairwise_inference
+from .pairs import PairPredictions
 
 
 # δ<1.25 and the focal error belong in domains/geometry/metrics.py; they live here until

@@ -11,7 +11,7 @@ from torch import nn
 
 from lorakit.errors import LoraKitError
 
-from .align import AlignmentError, PairPredictions
+from .pairs import AlignmentError, PairPredictions
 
 
 def make_pairs(n: int, graph: str = "complete", window: int = 2) -> list[tuple[int, int]]:

@@ -29,11 +29,12 @@ from lorakit.config import LoRAConfig
 from lorakit.errors import LoraKitError
 from lorakit.lightning_module import AdapterModule
 
-from .align import CalibrationTargets, PairPredictions, robust_alignment
+from .align import robust_alignment
 from .inference import make_pairs, pairwise_inference, predict_pairs
 from .loss import confidence_loss, regression_errors
 from .model import EMBEDDED, LORA_TARGETS, load_checkpoint
 from .outputs import preview, write_ply, write_poses
+from .pairs import CalibrationTargets, PairPredictions
 from .reweight import PseudoLabels, image_confidence, oracle_labels, pseudo_labels
 
 LABEL_SOURCES = ("pseudo", "oracle")

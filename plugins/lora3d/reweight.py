@@ -23,7 +23,7 @@ from lorakit.domains.geometry.transforms import camera_from_pointmap, to_frame
 from lorakit.errors import LoraKitError
 
 if TYPE_CHECKING:
-    from .align import AlignmentResult, CalibrationTargets, PairPredictions
+    from .pairs import AlignmentResult, CalibrationTargets, PairPredictions
 
 
 def robust_factor(residual_i: torch.Tensor, residual_j: torch.Tensor, mu_factor: float = 1.0):

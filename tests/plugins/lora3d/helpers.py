@@ -3,7 +3,7 @@ import torch
 
 from lorakit.domains.geometry import scenes
 from lorakit.domains.geometry.transforms import to_frame
-from lorakit.plugins.lora3d import align as A
+from lorakit.plugins.lora3d import pairs as P
 
 INF = float("inf")
 MICRO = dict(output_mode="pts3d", head_type="linear", patch_embed_cls="PatchEmbedDust3R",
@@ -25,4 +25,4 @@ def exact_predictions(n=4, size=20, seed=5, conf=3.0):
         pi.append(to_frame(views.poses[i], views.pts3d[i]) * s)
         pj.append(to_frame(views.poses[i], views.pts3d[j]) * s)
     c = torch.full((len(edges), size, size), conf)
-    return views, A.PairPredictions(edges, torch.stack(pi), torch.stack(pj), c, c.clone())
+    return views, P.PairPredictions(edges, torch.stack(pi), torch.stack(pj), c, c.clone())

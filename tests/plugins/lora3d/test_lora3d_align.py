@@ -9,6 +9,7 @@ from lorakit.domains.geometry.transforms import to_frame
 from lorakit.errors import LoraKitError
 from lorakit.plugins.lora3d import align as A
 from lorakit.plugins.lora3d import aligners
+from lorakit.plugins.lora3d import pairs as P
 from lorakit.plugins.lora3d import reweight as R
 from lorakit.plugins.lora3d.loss import confidence_loss
 
@@ -180,11 +181,11 @@ def test_pseudo_label_selection():
 def test_alignment_divergence_is_detected_with_the_stage():
     _, preds = exact_predictions(n=3, size=12)
     preds.pts_i[1, 3, 3, 0] = float("nan")
-    with pytest.raises(A.AlignmentError, match="pairwise inference") as err:
+    with pytest.raises(P.AlignmentError, match="pairwise inference") as err:
         A.global_align(preds, niter=5, backend="native")
     assert err.value.stage == "pairwise inference"
     _, preds = exact_predictions(n=3, size=12)
-    with pytest.raises(A.AlignmentError, match="alignment round 0"):
+    with pytest.raises(P.AlignmentError, match="alignment round 0"):
         A.robust_alignment(preds, rounds=0, niter=5, lr=float("inf"), backend="native")
 
 
