@@ -554,11 +554,19 @@ def make_float_scene(seed: int, styles: tuple[str, ...] = PRETRAIN_STYLES) -> Sc
     return scene
 
 
+def axis_rotation(axis: int, angle: float) -> torch.Tensor:
+    """The 3x3 rotation by `angle` (radians) about coordinate axis 0, 1 or 2."""
+    c, s = math.cos(angle), math.sin(angle)
+    i, j = [k for k in range(3) if k != axis]
+    r = torch.eye(3)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
 def roll_pose(pose: torch.Tensor, roll_deg: float) -> torch.Tensor:
     """The same camera turned by `roll_deg` about its optical axis."""
-    c, s = math.cos(math.radians(roll_deg)), math.sin(math.radians(roll_deg))
     out = pose.clone()
-    out[:3, :3] = pose[:3, :3] @ torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    out[:3, :3] = pose[:3, :3] @ axis_rotation(2, math.radians(roll_deg))
     return out
 
 

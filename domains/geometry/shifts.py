@@ -30,6 +30,7 @@ import torch
 from .scenes import (
     HELD_OUT_SEEDS,
     SceneViews,
+    axis_rotation,
     camera_path,
     degrade,
     make_scene,
@@ -148,14 +149,6 @@ def mild_global(views: SceneViews, seed: int, strength: float = 0.2) -> SceneVie
 
 
 # --- the geometry shift ---------------------------------------------------------------------------
-def _axis_rotation(axis: int, angle: float) -> torch.Tensor:
-    c, s = math.cos(angle), math.sin(angle)
-    i, j = [k for k in range(3) if k != axis]
-    r = torch.eye(3)
-    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-    return r
-
-
 def tilt_poses(poses: torch.Tensor, roll_deg, pitch_deg) -> torch.Tensor:
     """Each camera-to-world pose rotated about its own optical (z) axis by roll, then its
     own x axis by pitch; the camera centres stay where they were."""
@@ -164,7 +157,7 @@ def tilt_poses(poses: torch.Tensor, roll_deg, pitch_deg) -> torch.Tensor:
     roll = torch.as_tensor(roll_deg, dtype=torch.float32).expand(n)
     pitch = torch.as_tensor(pitch_deg, dtype=torch.float32).expand(n)
     for k in range(n):
-        local = _axis_rotation(2, math.radians(float(roll[k]))) @ _axis_rotation(
+        local = axis_rotation(2, math.radians(float(roll[k]))) @ axis_rotation(
             0, math.radians(float(pitch[k])))
         out[k, :3, :3] = poses[k, :3, :3] @ local
     return out

@@ -32,7 +32,8 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 3, 1, 2) * 2 - 1
 
 
-def _view(img: torch.Tensor, ids) -> dict:
+def model_view(img: torch.Tensor, ids) -> dict:
+    """One side of a DUSt3R call: a batch of normalised images and their image ids."""
     return {"img": img, "true_shape": torch.tensor([list(img.shape[-2:])] * img.shape[0]),
             "idx": [int(i) for i in ids], "instance": [str(int(i)) for i in ids]}
 
@@ -45,7 +46,7 @@ def predict_pairs(model: nn.Module, images: torch.Tensor, edges, batch: int = 16
         chunk = edges[s:s + batch]
         ii = [i for i, _ in chunk]
         jj = [j for _, j in chunk]
-        r1, r2 = model(_view(x[ii], ii), _view(x[jj], jj))
+        r1, r2 = model(model_view(x[ii], ii), model_view(x[jj], jj))
         outs["pts_i"].append(r1["pts3d"])
         outs["pts_j"].append(r2["pts3d_in_other_view"])
         outs["conf_i"].append(r1["conf"])

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from lorakit.domains.geometry.scenes import HELD_OUT_SEEDS, random_scene_views, view_angle_deg
+from lorakit.plugins.lora3d.inference import model_view, to_input
 from lorakit.plugins.lora3d.loss import (
     CrossAttentionProbe,
     confidence_loss,
@@ -41,17 +42,6 @@ from lorakit.plugins.lora3d.model import (
     read_checkpoint,
     save_checkpoint,
 )
-
-
-def to_input(images: torch.Tensor) -> torch.Tensor:
-    """(B,H,W,3) in [0,1] to DUSt3R's normalised (B,3,H,W) in [-1,1]."""
-    return images.permute(0, 3, 1, 2) * 2 - 1
-
-
-def views(img: torch.Tensor, ids: list[int]) -> dict:
-    b = img.shape[0]
-    return {"img": img, "true_shape": torch.tensor([list(img.shape[-2:])] * b),
-            "idx": list(ids), "instance": [str(i) for i in ids]}
 
 
 def scene_pairs(views, max_angle: float) -> list[tuple[int, int]]:
@@ -118,8 +108,8 @@ def train_step(model, batch: dict, alpha: float = 0.2, match: float = 0.0):
     n = batch["img1"].shape[0]
     probe = CrossAttentionProbe(model)
     with probe if match else contextlib.nullcontext():
-        r1, r2 = model(views(to_input(batch["img1"]), range(n)),
-                       views(to_input(batch["img2"]), range(n, 2 * n)))
+        r1, r2 = model(model_view(to_input(batch["img1"]), range(n)),
+                       model_view(to_input(batch["img2"]), range(n, 2 * n)))
     gt1, gt2 = pair_targets(batch["pts1"], batch["pts2"], batch["pose1"])
     loss, parts = confidence_loss([r1["pts3d"], r2["pts3d_in_other_view"]],
                                   [r1["conf"], r2["conf"]], [gt1, gt2],
