@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data.ambiguous", dest="ambiguous", default="reject", choices=["reject", "N"])
     p.add_argument("--out", required=True, help="output folder (a transformers BERT folder)")
     p.add_argument("--init", default=None, help="continue from this k-mer BERT folder")
+    p.add_argument("--grow", action="store_true",
+                   help="with --init: grow the model to --layers and --max-tokens "
+                        "(layers stacked, positions tiled; see grow_bert)")
     p.add_argument("--k", type=int, default=6)
     p.add_argument("--stride", type=int, default=3)
     p.add_argument("--frames", type=int, default=1,
@@ -167,6 +170,49 @@ def save_folder(model, tok: KmerTokenizer, out: Path, log: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def grow_bert(model, layers: int, max_positions: int):
+    """A deeper, longer-window copy of a BERT for warm-started pre-training.
+
+    Layers are stacked: new layer i starts as a copy of layer i mod L (Gong et al. 2019,
+    "Efficient training of BERT by progressively stacking"). Positions beyond the old
+    limit repeat the learned position embeddings of the old window, [CLS] row excluded
+    (Beltagy et al. 2020, Longformer sec. 5: copy initialisation), so every position
+    starts where the old model had a meaningful vector.
+    """
+    import copy
+
+    from transformers import BertForMaskedLM
+    old = model.config
+    if layers < old.num_hidden_layers or max_positions < old.max_position_embeddings:
+        raise ValueError(f"--grow only grows: the model has {old.num_hidden_layers} layers "
+                         f"and {old.max_position_embeddings} positions")
+    config = copy.deepcopy(old)
+    config.num_hidden_layers = layers
+    config.max_position_embeddings = max_positions
+    grown = BertForMaskedLM(config)
+    state = model.state_dict()
+    new_state = grown.state_dict()
+    for name, value in state.items():
+        if ".encoder.layer." in name:
+            continue
+        if name.endswith("position_embeddings.weight"):
+            rows = new_state[name].clone()
+            n = value.shape[0]
+            rows[:n] = value
+            period = torch.arange(n, max_positions) - 1
+            rows[n:] = value[1 + period % (n - 1)]
+            new_state[name] = rows
+        elif name in new_state and new_state[name].shape == value.shape:
+            new_state[name] = value
+    for i in range(layers):
+        src = f"bert.encoder.layer.{i % old.num_hidden_layers}."
+        for name, value in state.items():
+            if name.startswith(src):
+                new_state[f"bert.encoder.layer.{i}." + name[len(src):]] = value.clone()
+    grown.load_state_dict(new_state)
+    return grown
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -178,6 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.init:
         model = BertForMaskedLM.from_pretrained(args.init, use_safetensors=True)
         tok = KmerTokenizer.from_folder(args.init)
+        if args.grow:
+            model = grow_bert(model, args.layers, args.max_tokens + 2)
     else:
         tok = KmerTokenizer(k=args.k, stride=args.stride, frames=args.frames)
         config = small_bert_config(len(tok), hidden=args.hidden, layers=args.layers,
