@@ -51,6 +51,7 @@ from .sentence_classifier import RecordingModule
 
 SUITE = "moe"
 FFN = ["*.intermediate.dense", "encoder.layer.?.output.dense"]
+XLORA = "X-LoRA (five single-task LoRAs)"
 WORLD = TASKS.index("wordnet")          # LoRAMoE's world-knowledge type: lexical knowledge
 MIXTURE = {"method": "mixture", "rank": 4, "alpha": 8.0, "n_experts": 8, "targets": FFN}
 ROWS = {    # row name -> LoRAConfig fields
@@ -73,13 +74,14 @@ class Budget:
     single_steps: int = 40           # each single-task LoRA for X-LoRA
     xlora_steps: int = 60
     batch: int = 16
-    lr: float = 3e-3
+    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3])   # each row's sweep
+    single_lr: float = 3e-3          # the single-task LoRAs: the merge suite's recipe
     train_n: int | None = 2000       # per task
     val_n: int = 64                  # per task
     test_n: int = 150                # per task
     drift_n: int = 150               # held-out Austen paragraphs
     val_every: int = 50
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
 
 
 QUICK = Budget(steps=6, single_steps=3, xlora_steps=4, train_n=64, val_n=16, test_n=16,
@@ -253,11 +255,27 @@ def fitted(module: MultiTaskClassifier, tasks: dict, budget: Budget, seed: int, 
     # the start of a fit rises from row to row and the absolute peak would say so
     return {"step_s": statistics.median(times), "fit_peak_mb": rss_mb() - start,
             "trainable": sum(p.numel() for p in module.parameters() if p.requires_grad),
-            "val_acc": 100 * module.val_curve[-1][2]}
+            "val_acc": 100 * module.val_curve[-1][2], "val_loss": module.val_curve[-1][1]}
 
 
-def train_row(name: str, fields: dict, tasks: dict, prose: list[dict], budget: Budget,
-              seed: int, out: Path) -> dict:
+def swept(fit, lrs: list[float]) -> tuple[object, dict]:
+    """`fit(lr) -> (module, row)` at every rate of `lrs`; the run with the best validation
+    accuracy (`validation_protocol.choose_lr`) is kept, with its rate and the sweep's
+    validation numbers in the row. No test split is read here."""
+    from .validation_protocol import choose_lr
+
+    runs = {lr: fit(lr) for lr in lrs}
+    sweep = {lr: {"val_acc": row["val_acc"], "val_loss": row["val_loss"]}
+             for lr, (_, row) in runs.items()}
+    lr = choose_lr(sweep)
+    module, row = runs.pop(lr)
+    runs.clear()
+    gc.collect()
+    return module, {**row, "lr": lr, "sweep": {str(k): v for k, v in sweep.items()}}
+
+
+def fit_row(fields: dict, tasks: dict, budget: Budget, seed: int, lr: float,
+            run_dir: Path) -> tuple[MultiTaskClassifier, dict]:
     import lightning.pytorch as pl
 
     from lorakit import LoRAConfig
@@ -265,20 +283,35 @@ def train_row(name: str, fields: dict, tasks: dict, prose: list[dict], budget: B
 
     pl.seed_everything(seed, verbose=False)
     encoder, _ = minilm()
-    module = MultiTaskClassifier(encoder, LoRAConfig(**fields), lr=budget.lr)
-    row = fitted(module, tasks, budget, seed, budget.steps, out / "runs" / f"{_key(name)}-{seed}")
+    module = MultiTaskClassifier(encoder, LoRAConfig(**fields), lr=lr)
+    return module, {**fitted(module, tasks, budget, seed, budget.steps, run_dir), "lr": lr}
+
+
+def train_row(name: str, fields: dict, tasks: dict, prose: list[dict], budget: Budget,
+              seed: int, out: Path, lr: float | None = None) -> dict:
+    """One row at one seed: fitted at `lr`, or at each rate of the sweep and kept at the
+    best on validation (`lr` None); then its test accuracy, drift and routing."""
+    key = _key(name)
+    if lr is None:
+        module, row = swept(lambda r: fit_row(fields, tasks, budget, seed, r,
+                                              out / "runs" / f"{key}-{seed}-lr{r:g}"),
+                            budget.lrs)
+    else:
+        module, row = fit_row(fields, tasks, budget, seed, lr,
+                              out / "runs" / f"{key}-{seed}-lr{lr:g}")
     row["test"] = per_task_accuracy(module, tasks, "test")
     row["drift"] = embedding_drift(module, prose)
     if fields.get("method") == "mixture":
         row["routing"] = routing_maps(module, tasks)
-        path = module.adapters.save(out / "adapters" / f"{_key(name)}-seed{seed}.safetensors")
+        path = module.adapters.save(out / "adapters" / f"{key}-seed{seed}.safetensors")
         row["adapter_file"] = str(path.relative_to(out))
     return row
 
 
-def xlora_rows(tasks: dict, prose: list[dict], budget: Budget, seed: int, out: Path) -> dict:
+def xlora_rows(tasks: dict, prose: list[dict], budget: Budget, seed: int, out: Path,
+               lr: float | None = None) -> dict:
     """The five single-task LoRAs (the merge suite's recipe), each alone, their linear
-    merge, and X-LoRA over them."""
+    merge, and X-LoRA over them (its head at `lr`, or swept on validation when None)."""
     import lightning.pytorch as pl
 
     from lorakit import merge_adapters
@@ -286,8 +319,8 @@ def xlora_rows(tasks: dict, prose: list[dict], budget: Budget, seed: int, out: P
 
     from . import merge_suite
 
-    single = merge_suite.Budget(steps=budget.single_steps, batch=budget.batch, lr=budget.lr,
-                                val_every=budget.val_every)
+    single = merge_suite.Budget(steps=budget.single_steps, batch=budget.batch,
+                                lr=budget.single_lr, val_every=budget.val_every)
     files, heads = {}, {}
     for task in TASKS:
         files[task], heads[task] = merge_suite.train_task(task, tasks[task], single, seed, out)
@@ -298,13 +331,17 @@ def xlora_rows(tasks: dict, prose: list[dict], budget: Budget, seed: int, out: P
                             weights=[1 / len(TASKS)] * len(TASKS))
     rows["linear merge (average of the five)"] = {"test": score(merged, "test"),
                                                   "trainable": None}
-    pl.seed_everything(seed, verbose=False)
-    encoder, _ = minilm()
-    module = XLoRAClassifier(encoder, files, heads, lr=budget.lr)
-    row = fitted(module, tasks, budget, seed, budget.xlora_steps, out / "runs" / f"xlora-{seed}")
+
+    def fit(rate: float):
+        pl.seed_everything(seed, verbose=False)
+        encoder, _ = minilm()
+        module = XLoRAClassifier(encoder, files, heads, lr=rate)
+        return module, {**fitted(module, tasks, budget, seed, budget.xlora_steps,
+                                 out / "runs" / f"xlora-{seed}-lr{rate:g}"), "lr": rate}
+    module, row = swept(fit, budget.lrs) if lr is None else fit(lr)
     row["test"] = per_task_accuracy(module, tasks, "test")
     module.xlora.save(out / "adapters" / f"xlora-head-seed{seed}.safetensors")
-    rows["X-LoRA (five single-task LoRAs)"] = row
+    rows[XLORA] = row
     return rows
 
 
@@ -320,14 +357,20 @@ def run(out_dir, threads: int = 1, quick: bool = False, budget: Budget | None = 
     tasks = load_tasks(budget)
     prose = held_out_prose(budget.drift_n)
     per_seed: dict[int, dict] = {}
+    chosen: dict[str, float] = {}       # row -> learning rate, from the first seed's sweep
     for seed in budget.seeds:
         rows = {}
         for name, fields in ROWS.items():
-            rows[name] = train_row(name, fields, tasks, prose, budget, seed, out)
-            _say(f"seed {seed}: {name}: average {average(rows[name]['test']):.1f}, step "
-                 f"{rows[name]['step_s']:.2f} s (total {time.time() - t_start:.0f} s)")
-        rows.update(xlora_rows(tasks, prose, budget, seed, out))
-        _say(f"seed {seed}: X-LoRA rows done (total {time.time() - t_start:.0f} s)")
+            rows[name] = train_row(name, fields, tasks, prose, budget, seed, out,
+                                   lr=chosen.get(name))
+            chosen[name] = rows[name]["lr"]
+            _say(f"seed {seed}: {name}: lr {chosen[name]:g}, validation "
+                 f"{rows[name]['val_acc']:.1f}, step {rows[name]['step_s']:.2f} s "
+                 f"(total {time.time() - t_start:.0f} s)")
+        rows.update(xlora_rows(tasks, prose, budget, seed, out, lr=chosen.get(XLORA)))
+        chosen[XLORA] = rows[XLORA]["lr"]
+        _say(f"seed {seed}: X-LoRA rows done, head lr {chosen[XLORA]:g} "
+             f"(total {time.time() - t_start:.0f} s)")
         per_seed[seed] = rows
     table = summary_rows(per_seed)
     figures = goal_figures(table)
@@ -340,8 +383,11 @@ def run(out_dir, threads: int = 1, quick: bool = False, budget: Budget | None = 
     (out / "runs.json").write_text(json.dumps(
         {str(s): {n: {k: v for k, v in r.items() if k != "routing"} for n, r in rows.items()}
          for s, rows in per_seed.items()}, indent=1, default=str))
+    figures.update({f"{_key(n)}_lr": lr for n, lr in chosen.items()})
     budget_note = (f"This run: {budget.steps} multi-task steps (X-LoRA {budget.xlora_steps}, "
-                   f"each single-task LoRA {budget.single_steps}) at lr {budget.lr:g}, batch "
+                   f"each single-task LoRA {budget.single_steps} at lr {budget.single_lr:g}), "
+                   f"learning rates {budget.lrs} swept per row on seed {budget.seeds[0]}'s "
+                   f"validation split (chosen: {chosen}), batch "
                    f"{budget.batch}, {budget.train_n} training / {budget.val_n} validation / "
                    f"{budget.test_n} test items per task, {len(prose)} held-out paragraphs, "
                    f"seeds {budget.seeds}.\n\n")
@@ -349,11 +395,14 @@ def run(out_dir, threads: int = 1, quick: bool = False, budget: Budget | None = 
 
 
 NOTES = """\
-Settings: no sweep. Every row trains at lr 3e-3 (the rate the `variants` suite chose on
-validation for LoRA on MiniLM), batch 16 mixing the five tasks, the same steps; the
-mixtures' own settings are the papers' (MixLoRA's 0.01 balance weight, LoRAMoE's two
-groups) and the test splits are read only after every fit. Validation accuracy (last
-validation run) is recorded per row in runs.json. Equal parameters: 8 experts of rank 4
+Settings: every row (and X-LoRA's scaling head) gets the same learning-rate sweep on the
+first seed, kept at the rate with the best validation accuracy (ties: lower validation
+loss; `validation_protocol.choose_lr`); the other seeds reuse that rate. Batch 16 mixing
+the five tasks, the same steps for every row; the mixtures' own settings are the
+papers' (MixLoRA's 0.01 balance weight, LoRAMoE's two groups), and a row's test split is
+read only for the run its sweep kept. The sweep's validation numbers are in runs.json.
+The single-task LoRAs under X-LoRA and the linear merge follow the `merge` suite's
+recipe at its rate (3e-3); they are X-LoRA's inputs, not swept rows. Equal parameters: 8 experts of rank 4
 plus their routers on intermediate.dense and output.dense hold exactly as many numbers
 as one LoRA of rank 36 there; MoLA's 24 experts of rank 8 hold the same expert numbers
 with fewer router rows. Step time is the median wall time of a training step (forward,
@@ -388,6 +437,8 @@ def summary_rows(per_seed: dict[int, dict]) -> list[dict]:
                 row[key] = mean_sd(values)[0]
                 if key == "drift":
                     row["drift_sd"] = mean_sd(values)[1]
+        if runs[0].get("lr") is not None:
+            row["lr"] = runs[0]["lr"]
         row["seeds"] = len(runs)
         table.append(row)
     return table
@@ -399,7 +450,7 @@ def goal_figures(table: list[dict]) -> dict[str, float]:
     lora, active = by["LoRA r=36 (equal parameters)"], by["LoRA r=8 (MixLoRA's active parameters)"]
     mix = by["MixLoRA (top-2 of 8)"]
     singles = [r["average_acc"] for n, r in by.items() if n.startswith("single LoRA")]
-    xlora = by["X-LoRA (five single-task LoRAs)"]
+    xlora = by[XLORA]
     figures = {f"{_key(n)}_average_acc": r["average_acc"] for n, r in by.items()}
     figures.update({
         "mixlora_minus_lora_equal_params": mix["average_acc"] - lora["average_acc"],
