@@ -29,18 +29,22 @@ from lorakit.quiet import quiet_third_party
 METHODS = ("lora", "ggpo", "allora")
 
 
+SMALL_BERT = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "intermediate_size": 512}
+
+
 class Classifier(AdapterModule):
-    def __init__(self, method: str):
-        super().__init__(lr=1e-3, output_dir="/tmp/lorakit-ggpo-step-cost")
+    """A random transformers BERT classifier (`bert`: BertConfig fields) with one adapter."""
+
+    def __init__(self, config: lorakit.LoRAConfig, bert: dict | None = None):
+        super().__init__(lr=1e-3, output_dir="/tmp/lorakit-step-cost")
         from transformers import BertConfig, BertForSequenceClassification
 
         torch.manual_seed(0)
-        cfg = BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, intermediate_size=512,
-                         max_position_embeddings=64)
+        cfg = BertConfig(vocab_size=1000, max_position_embeddings=128,
+                         **(bert or SMALL_BERT))
         self.model = BertForSequenceClassification(cfg)
-        self.attach_adapters(self.model, lorakit.LoRAConfig(rank=8, method=method,
-                                                            targets=["*.query", "*.value"]))
+        self.attach_adapters(self.model, config)
 
     def training_step(self, batch, _):
         ids, labels = batch
@@ -61,15 +65,17 @@ class StepTimer(pl.Callback):
         self.times.append(time.perf_counter() - self.start)
 
 
-def step_time(method: str, steps: int) -> float:
+def step_time(config: lorakit.LoRAConfig, steps: int, bert: dict | None = None,
+              tokens: int = 32) -> float:
+    """Median step time of `fit` over `steps` batches of 16 × `tokens` random tokens."""
     g = torch.Generator().manual_seed(0)
-    data = DataLoader(TensorDataset(torch.randint(0, 1000, (16 * steps, 32), generator=g),
+    data = DataLoader(TensorDataset(torch.randint(0, 1000, (16 * steps, tokens), generator=g),
                                     torch.randint(0, 2, (16 * steps,), generator=g)),
                       batch_size=16)
     timer = StepTimer()
     pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                enable_progress_bar=False, enable_model_summary=False,
-               callbacks=[timer]).fit(Classifier(method), data)
+               callbacks=[timer]).fit(Classifier(config, bert), data)
     return statistics.median(timer.times[2:])      # the first steps warm up
 
 
@@ -84,7 +90,8 @@ def main(argv=None) -> dict:
     times: dict[str, list[float]] = {m: [] for m in METHODS}
     for r in range(a.rounds):
         for m in (METHODS if r % 2 == 0 else METHODS[::-1]):
-            times[m].append(step_time(m, a.steps))
+            config = lorakit.LoRAConfig(rank=8, method=m, targets=["*.query", "*.value"])
+            times[m].append(step_time(config, a.steps))
     med = {m: statistics.median(t) for m, t in times.items()}
     result = {"step_ms": {m: round(1000 * t, 2) for m, t in med.items()},
               "ggpo_over_lora": round(med["ggpo"] / med["lora"], 3),

@@ -106,13 +106,14 @@ def read_adapter(path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise AdapterFileError(f"{path}: the base-model fingerprint in its metadata does not "
                                "match its checksum; the file was edited or damaged")
     try:
-        cls = variant_named(LoRAConfig.from_dict(config).method, source=str(path))
+        parsed = LoRAConfig.from_dict(config)
+        cls = variant_named(parsed.method, source=str(path))
         if fmt == 1:   # every adapted module was a Linear; its keys tell them from saved ones
             meta["kinds"] = {p: "linear" for p in fp if f"{p}.lora_A" in tensors
                              or f"{p}.lora_lambda" in tensors}
             meta["name"] = "default"
         for p, kind in meta["kinds"].items():
-            missing = [k for k in cls.file_keys(p, kind_named(kind, str(path)), fp[p])
+            missing = [k for k in cls.keys_for(parsed, p, kind_named(kind, str(path)), fp[p])
                        if k not in tensors]
             if missing:
                 raise AdapterFileError(f"{path} lacks tensor {missing[0]!r} of module {p!r}; "
@@ -134,6 +135,8 @@ def layer_entries(meta: dict):
 
 def saved_keys(meta: dict, tensors: dict) -> list[str]:
     """Keys of the modules_to_save tensors: every key no adapted module claims."""
-    cls = variant_named(meta["config"]["method"])
-    claimed = {k for p, kind, shape in layer_entries(meta) for k in cls.file_keys(p, kind, shape)}
+    config = LoRAConfig.from_dict(meta["config"])
+    cls = variant_named(config.method)
+    claimed = {k for p, kind, shape in layer_entries(meta)
+               for k in cls.keys_for(config, p, kind, shape)}
     return [k for k in tensors if k not in claimed]

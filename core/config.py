@@ -14,6 +14,7 @@ from .errors import LoraKitError
 Method = Literal["lora", "s2lora", "dora", "ffa_lora", "lora_sb", "lora_ga", "allora", "ggpo",
                  "balora", "mixture"]
 Router = Literal["topk", "dense"]
+ExpertCompute = Literal["dense", "gather"]
 Init = Literal["kaiming", "gaussian"]
 BATask = Literal["nlu", "nlg"]
 CORE_FIELDS = ("rank", "alpha", "dropout", "rslora", "init", "targets", "method",
@@ -93,6 +94,15 @@ class LoRAConfig:
         "help": "mixture: 'topk' (softmax router, each token's k most probable experts, "
                 "their gates renormalised when k > 1) or 'dense' (every expert weighted by "
                 "the softmax: LoRAMoE, Dou et al. 2024)."})
+    expert_method: str = field(default="lora", metadata={
+        "help": "mixture: the method of each expert: 'lora', 'dora' or 'ffa_lora' (any "
+                "variant whose tensors are its own and that needs no training hook of its "
+                "own); experts are stored stacked, one tensor per name."})
+    expert_compute: ExpertCompute = field(default="dense", metadata={
+        "help": "mixture, plain-product experts: 'dense' (every expert's r-wide down "
+                "projection in one matmul, unselected gates zero) or 'gather' (each token's "
+                "k experts gathered, two batched matmuls over the selected ones only; "
+                "router 'topk'). Same outputs; `benchmarks/moe_step_cost.py` times both."})
     expert_schedule: str = field(default="", metadata={
         "help": "mixture: experts per depth segment, e.g. '2,4,6,8' = 2 in the first "
                 "quarter of the adapted layers ... 8 in the last (MoLA, Gao et al. 2024)."})
@@ -146,6 +156,13 @@ class LoRAConfig:
             raise LoraKitError("LoRAConfig.router_aux_loss and lbc_weight must be >= 0 and "
                                f"lbc_delta in [0, 1), got {self.router_aux_loss}, "
                                f"{self.lbc_weight}, {self.lbc_delta}")
+        if self.expert_compute not in get_args(ExpertCompute):
+            raise LoraKitError(f"LoRAConfig.expert_compute must be one of "
+                               f"{list(get_args(ExpertCompute))}, got {self.expert_compute!r}")
+        if self.method == "mixture" and self.expert_compute == "gather" and self.router != "topk":
+            raise LoraKitError("LoRAConfig.expert_compute='gather' picks each token's top_k "
+                               "experts; router 'dense' uses every expert: use "
+                               "expert_compute='dense'")
         self.experts_per_layer = [int(n) for n in self.experts_per_layer]
         if self.init not in get_args(Init):
             raise LoraKitError(f"LoRAConfig.init must be one of {list(get_args(Init))}, "

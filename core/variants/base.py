@@ -139,6 +139,13 @@ class Variant(nn.Module):
         """The keys a file holds for this module (its own and the shared ones it uses)."""
         raise NotImplementedError
 
+    @classmethod
+    def keys_for(cls, config: LoRAConfig, path: str, kind: type[LayerKind],
+                 weight_shape) -> list[str]:
+        """`file_keys` for a file written with `config`, for methods whose keys depend on
+        it (a mixture's experts: their method's keys); default `file_keys`."""
+        return cls.file_keys(path, kind, weight_shape)
+
     # --- maths of the live layer -------------------------------------------------------
     @property
     def rank(self) -> int:

@@ -24,13 +24,31 @@ configuration (`LoRAConfig`), not a class:
 - MoLA (Gao et al. 2024): a per-layer expert count, `expert_schedule="2,4,6,8"` (values
   over equal depth segments: quarters here) or `experts_per_layer=[...]` (one per layer).
 
-The computation is stacked, never a Python loop over experts: every expert's r-wide down
-projection is one matmul (E·r columns, what one LoRA of rank E·r costs), the gates zero
-all but each token's k experts, and the up projection is one matmul over the E·r wide
-activations. Gathering each token's k weight matrices instead (Punica's per-row gather,
-`LayerKind.routed`) would copy tokens × k × r × (in + out) numbers per forward: for
-token-level routing that costs more than the E·r columns it saves at these ranks. Exact
-zeros outside the top k mean an expert no token chose gets exactly zero gradient.
+An expert is any method of `EXPERTS` (`expert_method`: LoRA, DoRA, FFA-LoRA): the
+mixture builds E instances of it, each initialised as that method initialises itself,
+and keeps each of their tensors stacked under the method's own name (lora_A (E, r, in),
+lora_B (E, out, r), DoRA's lora_magnitude (E, out), ...): one file key per name, as a
+single adapter of that method has. Methods with a training hook of their own (ALLoRA's
+gradient rescaling, GGPO's perturbed pass, BA-LoRA's output terms, S2-LoRA's shared
+basis and sparsity step, the gradient-driven inits of LoRA-GA and LoRA-SB) are refused:
+the stacked experts would skip their hook.
+
+The computation is stacked, never a Python loop over experts:
+
+- plain-product experts (LoRA, FFA-LoRA), `expert_compute="dense"` (the default): every
+  expert's r-wide down projection is one matmul (E·r columns, what one LoRA of rank E·r
+  costs), the gates zero all but each token's k experts, and the up projection is one
+  matmul over the E·r wide activations;
+- `expert_compute="gather"`: each token's k (A, B) pairs are gathered from the stacks and
+  applied by two batched matmuls (the mixed-adapter batch kernel `LayerKind.routed`,
+  with each (token, choice) as a row), so FLOPs scale with k, not E; it copies
+  tokens × k × r × (in + out) weight numbers per forward, which on a CPU at these ranks
+  costs more than the E·r columns it saves (`benchmarks/moe_step_cost.py` times both);
+- experts whose update is not a product (DoRA): the expert's own `forward`, vectorised
+  over the stacked tensors with `torch.func.vmap` (E outputs per token), weighted by
+  the gates.
+
+Exact zeros outside the top k mean an expert no token chose gets exactly zero gradient.
 
 A mixture's update depends on each token (ΔW(x)), so it has no single B A: it cannot be
 merged into the base, routed in a mixed-adapter batch, or exported to PEFT's LoRA layout.
@@ -48,7 +66,26 @@ from torch import nn
 from ..config import LoRAConfig
 from ..errors import LoraKitError
 from ..kinds import LayerKind
-from .base import Variant, init_down_projection
+from .base import Variant
+from .dora import DoRA
+from .ffa_lora import FFALoRA
+from .lora import LoRA
+
+#: methods an expert can be: their tensors are their own and no training hook of theirs
+#: would be skipped (tests/core/test_mixture.py checks the hooks)
+EXPERTS: dict[str, type[Variant]] = {c.method: c for c in (LoRA, DoRA, FFALoRA)}
+
+
+def expert_class(method: str) -> type[Variant]:
+    if method not in EXPERTS:
+        raise LoraKitError(
+            f"LoRAConfig.expert_method {method!r}: a mixture's experts can be "
+            f"{', '.join(EXPERTS)}. The other methods need what stacked experts do not run: "
+            "a training hook of their own (ALLoRA's gradient rescaling, GGPO's perturbed "
+            "pass, BA-LoRA's output terms), a basis shared across modules (S2-LoRA), a "
+            "gradient-driven init (LoRA-GA, LoRA-SB), or are mixtures themselves")
+    return EXPERTS[method]
+
 
 NOT_A_PRODUCT = ("a mixture of LoRA experts has no fixed update: each token's ΔW depends on "
                  "its routing, so it cannot be folded into the base weight or written as one "
@@ -122,6 +159,17 @@ def mixed(kind: LayerKind, rows: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     return kind.up(h.reshape(-1, e * r), b.permute(1, 0, 2).reshape(b.shape[1], e * r))
 
 
+def gathered(kind: LayerKind, rows: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+             index: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_j weights[:, j] · B_{index[:, j]} A_{index[:, j]} x for every row, over each row's
+    k chosen experts only: rows (N, in), index and weights (N, k) -> (N, out). Each
+    (row, choice) is one row of the mixed-adapter batch kernel `kind.routed`: one gather
+    of its A and B from the stacks, two batched matmuls."""
+    n, k = index.shape
+    each = kind.routed(rows.repeat_interleave(k, dim=0)[:, None], a, b, index.reshape(-1))
+    return (each.view(n, k, -1) * weights.to(each.dtype)[..., None]).sum(1)
+
+
 # --- the auxiliary losses, as plain functions of the routing -------------------------------
 def switch_balance(probs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     """E · Σ_e f_e · P_e (Switch Transformer, Fedus et al. 2022, eq. 4; with k choices per
@@ -160,8 +208,9 @@ class Mixture(Variant):
     method = "mixture"
     peft = False
     routable = False
-    options = ("n_experts", "top_k", "router", "expert_schedule", "experts_per_layer",
-               "router_aux_loss", "lbc_weight", "lbc_delta")
+    options = ("n_experts", "top_k", "router", "expert_method", "expert_compute",
+               "expert_schedule", "experts_per_layer", "router_aux_loss", "lbc_weight",
+               "lbc_delta")
     merge_refusal = ("each token's update depends on its routing, so it has no fixed rank-1 "
                      "units to merge and cannot be folded into the base either. Keep it as "
                      "its own adapter, or merge the single-LoRA adapters it was built from")
@@ -175,16 +224,25 @@ class Mixture(Variant):
         if not kind.float_input or not kind.routable:
             raise LoraKitError(f"a mixture of experts routes each token by its features: it "
                                f"adapts Linear and Conv1D layers, not a {kind.describe()}")
-        e, r = config.n_experts, config.rank
+        e = config.n_experts
         self.dense = config.router == "dense"
         self.top_k = e if self.dense else config.top_k
         self.aux_weight = 0.0 if self.dense else config.router_aux_loss
         self.lbc_weight, self.lbc_delta = config.lbc_weight, config.lbc_delta
-        self.lora_A = nn.Parameter(torch.empty(e, r, kind.in_features, dtype=dtype, device=device))
-        self.lora_B = nn.Parameter(torch.zeros(e, kind.out_features, r, dtype=dtype,
-                                               device=device))
-        for a in self.lora_A.data:       # each expert initialised as its own LoRA's A
-            init_down_projection(a, config.init)
+        self.expert_cls = expert_class(config.expert_method)
+        self.product = self.expert_cls.routable       # ΔW = B A: the stacked matmul paths
+        self.gather = config.expert_compute == "gather" and self.product   # plan() refuses
+
+        expert_config = dataclasses.replace(config, method=config.expert_method)
+        experts = [self.expert_cls(kind, expert_config, dtype, device) for _ in range(e)]
+        for name, tensor in experts[0].own_tensors().items():
+            stacked = torch.stack([x.own_tensors()[name].detach() for x in experts])
+            if isinstance(tensor, nn.Parameter):
+                setattr(self, name, nn.Parameter(stacked))
+            else:
+                self.register_buffer(name, stacked)
+        self.expert_names = tuple(experts[0].own_tensors())
+        self._template = (experts[0],)   # a tuple: not a submodule, its tensors not ours
         self.moe_router = nn.Parameter(torch.empty(e, kind.in_features, dtype=dtype,
                                                    device=device))
         nn.init.kaiming_uniform_(self.moe_router, a=math.sqrt(5))   # as nn.Linear (LoRAMoE)
@@ -205,18 +263,27 @@ class Mixture(Variant):
 
     @classmethod
     def plan(cls, config: LoRAConfig, paths: list[str]) -> dict[str, LoRAConfig]:
+        if config.expert_compute == "gather" and not expert_class(config.expert_method).routable:
+            raise LoraKitError(f"expert_compute='gather' gathers each token's (A, B); "
+                               f"{config.expert_method} experts are not a product B A: use "
+                               "expert_compute='dense'")
         counts = allocation(config, paths)
         return {p: dataclasses.replace(config, n_experts=n, experts_per_layer=[],
                                        expert_schedule="") for p, n in counts.items()}
 
     # --- routing ----------------------------------------------------------------------
+    def choose(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each token's top-k (weights, expert ids), both (tokens, k)."""
+        top, index = probs.topk(self.top_k, dim=-1)
+        if self.top_k > 1:       # Mixtral / MixLoRA: a softmax over the k chosen
+            top = top / top.sum(-1, keepdim=True)
+        return top, index
+
     def gates(self, probs: torch.Tensor) -> torch.Tensor:
         """(tokens, E) weights of the experts, zero outside each token's top k."""
         if self.dense:
             return probs
-        top, index = probs.topk(self.top_k, dim=-1)
-        if self.top_k > 1:       # Mixtral / MixLoRA: a softmax over the k chosen
-            top = top / top.sum(-1, keepdim=True)
+        top, index = self.choose(probs)
         return torch.zeros_like(probs).scatter(-1, index, top)
 
     def forward(self, x: torch.Tensor, kind: LayerKind, base: nn.Module) -> torch.Tensor:
@@ -224,12 +291,49 @@ class Mixture(Variant):
         rows = x.reshape(-1, x.shape[-1])
         probs = torch.softmax(F.linear(rows, self.moe_router).float(), dim=-1)
         gates = self.gates(probs)
-        y = mixed(kind, self.dropout(rows), self.lora_A, self.lora_B, gates * self.scale)
+        if self.gather:
+            top, index = self.choose(probs)
+            y = gathered(kind, self.dropout(rows), self.lora_A, self.lora_B, index,
+                         top * self.scale)
+        elif self.product:
+            y = mixed(kind, self.dropout(rows), self.lora_A, self.lora_B, gates * self.scale)
+        else:
+            y = torch.einsum("ne,eno->no", gates.to(rows.dtype),
+                             self.expert_outputs(rows, kind, base))
         batch = x.shape[0] if x.dim() > 2 else rows.shape[0]
         self._last = (probs, gates, gates > 0, batch)
         if self.training:
             self._record(probs, gates)
         return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def expert_tensors(self) -> dict[str, torch.Tensor]:
+        """The experts' stacked tensors by their method's names, each (E, ...)."""
+        return {n: getattr(self, n) for n in self.expert_names}
+
+    def expert_outputs(self, rows: torch.Tensor, kind: LayerKind,
+                       base: nn.Module) -> torch.Tensor:
+        """(E, rows, out): every expert's own `forward` on every row, vectorised over the
+        stacked tensors (each expert its own dropout draw)."""
+        template = self._template[0]
+
+        def one(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+            return torch.func.functional_call(template, tensors, (rows, kind, base))
+        return torch.func.vmap(one, randomness="different")(self.expert_tensors())
+
+    @torch.no_grad()
+    def init_from_weight(self, weight: torch.Tensor) -> None:
+        """Each expert's own init from the base weight (DoRA: its magnitude), one at a
+        time through the template expert; a no-op for methods without one."""
+        template = self._template[0]
+        if type(template).init_from_weight is Variant.init_from_weight:
+            return
+        mine, theirs = self.expert_tensors(), template.own_tensors()
+        for e in range(self.n_experts):
+            for name, tensor in mine.items():
+                theirs[name].data.copy_(tensor[e])
+            template.init_from_weight(weight)
+            for name, tensor in mine.items():
+                tensor[e].copy_(theirs[name])
 
     @torch.no_grad()
     def _record(self, probs: torch.Tensor, gates: torch.Tensor) -> None:
@@ -287,8 +391,13 @@ class Mixture(Variant):
     # --- the file ---------------------------------------------------------------------
     @classmethod
     def file_keys(cls, path, kind, weight_shape):
-        return [f"{path}.{n}" for n in ("lora_A", "lora_B", "moe_router", "moe_load",
-                                        "moe_tokens", "moe_entropy")]
+        return cls.keys_for(LoRAConfig(method="mixture"), path, kind, weight_shape)
+
+    @classmethod
+    def keys_for(cls, config, path, kind, weight_shape):
+        experts = expert_class(config.expert_method).file_keys(path, kind, weight_shape)
+        return [*experts, *(f"{path}.{n}" for n in ("moe_router", "moe_load", "moe_tokens",
+                                                    "moe_entropy"))]
 
     @classmethod
     def file_factors(cls, tensors, path, kind, weight_shape):

@@ -11,15 +11,24 @@ weights pᵢ (their example counts, normalised) the *ideal* global update of a m
   (root of the summed squares), unscaled.
 - ``ffa``     (FFA-LoRA, Sun et al. 2024): A is frozen at one shared init, send B only:
   Σ pᵢ Bᵢ A = B̄ A, exact, half the bytes.
-- ``fair``    (LoRA-FAIR, Bian et al. 2024/ICCV 2025): average A and B as FedAvg does,
-  then add a server-side residual ΔB so that (B̄ + ΔB) Ā is as close as possible to the
-  ideal Σ pᵢ Bᵢ Aᵢ; the next round's clients start from (Ā, B̄ + ΔB) (the paper's
-  "initialisation refinement": no re-init, the refined pair is what they continue from).
-  The paper picks ΔB by a few gradient steps on a normalised similarity loss plus a
-  λ‖ΔB‖ regulariser; here the Frobenius version of that problem,
-      min_ΔB ‖(B̄ + ΔB) Ā − Σ pᵢ Bᵢ Aᵢ‖²_F + λ ‖ΔB‖²_F,
-  is solved in closed form (ridge regression): ΔB = (Ŵ − B̄Ā) Āᵀ (Ā Āᵀ + λ I)⁻¹. The error
-  left is what no rank-r product with row space Ā can represent.
+- ``fair``    (LoRA-FAIR, Bian et al., ICCV 2025): average A and B as FedAvg does, then
+  add a server-side residual ΔB to B̄ so that (B̄ + ΔB) Ā points the way the ideal update
+  Ŵ = Σ pᵢ Bᵢ Aᵢ does; the next round's clients start from (Ā, B̄ + ΔB) (the paper's
+  "Avg-Initial" initialisation refinement: no re-init, the refined pair is what every
+  client continues from). ΔB is the paper's Eq. 8, solved per module by gradient steps
+  from ΔB = 0 (`fair_solver="sgd"`, the default):
+      min_ΔB  1 − S(Ŵ, (B̄ + ΔB) Ā) + λ ‖ΔB‖²_F,
+  S the cosine similarity of the two matrices taken as vectors (`fair_similarity=
+  "cosine"`; "column_cosine": the mean cosine of matching columns, one per input feature,
+  as one public re-implementation reads it), λ = 0.01 (the paper's value), `fair_steps`
+  plain SGD steps at `fair_lr` (1000 at 0.01: the paper says SGD but, in what was read of
+  it, not how long or how fast; these are public re-implementations' defaults). ΔB starts
+  at zero, so identical clients get ΔB = 0. The similarity is scale-free, so λ alone
+  keeps ΔB near zero: it is the paper's trade between matching Ŵ and keeping B̄' close
+  to B̄. `fair_solver="closed_form"` instead solves the Frobenius version of the problem,
+  min ‖(B̄ + ΔB) Ā − Ŵ‖²_F + λ ‖ΔB‖²_F, by ridge regression:
+  ΔB = (Ŵ − B̄Ā) Āᵀ (Ā Āᵀ + λ I)⁻¹. Either way the error left is at least what no product
+  with row space Ā can represent.
 - ``fedsb``   (Fed-SB, Singhal et al. 2025, on LoRA-SB): B and A are fixed and shared,
   only the r × r R trains: send R, Σ pᵢ B Rᵢ A = B R̄ A, exact; r² numbers per module
   whatever the number of clients.
@@ -31,6 +40,8 @@ from dataclasses import dataclass, field
 import torch
 
 STRATEGIES = ("fedavg", "ffa", "fair", "fedsb")
+FAIR_SOLVERS = ("sgd", "closed_form")
+FAIR_SIMILARITIES = ("cosine", "column_cosine")
 
 # which factor keys a client sends under each strategy
 SENT = {"fedavg": ("lora_A", "lora_B"), "fair": ("lora_A", "lora_B"),
@@ -90,6 +101,76 @@ def _modules(keys) -> list[str]:
     return sorted({k.rsplit(".", 1)[0] for k in keys if k.endswith((".lora_A", ".lora_B"))})
 
 
+@dataclass(frozen=True)
+class FairConfig:
+    """LoRA-FAIR's server-side correction (Bian et al., ICCV 2025, Eq. 8)."""
+
+    solver: str = field(default="sgd", metadata={
+        "help": "sgd: the paper's gradient steps on 1 − similarity + λ‖ΔB‖²; closed_form: "
+                "the Frobenius (ridge) version of the problem, solved exactly"})
+    similarity: str = field(default="cosine", metadata={
+        "help": "cosine: of the whole matrices; column_cosine: mean over matching columns"})
+    steps: int = field(default=1000, metadata={"help": "SGD steps per round"})
+    lr: float = field(default=0.01, metadata={"help": "SGD step size"})
+    lam: float = field(default=0.01, metadata={"help": "λ, the weight of ‖ΔB‖²_F"})
+
+    def __post_init__(self) -> None:
+        if self.solver not in FAIR_SOLVERS:
+            raise ValueError(f"unknown LoRA-FAIR solver {self.solver!r}; choose one of "
+                             f"{FAIR_SOLVERS}")
+        if self.similarity not in FAIR_SIMILARITIES:
+            raise ValueError(f"unknown LoRA-FAIR similarity {self.similarity!r}; choose one "
+                             f"of {FAIR_SIMILARITIES}")
+
+    @classmethod
+    def from_settings(cls, cfg: dict) -> FairConfig:
+        """From a flat run config (`fair-solver`, `fair-similarity`, `fair-steps`, ...)."""
+        return cls(str(cfg["fair-solver"]), str(cfg["fair-similarity"]),
+                   int(cfg["fair-steps"]), float(cfg["fair-lr"]), float(cfg["fair-lambda"]))
+
+
+def similarity(measure: str, a: torch.Tensor, target: torch.Tensor):
+    """b ↦ S(target, b a) per module of a stack: a (k, r, in), target (k, out, in), b (k, out, r).
+    Neither measure forms b a: with ⟨b a, T⟩ = ⟨b, T aᵀ⟩ and ‖b a‖² = ⟨b (a aᵀ), b⟩ (and
+    the same per column) a step costs O(out·r²) for "cosine", O(out·in·r) per column."""
+    eps = 1e-12
+    if measure == "cosine":
+        gram, inner = a @ a.transpose(1, 2), target @ a.transpose(1, 2)
+        t_norm = target.flatten(1).norm(dim=1).clamp_min(eps)
+
+        def cosine(b):
+            norm = ((b @ gram) * b).sum((1, 2)).clamp_min(eps ** 2).sqrt()
+            return (b * inner).sum((1, 2)) / (norm * t_norm)
+        return cosine
+    t_cols, a_cols = target.transpose(1, 2), a.transpose(1, 2)      # (k, in, out), (k, in, r)
+    t_norm = target.norm(dim=1).clamp_min(eps)                        # (k, in)
+
+    def column_cosine(b):
+        inner = ((t_cols @ b) * a_cols).sum(2)
+        norm = ((b.transpose(1, 2) @ b @ a) * a).sum(1).clamp_min(eps ** 2).sqrt()
+        return (inner / (norm * t_norm)).mean(1)
+    return column_cosine
+
+
+def fair_residuals(a: torch.Tensor, b: torch.Tensor, target: torch.Tensor,
+                   cfg: FairConfig) -> torch.Tensor:
+    """ΔB for a stack of modules of one shape (float64): a = Ā (k, r, in), b = B̄ (k, out, r),
+    target = Ŵ (k, out, in). The modules' problems are independent; summing their losses
+    gives each its own gradient, so one SGD run over the stack is k separate ones."""
+    if cfg.solver == "closed_form":
+        gram = a @ a.transpose(1, 2) + cfg.lam * torch.eye(a.shape[1], dtype=a.dtype)
+        return torch.linalg.solve(gram, a @ (target - b @ a).transpose(1, 2)).transpose(1, 2)
+    sim = similarity(cfg.similarity, a, target)
+    delta = torch.zeros_like(b, requires_grad=True)
+    opt = torch.optim.SGD([delta], lr=cfg.lr)
+    for _ in range(cfg.steps):
+        opt.zero_grad()
+        loss = (1 - sim(b + delta) + cfg.lam * delta.pow(2).sum((1, 2))).sum()
+        loss.backward()
+        opt.step()
+    return delta.detach()
+
+
 @dataclass
 class Aggregate:
     state: dict[str, torch.Tensor]          # the new global adapter (full state)
@@ -100,37 +181,64 @@ class Aggregate:
 
 def aggregate(strategy: str, global_state: dict[str, torch.Tensor],
               updates: list[dict[str, torch.Tensor]], weights: list[float],
-              fair_lambda: float = 1e-3) -> Aggregate:
+              fair: FairConfig | None = None) -> Aggregate:
     """Combine clients' sent tensors (`updates`, each over `sent_keys`) with the current
-    global adapter (for the factors clients do not send) into the next global adapter."""
+    global adapter (for the factors clients do not send) into the next global adapter.
+    Under `fair`, metrics also hold the mean similarity S(Ŵ, B̄Ā) over modules before and
+    after the correction and ‖ΔB‖_F / ‖B̄‖_F over all modules."""
     check_strategy(strategy)
     if not updates:
         raise ValueError("aggregate: no client updates")
+    fair = fair or FairConfig()
     p = torch.tensor(weights, dtype=torch.float64)
     p = p / p.sum()
     full = [{**global_state, **u} for u in updates]
     new = dict(global_state)
     for key in updates[0]:
         new[key] = _mean([u[key] for u in updates], p).to(global_state[key].dtype)
-    sq_before = sq_after = 0.0
+    ideal, got = {}, {}
     for path in _modules(global_state):
         a_k, b_k, r_k = f"{path}.lora_A", f"{path}.lora_B", f"{path}.lora_R"
         if r_k in global_state:     # LoRA-SB: ΔW = B R A
-            ideal = _mean([s[b_k].double() @ s[r_k].double() @ s[a_k].double() for s in full], p)
-            got = new[b_k].double() @ new[r_k].double() @ new[a_k].double()
+            ideal[path] = _mean([s[b_k].double() @ s[r_k].double() @ s[a_k].double()
+                                 for s in full], p)
+            got[path] = new[b_k].double() @ new[r_k].double() @ new[a_k].double()
         else:
-            ideal = _mean([s[b_k].double() @ s[a_k].double() for s in full], p)
-            got = new[b_k].double() @ new[a_k].double()
-        before = float(torch.linalg.matrix_norm(got - ideal)) ** 2
-        sq_before += before
-        if strategy == "fair":
-            a = new[a_k].double()
-            gram = a @ a.T + fair_lambda * torch.eye(a.shape[0], dtype=a.dtype)
-            delta_b = torch.linalg.solve(gram, a @ (ideal - got).T).T
-            new[b_k] = (new[b_k].double() + delta_b).to(global_state[b_k].dtype)
-            got = new[b_k].double() @ a
-            sq_after += float(torch.linalg.matrix_norm(got - ideal)) ** 2
-        else:
-            sq_after += before
-    return Aggregate(new, sq_after ** 0.5, sq_before ** 0.5,
-                     {"clients": len(updates), "bytes_per_client": payload_bytes(updates[0])})
+            ideal[path] = _mean([s[b_k].double() @ s[a_k].double() for s in full], p)
+            got[path] = new[b_k].double() @ new[a_k].double()
+    error_before = _error(got, ideal)
+    metrics = {"clients": len(updates), "bytes_per_client": payload_bytes(updates[0])}
+    if strategy == "fair" and ideal:
+        metrics.update(_correct(new, ideal, got, fair))
+    return Aggregate(new, _error(got, ideal), error_before, metrics)
+
+
+def _error(got: dict, ideal: dict) -> float:
+    return sum(float(torch.linalg.matrix_norm(got[m] - ideal[m])) ** 2 for m in ideal) ** 0.5
+
+
+def _correct(new: dict, ideal: dict, got: dict, cfg: FairConfig) -> dict:
+    """LoRA-FAIR in place: B̄ ← B̄ + ΔB in `new` and the products in `got`, modules of one
+    shape solved together."""
+    groups: dict[tuple, list[str]] = {}
+    for path in ideal:
+        groups.setdefault(tuple(new[f"{path}.lora_B"].shape + new[f"{path}.lora_A"].shape),
+                          []).append(path)
+    before, after, delta_sq, b_sq = [], [], 0.0, 0.0
+    for paths in groups.values():
+        a = torch.stack([new[f"{m}.lora_A"].double() for m in paths])
+        b = torch.stack([new[f"{m}.lora_B"].double() for m in paths])
+        target = torch.stack([ideal[m] for m in paths])
+        delta = fair_residuals(a, b, target, cfg)
+        sim = similarity(cfg.similarity, a, target)
+        before += sim(b).tolist()
+        after += sim(b + delta).tolist()
+        delta_sq += float(delta.pow(2).sum())
+        b_sq += float(b.pow(2).sum())
+        for i, m in enumerate(paths):
+            key = f"{m}.lora_B"
+            new[key] = (b[i] + delta[i]).to(new[key].dtype)
+            got[m] = (b[i] + delta[i]) @ a[i]
+    return {"similarity_before": sum(before) / len(before),
+            "similarity_after": sum(after) / len(after),
+            "delta_ratio": (delta_sq / b_sq) ** 0.5 if b_sq > 0 else 0.0}

@@ -93,6 +93,91 @@ def test_gradients_reach_only_the_selected_experts():
             assert v.lora_A.grad[e].abs().max() == 0 and v.lora_B.grad[e].abs().max() == 0
 
 
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_gather_compute_gives_the_dense_outputs_and_gradients(top_k):
+    """expert_compute='gather' (each token's k experts through the routed-batch kernel)
+    is the same function as the dense E·r-wide path, gradients included."""
+    runs = []
+    for compute in ("dense", "gather"):
+        model, adapters, v = linear_with_mixture(experts=5, top_k=top_k,
+                                                 expert_compute=compute)
+        x = torch.randn(3, 4, 6, generator=torch.Generator().manual_seed(2))
+        model(x).pow(2).sum().backward()
+        runs.append((model(x), v.lora_A.grad, v.lora_B.grad, v.moe_router.grad))
+    for dense, gather in zip(*runs):
+        assert torch.allclose(dense, gather, atol=1e-5)
+
+
+def test_experts_hold_no_training_hook_that_stacking_would_skip():
+    """EXPERTS lists only methods whose tensors are their own and that rely on no hook the
+    mixture does not call; a method gaining one must leave the list (or the mixture must
+    learn to call it)."""
+    from lorakit.variants import VARIANTS, Variant
+    from lorakit.variants.mixture import EXPERTS
+    hooks = ("before_optimizer_step", "perturb", "restore", "output_terms", "penalty",
+             "shrink", "init_from_gradient", "shared_key", "make_shared", "plan",
+             "aux_losses", "fit_to_state", "prune")
+    for method, cls in EXPERTS.items():
+        assert VARIANTS[method] is cls
+        overridden = [h for h in hooks
+                      if next(k for k in cls.__mro__ if h in vars(k)) is not Variant]
+        assert not overridden, (method, overridden)
+    refused = set(VARIANTS) - set(EXPERTS)
+    assert {"allora", "ggpo", "balora", "s2lora", "lora_ga", "lora_sb", "mixture"} <= refused
+
+
+def dora_mixture(experts=4, top_k=2, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 5))
+    adapters = lorakit.attach(model, lorakit.LoRAConfig(
+        method="mixture", expert_method="dora", n_experts=experts, top_k=top_k, rank=2,
+        alpha=2, targets=["0"]))
+    v = adapters.variants()["0"]
+    randomise_params([v.lora_B], seed=seed + 1)
+    with torch.no_grad():
+        v.lora_magnitude.mul_(torch.linspace(0.8, 1.2, experts)[:, None])
+    return model, adapters, v
+
+
+def test_dora_experts_start_at_the_base_weight_norms_and_mix_each_experts_dora_output():
+    model, adapters, v = dora_mixture()
+    w = model[0].base.weight
+    fresh = lorakit.attach(nn.Sequential(nn.Linear(6, 5)), lorakit.LoRAConfig(
+        method="mixture", expert_method="dora", n_experts=3, targets=["0"]))
+    start = fresh.variants()["0"]
+    want_norms = torch.linalg.vector_norm(fresh.model[0].base.weight, dim=1)
+    assert torch.allclose(start.lora_magnitude, want_norms.expand(3, -1))   # m = ‖W‖ each
+    assert {"lora_A", "lora_B", "lora_magnitude"} <= set(v.expert_tensors())
+    x = torch.randn(9, 6)
+    gates = v.gates(torch.softmax(x @ v.moe_router.T, dim=-1))
+    want = model[0].base(x)
+    for e in range(4):          # DoRA by hand: (g − 1) ⊙ W x + g ⊙ s B A x, g = m / ‖W + s B A‖
+        low = v.scale * v.lora_B[e] @ v.lora_A[e]
+        g = v.lora_magnitude[e] / torch.linalg.vector_norm(w + low, dim=1)
+        want = want + gates[:, e:e + 1] * ((g - 1) * (x @ w.T) + g * (x @ low.T))
+    assert torch.allclose(model(x), want, atol=1e-5)
+
+
+def test_dora_experts_outside_the_top_k_get_no_gradient_and_round_trip(tmp_path):
+    model, adapters, v = dora_mixture(experts=5)
+    with torch.no_grad():
+        v.moe_router.zero_()
+        v.moe_router[0, 0] = v.moe_router[4, 0] = 5.0
+    x = torch.randn(8, 6)
+    x[:, 0] = x[:, 0].abs() + 1.0
+    model(x).pow(2).sum().backward()
+    for e in range(5):
+        grads = [v.lora_B.grad[e], v.lora_magnitude.grad[e]]
+        assert all(g.abs().sum() > 0 for g in grads) == (e in (0, 4)), e
+    path = adapters.save(tmp_path / "dora_mix.safetensors")
+    again = nn.Sequential(nn.Linear(6, 5))
+    again.load_state_dict({k.replace("base.", ""): t for k, t in model.state_dict().items()
+                           if "lora" not in k and "moe" not in k})
+    lorakit.load_adapter(again, path)
+    assert torch.allclose(again(x), model(x), atol=1e-6)
+    assert lorakit.read_adapter(path)[0]["config"]["expert_method"] == "dora"
+
+
 def test_the_model_starts_at_the_base_and_the_base_stays_frozen(tiny_bert):
     model = tiny_bert()
     ids = torch.randint(0, 60, (2, 6))
@@ -191,6 +276,10 @@ def test_mola_allocation_builds_that_many_experts_per_layer_and_saves_it(tiny_be
     ({"expert_schedule": "two"}, "give expert counts separated by commas"),
     ({"n_experts": 3, "router": "dense", "lbc_weight": 0.1}, "use even counts"),
     ({"router": "sparse"}, "router must be one of"),
+    ({"expert_method": "allora"}, "expert_method 'allora': a mixture's experts can be lora"),
+    ({"expert_method": "mixture"}, "or are mixtures themselves"),
+    ({"expert_method": "dora", "expert_compute": "gather"}, "dora experts are not a product"),
+    ({"router": "dense", "expert_compute": "gather"}, "router 'dense' uses every expert"),
 ])
 def test_bad_mixture_settings_are_refused_before_the_model_is_touched(tiny_bert, options,
                                                                       message):
