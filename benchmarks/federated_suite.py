@@ -17,14 +17,23 @@ solved per client by Opacus's RDP accountant; clipping C = 1): `<strategy>.dp.*`
     (+ accuracy.png, accuracy_dp.png); full: 4 clients, 5 rounds, 10 local steps, seeds
     0-2; quick: 2 clients, 2 rounds, 3 local steps, seed 0 (MiniLM: 64 sentences per
     domain). `python -m lorakit.benchmarks.federated_suite --base minilm` for MiniLM.
+
+Resumable: each (seed, DP off/on) measurement of the four strategies is written to
+`<out>/runs/seed<seed>-<plain|dp>.json` as it finishes, with the full run settings it used
+(the plugin's defaults included); the same command again skips every measurement whose
+file holds the same settings and measures the rest, so a run of hours can be spread over
+several sessions. A file from other settings is measured again and overwritten.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-from lorakit.plugins.federated.aggregation import STRATEGIES
+from lorakit.atomic import atomic_write
+from lorakit.plugins.federated.aggregation import STRATEGIES, FairConfig
+from lorakit.plugins.federated.app import settings
 from lorakit.plugins.federated.run import measure, plot_accuracy
 
 SUITE = "federated"
@@ -44,8 +53,8 @@ def run(out_dir, threads: int = 1, quick: bool = False, base: str = "tiny") -> d
                         "test-per-domain": 64 if quick else 128})
     rows, per_seed = [], []
     for seed in seeds:
-        results, figures = measure(STRATEGIES, seed=seed, **setting)
-        private, dp_figures = measure(STRATEGIES, seed=seed, **setting, **DP)
+        results, figures = measured(out, seed, setting)
+        private, dp_figures = measured(out, seed, {**setting, **DP})
         figures.update({k.replace(".", ".dp.", 1): v for k, v in dp_figures.items()})
         per_seed.append(figures)
         if seed == seeds[0]:
@@ -57,7 +66,9 @@ def run(out_dir, threads: int = 1, quick: bool = False, base: str = "tiny") -> d
                     rows.append({"seed": seed, "strategy": name, "dp": dp, "round": r["round"],
                                  "accuracy": r.get("accuracy"), "error": r.get("error"),
                                  "bytes_per_client": r.get("bytes_per_client"),
-                                 "clients": r.get("clients"), "epsilon": r.get("epsilon")})
+                                 "clients": r.get("clients"), "epsilon": r.get("epsilon"),
+                                 "similarity_before": r.get("similarity_before"),
+                                 "similarity_after": r.get("similarity_after")})
     figures = {k: sum(f[k] for f in per_seed) / len(per_seed) for k in per_seed[0]}
     for name in STRATEGIES:
         figures[f"{name}.dp_accuracy_drop"] = (figures[f"{name}.final_accuracy"]
@@ -70,9 +81,30 @@ def run(out_dir, threads: int = 1, quick: bool = False, base: str = "tiny") -> d
     notes = (f"Setting: {setting}, seeds {seeds}, {data}, one domain per client, Flower "
              "simulation engine (Ray). DP arm: "
              f"{DP}, Poisson sampling at q = batch/n per client; `*.dp.epsilon` is the "
-             "worst client's ε spent by the last round.")
+             "worst client's ε spent by the last round. LoRA-FAIR's server correction: "
+             f"{FairConfig.from_settings(settings(setting))}; `fair.mean_similarity_*` is "
+             "the mean cosine S(Ŵ, B̄Ā) over modules and rounds before and after it.")
     return {"figures": figures, "rows": rows, "notes": notes,
             "plots": ["accuracy.png", "accuracy_dp.png"]}
+
+
+def measured(out: Path, seed: int, overrides: dict) -> tuple[dict, dict]:
+    """`measure` of every strategy at `overrides` and `seed`, or what a previous run left in
+    `out/runs/` for exactly the same settings."""
+    used = {k: v for k, v in settings({**overrides, "seed": seed}).items()
+            if k not in ("strategy", "history-file")}
+    used = json.loads(json.dumps({"strategies": list(STRATEGIES), **used}))   # as stored
+    path = out / "runs" / f"seed{seed}-{'dp' if used['dp.enabled'] else 'plain'}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("settings") == used:
+            print(f"federated suite: {path.name} done already, kept", flush=True)
+            return saved["results"], saved["figures"]
+        print(f"federated suite: {path.name} holds other settings, measuring again", flush=True)
+    results, figures = measure(STRATEGIES, seed=seed, **overrides)
+    text = json.dumps({"settings": used, "results": results, "figures": figures}, indent=1)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return results, figures
 
 
 if __name__ == "__main__":

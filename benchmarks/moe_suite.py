@@ -9,12 +9,17 @@ lexicographer classes, loaded as in the `merge` suite; a training batch mixes th
 
 Rows, each adapter on the FFN of all 6 layers (intermediate.dense 384→1536 and
 output.dense 1536→384), at equal trainable parameters where the paper's design allows:
-- LoRA r=36: the rank that matches 8 experts of rank 4 plus their routers exactly;
+- LoRA r=36: the rank that matches 8 experts of rank 4 plus a router per module
+  exactly (LoRAMoE); MixLoRA and LLaVA-MoLE route once per FFN, so they hold 8·1536
+  fewer router numbers per layer (756k against the LoRA's 850k);
 - LoRA r=8: the parameters a top-2-of-8 mixture of rank 4 *uses* per token (step time);
-- MixLoRA: 8 experts of rank 4, top-2, Switch balance loss 0.01 (its separate
-  attention LoRA left out, so every row adapts the same modules);
-- LLaVA-MoLE: 8 experts of rank 4, top-1;
-- LoRAMoE: 8 experts of rank 4, dense softmax router, localized balancing (weight 0.1,
+- MixLoRA: 8 experts of rank 4, top-2, one router per FFN (`router_scope="block"`: the
+  FFN's input picks each token's experts, expert e being the e-th LoRA of both FFN
+  matrices), Switch balance loss 0.01 (its separate attention LoRA left out, so every
+  row adapts the same modules);
+- LLaVA-MoLE: 8 experts of rank 4, top-1, one router per MLP (block scope);
+- LoRAMoE: 8 experts of rank 4, a dense softmax router per module as in its code,
+  localized balancing (weight 0.1,
   δ 0.1), WordNet rows as the world-knowledge type (0), sentiment rows as new tasks (1);
 - MoLA increasing (experts per layer 2,2,4,4,6,6) vs MoLA uniform (4 per layer): 24
   experts of rank 8 each, top-2;
@@ -57,8 +62,8 @@ MIXTURE = {"method": "mixture", "rank": 4, "alpha": 8.0, "n_experts": 8, "target
 ROWS = {    # row name -> LoRAConfig fields
     "LoRA r=36 (equal parameters)": {"rank": 36, "alpha": 72.0, "targets": FFN},
     "LoRA r=8 (MixLoRA's active parameters)": {"rank": 8, "alpha": 16.0, "targets": FFN},
-    "MixLoRA (top-2 of 8)": {**MIXTURE, "top_k": 2},
-    "LLaVA-MoLE (top-1 of 8)": {**MIXTURE, "top_k": 1},
+    "MixLoRA (top-2 of 8)": {**MIXTURE, "top_k": 2, "router_scope": "block"},
+    "LLaVA-MoLE (top-1 of 8)": {**MIXTURE, "top_k": 1, "router_scope": "block"},
     "LoRAMoE (dense 8, LBC)": {**MIXTURE, "router": "dense", "lbc_weight": 0.1,
                                "lbc_delta": 0.1},
     "MoLA increasing (2,2,4,4,6,6)": {**MIXTURE, "rank": 8, "alpha": 16.0, "top_k": 2,

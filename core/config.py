@@ -14,6 +14,7 @@ from .errors import LoraKitError
 Method = Literal["lora", "s2lora", "dora", "ffa_lora", "lora_sb", "lora_ga", "allora", "ggpo",
                  "balora", "mixture"]
 Router = Literal["topk", "dense"]
+RouterScope = Literal["module", "block"]
 ExpertCompute = Literal["dense", "gather"]
 Init = Literal["kaiming", "gaussian"]
 BATask = Literal["nlu", "nlg"]
@@ -94,6 +95,11 @@ class LoRAConfig:
         "help": "mixture: 'topk' (softmax router, each token's k most probable experts, "
                 "their gates renormalised when k > 1) or 'dense' (every expert weighted by "
                 "the softmax: LoRAMoE, Dou et al. 2024)."})
+    router_scope: RouterScope = field(default="module", metadata={
+        "help": "mixture: 'module' (a router per adapted module) or 'block' (one router per "
+                "depth layer: its first adapted module in model order routes each token, "
+                "the layer's other adapted modules use the same choice, so an expert spans "
+                "the block's matrices: MixLoRA's and LLaVA-MoLE's one router per FFN)."})
     expert_method: str = field(default="lora", metadata={
         "help": "mixture: the method of each expert: 'lora', 'dora' or 'ffa_lora' (any "
                 "variant whose tensors are its own and that needs no training hook of its "
@@ -156,6 +162,9 @@ class LoRAConfig:
             raise LoraKitError("LoRAConfig.router_aux_loss and lbc_weight must be >= 0 and "
                                f"lbc_delta in [0, 1), got {self.router_aux_loss}, "
                                f"{self.lbc_weight}, {self.lbc_delta}")
+        if self.router_scope not in get_args(RouterScope):
+            raise LoraKitError(f"LoRAConfig.router_scope must be one of "
+                               f"{list(get_args(RouterScope))}, got {self.router_scope!r}")
         if self.expert_compute not in get_args(ExpertCompute):
             raise LoraKitError(f"LoRAConfig.expert_compute must be one of "
                                f"{list(get_args(ExpertCompute))}, got {self.expert_compute!r}")

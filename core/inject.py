@@ -187,10 +187,10 @@ class Adapters:
             layer = module if isinstance(module, LoRALayer) else self._wrap(path, module)
             base_weight = layer.base.weight
             own = plan.get(path, config)
-            key = cls.shared_key(layer.kind)
+            key = cls.shared_key(layer.kind, path, own)
             if key is not None and key not in shared:
                 shared[key] = cls.make_shared(layer.kind, own, adapter_dtype(base_weight),
-                                              base_weight.device)
+                                              base_weight.device, key)
             variant = cls(layer.kind, own, adapter_dtype(base_weight), base_weight.device,
                           shared.get(key) if key is not None else None)
             variant.init_from_weight(layer.kind.to_matrix(base_weight.detach()))

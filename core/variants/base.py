@@ -97,13 +97,14 @@ class Variant(nn.Module):
 
     # --- tensors that several modules share (S2-LoRA's basis) -------------------------
     @classmethod
-    def shared_key(cls, kind: LayerKind) -> str | None:
-        """File-key prefix of the tensors this module shares with others, or None."""
+    def shared_key(cls, kind: LayerKind, path: str, config: LoRAConfig) -> str | None:
+        """Which group of modules module `path` shares tensors with (modules with the same
+        key get one `make_shared` object, made for the first of them), or None."""
         return None
 
     @classmethod
     def make_shared(cls, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
-                    device: torch.device) -> nn.Module | None:
+                    device: torch.device, key: str) -> nn.Module | None:
         return None
 
     @classmethod

@@ -21,6 +21,12 @@ configuration (`LoRAConfig`), not a class:
 - LoRAMoE (Dou et al. 2024): `router="dense"`, every expert weighted by the softmax, and
   the localized balancing constraint `lbc_weight`, `lbc_delta` (sec. 3.2): the first half
   of the experts serve the new tasks, the second half keep the base's world knowledge.
+- `router_scope="block"`: one router per depth layer (MixLoRA's and LLaVA-MoLE's one
+  router per FFN): the layer's first adapted module in model order routes each token
+  (from its input, the block's input), and the layer's other adapted modules use the
+  same choice, so expert e of the FFN is the e-th LoRA of each of its matrices. The
+  router is a tensor the layer's modules share (`BlockRouter`, file key
+  `<layer>.moe_router`); `"module"` (default) gives every module its own router.
 - MoLA (Gao et al. 2024): a per-layer expert count, `expert_schedule="2,4,6,8"` (values
   over equal depth segments: quarters here) or `experts_per_layer=[...]` (one per layer).
 
@@ -149,6 +155,21 @@ def allocation(config: LoRAConfig, paths: list[str]) -> dict[str, int]:
     return {p: per_layer[layer_key(p)] for p in paths}
 
 
+class BlockRouter(nn.Module):
+    """One router (E × in of the block's first adapted module) shared by the adapted
+    modules of one depth layer, and the routing of its last forward for the others."""
+
+    def __init__(self, layer: str, n_experts: int, in_features: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        super().__init__()
+        self.layer = layer
+        self.weight = nn.Parameter(torch.empty(n_experts, in_features, dtype=dtype,
+                                               device=device))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.claimed = False                 # whether a module already routes with it
+        self.routed: torch.Tensor | None = None   # the leader's last router probabilities
+
+
 def mixed(kind: LayerKind, rows: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
           weights: torch.Tensor) -> torch.Tensor:
     """Σ_e weights[:, e] · B_e A_e x for every row: rows (N, in), a (E, r, in), b (E, out, r),
@@ -208,7 +229,7 @@ class Mixture(Variant):
     method = "mixture"
     peft = False
     routable = False
-    options = ("n_experts", "top_k", "router", "expert_method", "expert_compute",
+    options = ("n_experts", "top_k", "router", "router_scope", "expert_method", "expert_compute",
                "expert_schedule", "experts_per_layer", "router_aux_loss", "lbc_weight",
                "lbc_delta")
     merge_refusal = ("each token's update depends on its routing, so it has no fixed rank-1 "
@@ -243,9 +264,14 @@ class Mixture(Variant):
                 self.register_buffer(name, stacked)
         self.expert_names = tuple(experts[0].own_tensors())
         self._template = (experts[0],)   # a tuple: not a submodule, its tensors not ours
-        self.moe_router = nn.Parameter(torch.empty(e, kind.in_features, dtype=dtype,
-                                                   device=device))
-        nn.init.kaiming_uniform_(self.moe_router, a=math.sqrt(5))   # as nn.Linear (LoRAMoE)
+        self.block = shared                  # a BlockRouter under router_scope "block"
+        self.leads = shared is not None and not shared.claimed
+        if shared is None:
+            self.moe_router = nn.Parameter(torch.empty(e, kind.in_features, dtype=dtype,
+                                                       device=device))
+            nn.init.kaiming_uniform_(self.moe_router, a=math.sqrt(5))   # as nn.Linear
+        else:
+            shared.claimed = True
         # routing seen in training, kept in the file for `adapter inspect`
         self.register_buffer("moe_load", torch.zeros(e, dtype=torch.float32, device=device))
         self.register_buffer("moe_tokens", torch.zeros((), dtype=torch.float32, device=device))
@@ -262,6 +288,18 @@ class Mixture(Variant):
         return self.lora_A.shape[1]
 
     @classmethod
+    def shared_key(cls, kind, path, config):
+        return layer_key(path) if config.router_scope == "block" else None
+
+    @classmethod
+    def make_shared(cls, kind, config, dtype, device, key):
+        return BlockRouter(key, config.n_experts, kind.in_features, dtype, device)
+
+    def shared_tensors(self):
+        return {} if self.block is None else {f"{self.block.layer}.moe_router":
+                                              self.block.weight}
+
+    @classmethod
     def plan(cls, config: LoRAConfig, paths: list[str]) -> dict[str, LoRAConfig]:
         if config.expert_compute == "gather" and not expert_class(config.expert_method).routable:
             raise LoraKitError(f"expert_compute='gather' gathers each token's (A, B); "
@@ -272,6 +310,25 @@ class Mixture(Variant):
                                        expert_schedule="") for p, n in counts.items()}
 
     # --- routing ----------------------------------------------------------------------
+    def route(self, rows: torch.Tensor) -> torch.Tensor:
+        """(tokens, E) router probabilities: this module's router, or under router_scope
+        "block" the layer's, run by its first module and reused by the others."""
+        if self.block is None:
+            return torch.softmax(F.linear(rows, self.moe_router).float(), dim=-1)
+        if self.leads:
+            self.block.routed = torch.softmax(F.linear(rows, self.block.weight).float(), dim=-1)
+            return self.block.routed
+        routed = self.block.routed
+        if routed is None or routed.shape[0] != rows.shape[0]:
+            seen = "no tokens" if routed is None else f"{routed.shape[0]} tokens"
+            raise LoraKitError(
+                f"router_scope='block': a module of layer {self.block.layer!r} got "
+                f"{rows.shape[0]} tokens, but the layer's router last routed {seen}. The "
+                "layer's first adapted module must run first, on the same tokens (an FFN's "
+                "up projection before its down projection); otherwise use "
+                "router_scope='module'")
+        return routed
+
     def choose(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each token's top-k (weights, expert ids), both (tokens, k)."""
         top, index = probs.topk(self.top_k, dim=-1)
@@ -289,7 +346,7 @@ class Mixture(Variant):
     def forward(self, x: torch.Tensor, kind: LayerKind, base: nn.Module) -> torch.Tensor:
         x = x.to(self.lora_A.dtype)
         rows = x.reshape(-1, x.shape[-1])
-        probs = torch.softmax(F.linear(rows, self.moe_router).float(), dim=-1)
+        probs = self.route(rows)
         gates = self.gates(probs)
         if self.gather:
             top, index = self.choose(probs)
@@ -347,8 +404,8 @@ class Mixture(Variant):
         self.row_types = row_types
 
     def aux_losses(self) -> dict[str, torch.Tensor]:
-        if self._last is None:
-            return {}
+        if self._last is None or (self.block is not None and not self.leads):
+            return {}      # a block's router is balanced once, by the module that runs it
         probs, gates, chosen, batch = self._last
         terms = {}
         if self.aux_weight > 0:
@@ -396,8 +453,10 @@ class Mixture(Variant):
     @classmethod
     def keys_for(cls, config, path, kind, weight_shape):
         experts = expert_class(config.expert_method).file_keys(path, kind, weight_shape)
-        return [*experts, *(f"{path}.{n}" for n in ("moe_router", "moe_load", "moe_tokens",
-                                                    "moe_entropy"))]
+        router = (f"{layer_key(path)}.moe_router" if config.router_scope == "block"
+                  else f"{path}.moe_router")
+        return [*experts, router, *(f"{path}.{n}" for n in ("moe_load", "moe_tokens",
+                                                            "moe_entropy"))]
 
     @classmethod
     def file_factors(cls, tensors, path, kind, weight_shape):

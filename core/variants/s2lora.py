@@ -48,11 +48,11 @@ class S2LoRA(Variant):
         self.lora_lambda = nn.Parameter(torch.ones(shared.rank, dtype=dtype, device=device))
 
     @classmethod
-    def shared_key(cls, kind):
+    def shared_key(cls, kind, path, config):
         return basis_key(kind.in_features, kind.out_features)
 
     @classmethod
-    def make_shared(cls, kind, config, dtype, device):
+    def make_shared(cls, kind, config, dtype, device, key):
         return SharedBasis(kind.in_features, kind.out_features, config.rank, config.init,
                            dtype, device)
 

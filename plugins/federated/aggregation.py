@@ -24,8 +24,10 @@ weights pᵢ (their example counts, normalised) the *ideal* global update of a m
   plain SGD steps at `fair_lr` (1000 at 0.01: the paper says SGD but, in what was read of
   it, not how long or how fast; these are public re-implementations' defaults). ΔB starts
   at zero, so identical clients get ΔB = 0. The similarity is scale-free, so λ alone
-  keeps ΔB near zero: it is the paper's trade between matching Ŵ and keeping B̄' close
-  to B̄. `fair_solver="closed_form"` instead solves the Frobenius version of the problem,
+  bounds ΔB: it is the paper's trade between matching Ŵ and keeping B̄' close to B̄ (the
+  next round's start). Being scale-free also means a gradient ∝ 1/‖B̄Ā‖: when B̄Ā is tiny
+  the fixed step overshoots and inflates ΔB (`delta_ratio` in the metrics shows it).
+  `fair_solver="closed_form"` instead solves the Frobenius version of the problem,
   min ‖(B̄ + ΔB) Ā − Ŵ‖²_F + λ ‖ΔB‖²_F, by ridge regression:
   ΔB = (Ŵ − B̄Ā) Āᵀ (Ā Āᵀ + λ I)⁻¹. Either way the error left is at least what no product
   with row space Ā can represent.

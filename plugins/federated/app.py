@@ -8,12 +8,15 @@ clients, dirichlet (α), base ("tiny": a tiny random BERT on a synthetic four-do
 "minilm": all-MiniLM-L6-v2 on the four-domain sentiment data, `train-per-domain` /
 `test-per-domain` sentences per domain), min-clients (the fewest replies a round goes on
 with; 0: all clients), round-timeout, history-file (where the ServerApp writes the run's
-per-round record as JSON), and the per-client DP-SGD settings `dp.*` (privacy.py).
+per-round record as JSON), LoRA-FAIR's server correction `fair-solver`, `fair-similarity`,
+`fair-steps`, `fair-lr`, `fair-lambda` (aggregation.FairConfig), and the per-client DP-SGD
+settings `dp.*` (privacy.py).
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import zlib
 from pathlib import Path
 
@@ -23,14 +26,24 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
+from lightning.pytorch.utilities import rank_zero_info
 
 from lorakit import LoRAConfig
 from lorakit.atomic import atomic_write
+from lorakit.errors import LoraKitError
 from lorakit.lightning_module import AdapterModule
 
-from .aggregation import METHOD, aggregate, check_strategy, payload_bytes, reject_reason, sent_keys
+from .aggregation import (
+    METHOD,
+    FairConfig,
+    aggregate,
+    check_strategy,
+    payload_bytes,
+    reject_reason,
+    sent_keys,
+)
 from .data import DOMAINS, client_loader, held_out
-from .privacy import DPConfig, epsilon, noise_for_epsilon, per_sample_gradients, privatize
+from .privacy import DPConfig, epsilon, per_sample_gradients, privatize, solve_noise
 
 log = logging.getLogger("lorakit.federated")
 
@@ -39,7 +52,9 @@ DEFAULTS = {"strategy": "fedavg", "rank": 4, "alpha": 8.0, "lr": 1e-2, "local-st
             "rounds": 2, "head": 1, "min-clients": 0, "round-timeout": 600.0,
             "history-file": "", "dp.enabled": False, "dp.noise_multiplier": 1.0,
             "dp.max_grad_norm": 1.0, "dp.delta": 1e-5, "dp.target_epsilon": 0.0,
-            "train-per-domain": 256, "test-per-domain": 128}
+            "train-per-domain": 256, "test-per-domain": 128, "fair-solver": "sgd",
+            "fair-similarity": "cosine", "fair-steps": 1000, "fair-lr": 0.01,
+            "fair-lambda": 0.01}
 
 
 def settings(run_config) -> dict:
@@ -70,8 +85,12 @@ class ClientModule(AdapterModule):
 
     With `dp.enabled` each step is a DP-SGD step (privacy.py): per-sample gradients of the
     trainable tensors, each clipped to `dp.max_grad_norm`, summed, Gaussian noise of std
-    σ·C added, divided by the expected batch size (`expected_batch`, set by the federated
-    client from its Poisson sampling rate; else the batch's own size)."""
+    σ·C added, divided by the expected batch size (`expected_batch`, q·n from the Poisson
+    sampling rate q). A federated client sets σ and q per round (`make_private`); under
+    `lorakit federated fit` the module plans its own run when training starts (ClientData
+    then samples Poisson batches): σ solved for `dp.target_epsilon` over the run's steps
+    (`trainer.estimated_stepping_batches`) at its q, or `dp.noise_multiplier`, and at the
+    end the ε spent is logged (`dp/epsilon`) and kept in `epsilon_spent`."""
 
     federated = False
 
@@ -84,6 +103,8 @@ class ClientModule(AdapterModule):
         self.noise_multiplier = self.dp.noise_multiplier
         self.expected_batch: float | None = None
         self.noise_generator: torch.Generator | None = None
+        self.sample_rate: float | None = None
+        self.epsilon_spent: float | None = None
         self.model = make_base({"base": base, "seed": seed})
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -125,6 +146,33 @@ class ClientModule(AdapterModule):
         optimizer.step()
         return None
 
+    def on_train_start(self) -> None:
+        if self.dp.enabled and not self.federated:
+            loader = self.trainer.train_dataloader
+            n = len(loader.dataset)
+            q = getattr(loader, "sample_rate", None) or min(1.0, loader.batch_size / n)
+            steps = self.trainer.estimated_stepping_batches
+            if math.isinf(steps) and self.dp.target_epsilon > 0:
+                raise LoraKitError("federated fit: dp.target_epsilon needs a run of known "
+                                   "length: set trainer.max_steps or trainer.max_epochs")
+            steps = 0 if math.isinf(steps) else int(steps)
+            self.noise_multiplier = solve_noise(self.dp, q, steps)
+            self.sample_rate, self.expected_batch = q, q * n
+            plan = ("no step limit" if not steps else
+                    f"ε = {epsilon(self.noise_multiplier, q, steps, self.dp.delta):.3f} "
+                    f"after {steps} steps at δ = {self.dp.delta}")
+            rank_zero_info(f"federated fit: DP-SGD with σ = {self.noise_multiplier:.3f}, "
+                           f"q = {q:.4f}, C = {self.dp.max_grad_norm}: {plan}")
+
+    def on_train_end(self) -> None:
+        if self.dp.enabled and not self.federated:
+            self.epsilon_spent = epsilon(self.noise_multiplier, self.sample_rate,
+                                         self.global_step, self.dp.delta)
+            rank_zero_info(f"federated fit: DP-SGD spent ε = {self.epsilon_spent:.3f} in "
+                           f"{self.global_step} steps (δ = {self.dp.delta})")
+            for logger in self.loggers:
+                logger.log_metrics({"dp/epsilon": self.epsilon_spent}, step=self.global_step)
+
     def on_fit_end(self) -> None:
         if not self.federated:        # a client's adapter goes back to the server, not to a file
             super().on_fit_end()
@@ -153,8 +201,7 @@ def make_private(module: ClientModule, loader, n: int, cfg: dict, partition: int
     dp = module.dp
     steps = int(cfg["local-steps"])
     q = min(1.0, int(cfg["batch-size"]) / n)
-    sigma = (noise_for_epsilon(dp.target_epsilon, q, steps * int(cfg["rounds"]), dp.delta)
-             if dp.target_epsilon > 0 else dp.noise_multiplier)
+    sigma = solve_noise(dp, q, steps * int(cfg["rounds"]))
     seed = (int(cfg["seed"]) * 1_000_003 + partition) * 10_007 + server_round
     module.noise_multiplier, module.expected_batch = sigma, q * n
     module.noise_generator = torch.Generator().manual_seed(seed)
@@ -191,9 +238,10 @@ class LoRAStrategy(FedAvg):
     logged and left out of the round instead of failing it."""
 
     def __init__(self, strategy: str, global_state: dict[str, torch.Tensor], base: int,
-                 **kwargs) -> None:
+                 fair: FairConfig | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.name = check_strategy(strategy)
+        self.fair = fair or FairConfig()
         self.global_state = dict(global_state)
         self.base = base
         self.expected = {k: tuple(global_state[k].shape)
@@ -229,10 +277,12 @@ class LoRAStrategy(FedAvg):
         if not updates:
             self.history.append(row)
             return None, None
-        agg = aggregate(self.name, self.global_state, updates, weights)
+        agg = aggregate(self.name, self.global_state, updates, weights, self.fair)
         self.global_state = agg.state
         row.update(error=agg.error, error_before=agg.error_before,
                    bytes_per_client=agg.metrics["bytes_per_client"])
+        row.update({k: agg.metrics[k] for k in ("similarity_before", "similarity_after",
+                                                "delta_ratio") if k in agg.metrics})
         self.history.append(row)
         return (ArrayRecord(agg.state),
                 MetricRecord({"aggregation-error": agg.error, "clients": len(updates)}))
@@ -282,9 +332,9 @@ def make_apps(overrides: dict | None = None, sink: list | None = None):
         # reply (or none by `round-timeout`), is left out of that round, and later rounds
         # go on with those still connected
         least = int(cfg["min-clients"]) or int(cfg["clients"])
-        strategy = LoRAStrategy(cfg["strategy"], state, base, fraction_evaluate=0.0,
-                                fraction_train=1.0, min_train_nodes=least,
-                                min_available_nodes=least)
+        strategy = LoRAStrategy(cfg["strategy"], state, base, FairConfig.from_settings(cfg),
+                                fraction_evaluate=0.0, fraction_train=1.0,
+                                min_train_nodes=least, min_available_nodes=least)
         evaluations: dict[int, dict] = {}
 
         def record(done: bool) -> list[dict]:

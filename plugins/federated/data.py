@@ -107,7 +107,10 @@ def held_out(cfg: dict, n: int = 128):
 
 
 class ClientData(LightningDataModule):
-    """One client's partition, for `lorakit federated fit` (a single client, no server)."""
+    """One client's partition, for `lorakit federated fit` (a single client, no server).
+    When the module trains with DP-SGD (`model.dp.enabled`) the batches are Poisson samples
+    at q = batch_size / n (Opacus's DPDataLoader), the sampling the privacy accountant
+    assumes; otherwise shuffled batches of `batch_size`."""
 
     def __init__(self, partition: int = 0, partitions: int = 2, dirichlet: float = 0.0,
                  batch_size: int = 16, seed: int = 0, base: str = "tiny",
@@ -118,4 +121,11 @@ class ClientData(LightningDataModule):
         self.partition, self.partitions = partition, partitions
 
     def train_dataloader(self) -> DataLoader:
-        return client_loader(self.cfg, self.partition, self.partitions)[0]
+        loader = client_loader(self.cfg, self.partition, self.partitions)[0]
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if getattr(getattr(module, "dp", None), "enabled", False):
+            from opacus.data_loader import DPDataLoader
+            seed = int(self.cfg["seed"]) + self.partition + 1
+            loader = DPDataLoader.from_data_loader(loader,
+                                                   generator=torch.Generator().manual_seed(seed))
+        return loader

@@ -40,7 +40,8 @@ class DPConfig:
     delta: float = field(default=1e-5, metadata={"help": "δ of the reported (ε, δ)"})
     target_epsilon: float = field(
         default=0.0, metadata={"help": "> 0: solve σ so the whole run spends this ε "
-                                       "(overrides noise_multiplier)"})
+                                       "(overrides noise_multiplier; federated: all "
+                                       "rounds' local steps; fit: the trainer's steps)"})
 
     @classmethod
     def from_settings(cls, cfg: dict) -> DPConfig:
@@ -100,3 +101,11 @@ def noise_for_epsilon(target_epsilon: float, sample_rate: float, steps: int,
     from opacus.accountants.utils import get_noise_multiplier
     return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
                                       sample_rate=sample_rate, steps=steps, accountant="rdp"))
+
+
+def solve_noise(dp: DPConfig, sample_rate: float, steps: int) -> float:
+    """σ for a run of `steps` steps at rate q: solved so the run spends `dp.target_epsilon`
+    when that is set (> 0), else `dp.noise_multiplier`."""
+    if dp.target_epsilon > 0:
+        return noise_for_epsilon(dp.target_epsilon, sample_rate, steps, dp.delta)
+    return dp.noise_multiplier

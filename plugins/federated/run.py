@@ -38,7 +38,9 @@ def engine_runner(engine: str, clients: int, workdir: Path | None = None):
 def measure(strategies=STRATEGIES, engine: str = "simulation", workdir: Path | None = None,
             **overrides) -> tuple[dict, dict]:
     """Each strategy once: (per-strategy history and wall time, flat figures: final
-    accuracy, bytes per client per round, mean aggregation error, ε when DP is on)."""
+    accuracy, bytes per client per round, mean aggregation error, ε when DP is on, and
+    LoRA-FAIR's mean similarity of the aggregate to the ideal update before and after
+    its correction)."""
     results = {}
     clients = int(settings(overrides)["clients"])
     with engine_runner(engine, clients, workdir) as run:
@@ -57,6 +59,10 @@ def measure(strategies=STRATEGIES, engine: str = "simulation", workdir: Path | N
         figures[f"{name}.mean_aggregation_error"] = (
             sum(r["error"] for r in res["history"][1:]) / max(1, len(res["history"]) - 1))
         figures[f"{name}.wall_s"] = res["wall_s"]
+        corrected = [r for r in res["history"][1:] if "similarity_after" in r]
+        for when in ("before", "after") if corrected else ():    # LoRA-FAIR's S(Ŵ, B̄Ā)
+            figures[f"{name}.mean_similarity_{when}"] = (
+                sum(r[f"similarity_{when}"] for r in corrected) / len(corrected))
         if "epsilon" in last:
             figures[f"{name}.epsilon"] = last["epsilon"]
     return results, figures

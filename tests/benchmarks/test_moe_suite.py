@@ -33,12 +33,14 @@ def adapter_count(fields: dict) -> int:
 
 def test_lora_r36_holds_as_many_parameters_as_eight_rank4_experts_with_routers_on_minilm():
     """Per layer, the FFN's two modules (d -> f and f -> d) hold 2 · 8 · 4 · (d + f) expert
-    numbers and 8 · (d + f) router numbers (one router row of width d, one of width f per
-    expert), = 2 · 36 · (d + f): a LoRA of rank 36, for any d and f (MiniLM: 384, 1536)."""
+    numbers and, with a router per module (LoRAMoE), 8 · (d + f) router numbers (one router
+    row of width d, one of width f per expert), = 2 · 36 · (d + f): a LoRA of rank 36, for
+    any d and f (MiniLM: 384, 1536). MixLoRA routes once per FFN, from its input: 8 · d."""
     assert 2 * 8 * 4 * (384 + 1536) + 8 * (384 + 1536) == 2 * 36 * (384 + 1536)
-    mix = adapter_count(ROWS["MixLoRA (top-2 of 8)"])
-    assert mix == 6 * (2 * 8 * 4 * (16 + 64) + 8 * (16 + 64))
-    assert adapter_count(ROWS["LoRA r=36 (equal parameters)"]) == mix
+    loramoe = adapter_count(ROWS["LoRAMoE (dense 8, LBC)"])
+    assert loramoe == 6 * (2 * 8 * 4 * (16 + 64) + 8 * (16 + 64))
+    assert adapter_count(ROWS["LoRA r=36 (equal parameters)"]) == loramoe
+    assert adapter_count(ROWS["MixLoRA (top-2 of 8)"]) == 6 * (2 * 8 * 4 * (16 + 64) + 8 * 16)
     increasing = lorakit.attach(ffn_model(), lorakit.LoRAConfig(
         **ROWS["MoLA increasing (2,2,4,4,6,6)"]))
     counts = [v.n_experts for p, v in increasing.variants().items() if "intermediate" in p]

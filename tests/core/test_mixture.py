@@ -178,6 +178,55 @@ def test_dora_experts_outside_the_top_k_get_no_gradient_and_round_trip(tmp_path)
     assert lorakit.read_adapter(path)[0]["config"]["expert_method"] == "dora"
 
 
+FFN_ONLY = ["*.intermediate.dense", "bert.encoder.layer.?.output.dense"]
+
+
+def block_routed(tiny_bert, layers=2, **options):
+    model = tiny_bert(layers=layers)
+    adapters = lorakit.attach(model, lorakit.LoRAConfig(
+        method="mixture", router_scope="block", n_experts=4, top_k=2, rank=2,
+        targets=FFN_ONLY, **options))
+    randomise_params([v.lora_B for v in adapters.variants().values()])
+    return model, adapters
+
+
+def test_block_scope_routes_each_ffn_once_and_its_matrices_share_the_choice(tiny_bert,
+                                                                            tmp_path):
+    """MixLoRA: one router per FFN, from the FFN's input; expert e of the FFN is the e-th
+    LoRA of both of its matrices; the router is one tensor per layer in the file."""
+    model, adapters = block_routed(tiny_bert)
+    v = adapters.variants()
+    up, down = (v[f"bert.encoder.layer.0.{m}"] for m in ("intermediate.dense", "output.dense"))
+    assert up.block is down.block and up.leads and not down.leads
+    assert not hasattr(down, "moe_router") and "moe_router" not in up.own_tensors()
+    keys = dict(adapters.named_parameters())
+    routers = sorted(k for k in keys if k.endswith("moe_router"))
+    assert routers == ["bert.encoder.layer.0.moe_router", "bert.encoder.layer.1.moe_router"]
+    assert keys[routers[0]].shape == (4, 32)           # the FFN's input width
+    ids = torch.randint(1, 60, (3, 5))
+    model(input_ids=ids).logits.sum().backward()
+    assert torch.equal(up._last[1], down._last[1])     # the same gates in both matrices
+    ffn_input = up._last[0].shape[0]
+    assert ffn_input == 15
+    assert up.block.weight.grad.abs().sum() > 0
+    terms = adapters.routing_terms()                    # balanced once per layer
+    want = torch.stack([v[f"bert.encoder.layer.{i}.intermediate.dense"].aux_losses()["balance"]
+                        for i in range(2)]).mean()
+    assert torch.allclose(terms["default/balance"], want)
+    path = adapters.save(tmp_path / "block.safetensors")
+    fresh = tiny_bert(layers=2)
+    lorakit.load_adapter(fresh, path)
+    assert torch.allclose(fresh(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-6)
+
+
+def test_block_scope_refuses_a_module_that_runs_before_its_layers_router(tiny_bert):
+    model, adapters = block_routed(tiny_bert)
+    down = model.bert.encoder.layer[1].output.dense
+    with pytest.raises(lorakit.LoraKitError, match="layer 'bert.encoder.layer.1' got 4 tokens.*"
+                                                   "no tokens"):
+        down(torch.randn(4, 64))
+
+
 def test_the_model_starts_at_the_base_and_the_base_stays_frozen(tiny_bert):
     model = tiny_bert()
     ids = torch.randint(0, 60, (2, 6))
@@ -280,6 +329,7 @@ def test_mola_allocation_builds_that_many_experts_per_layer_and_saves_it(tiny_be
     ({"expert_method": "mixture"}, "or are mixtures themselves"),
     ({"expert_method": "dora", "expert_compute": "gather"}, "dora experts are not a product"),
     ({"router": "dense", "expert_compute": "gather"}, "router 'dense' uses every expert"),
+    ({"router_scope": "layer"}, "router_scope must be one of"),
 ])
 def test_bad_mixture_settings_are_refused_before_the_model_is_touched(tiny_bert, options,
                                                                       message):

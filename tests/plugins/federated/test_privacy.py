@@ -10,7 +10,7 @@ pytest.importorskip("opacus")
 pytest.importorskip("transformers")
 
 from lorakit.plugins.federated.app import ClientModule, initial, local_train, settings  # noqa: E402
-from lorakit.plugins.federated.data import synthetic  # noqa: E402
+from lorakit.plugins.federated.data import ClientData, synthetic  # noqa: E402
 from lorakit.plugins.federated.privacy import (  # noqa: E402
     DPConfig,
     epsilon,
@@ -113,3 +113,20 @@ def test_a_private_client_reports_the_epsilon_it_spent():
         epsilon(metrics["noise-multiplier"], q, 2 * 2, cfg["dp.delta"]))
     assert metrics["epsilon"] < 4.0      # two of three rounds spent
     assert all(torch.isfinite(t).all() for t in sent.values())
+
+
+def test_fit_solves_sigma_for_the_target_epsilon_over_its_own_run(tmp_path):
+    # `lorakit federated fit`: no server, no rounds; the run is the trainer's max_steps
+    from opacus.data_loader import DPDataLoader
+    torch.manual_seed(0)
+    module = ClientModule("fedavg", dp=DPConfig(enabled=True, target_epsilon=2.0))
+    trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=ClientData(partition=0, partitions=2, batch_size=16))
+    assert isinstance(trainer.train_dataloader, DPDataLoader)     # Poisson, as accounted
+    q = 16 / 64                     # the client holds one domain of four: 64 examples
+    assert module.sample_rate == pytest.approx(q)
+    assert module.noise_multiplier == pytest.approx(noise_for_epsilon(2.0, q, 4, 1e-5))
+    assert module.epsilon_spent == pytest.approx(2.0, abs=0.05)   # all of it, in 4 steps
+    assert (tmp_path / "adapter.safetensors").exists()

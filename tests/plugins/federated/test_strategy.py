@@ -9,6 +9,7 @@ import torch
 pytest.importorskip("flwr")
 from flwr.app import ArrayRecord, MetricRecord, RecordDict  # noqa: E402
 
+from lorakit.plugins.federated.aggregation import FairConfig, sent_keys  # noqa: E402
 from lorakit.plugins.federated.app import LoRAStrategy, initial, local_train, settings  # noqa: E402
 from lorakit.plugins.federated.data import dirichlet_split  # noqa: E402
 
@@ -66,3 +67,19 @@ def test_dirichlet_split_covers_everything():
     assert sorted(sum(parts, [])) == list(range(80))
     one = dirichlet_split(labels, domains, 4, alpha=0.0)
     assert all(len({domains[i] for i in p}) == 1 for p in one)
+
+
+def test_a_fair_round_records_its_correction():
+    cfg = settings({"strategy": "fair", "fair-steps": 100})
+    state, base = initial(cfg)
+    g = torch.Generator().manual_seed(0)
+    updates = [{k: state[k] + 0.1 * torch.randn(state[k].shape, generator=g)
+                for k in sent_keys("fair", state)} for _ in range(3)]
+    strat = LoRAStrategy("fair", state, base, FairConfig.from_settings(cfg),
+                         min_train_nodes=3, min_available_nodes=3)
+    strat.aggregate_train(1, [_reply(u, {"num-examples": 10 + i, "base-id": base}, i + 1)
+                              for i, u in enumerate(updates)])
+    row = strat.history[-1]
+    assert row["clients"] == 3 and not row["rejected"]
+    assert row["similarity_after"] > row["similarity_before"]
+    assert row["error"] < row["error_before"] and 0 < row["delta_ratio"] < 1
