@@ -60,6 +60,15 @@ def rotation_angle_deg(r: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.acos(cos))
 
 
+def pose_error(r: torch.Tensor, t: torch.Tensor, r_gt: torch.Tensor,
+               t_gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rotation error, translation-direction error), degrees, of one relative pose
+    (rotation r, translation t) against the true one, in double precision."""
+    r, t, r_gt, t_gt = (v.double() for v in (r, t, r_gt, t_gt))
+    cos = (t @ t_gt) / (t.norm() * t_gt.norm()).clamp(min=1e-12)
+    return rotation_angle_deg(r.T @ r_gt), torch.rad2deg(torch.acos(cos.clamp(-1, 1)))
+
+
 def relative_pose_errors(pred_poses: torch.Tensor, gt_poses: torch.Tensor) -> dict:
     """Mean relative rotation error and translation-direction error (degrees) over pairs."""
     n = pred_poses.shape[0]
@@ -71,11 +80,10 @@ def relative_pose_errors(pred_poses: torch.Tensor, gt_poses: torch.Tensor) -> di
         return r, t
     for i in range(n):
         for j in range(i + 1, n):
-            rp, tp = rel(pred_poses.double(), i, j)
-            rg, tg = rel(gt_poses.double(), i, j)
-            rre.append(rotation_angle_deg(rp.T @ rg))
-            cos = (tp @ tg) / (tp.norm() * tg.norm()).clamp(min=1e-12)
-            rte.append(torch.rad2deg(torch.acos(cos.clamp(-1, 1))))
+            rot, trans = pose_error(*rel(pred_poses.double(), i, j),
+                                    *rel(gt_poses.double(), i, j))
+            rre.append(rot)
+            rte.append(trans)
     if not rre:
         return {"rot_err_deg": float("nan"), "trans_dir_err_deg": float("nan")}
     return {"rot_err_deg": float(torch.stack(rre).mean()),

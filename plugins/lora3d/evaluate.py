@@ -16,6 +16,7 @@ from lorakit.domains.geometry.metrics import (
     depth_absrel,
     pair_relative_pose,
     pointmap_error,
+    pose_error,
     relative_pose_errors,
     rotation_angle_deg,
 )
@@ -150,10 +151,8 @@ ALIGNMENT_RATIO = 0.95
 
 def _pair_pose_errors(rel: torch.Tensor, rel_gt: torch.Tensor) -> tuple[float, float]:
     """Rotation and translation-direction errors (degrees) of a relative pose (4,4)."""
-    rot = float(rotation_angle_deg(rel[:3, :3].T @ rel_gt[:3, :3]))
-    t, tg = rel[:3, 3].double(), rel_gt[:3, 3].double()
-    cos = (t @ tg) / (t.norm() * tg.norm()).clamp(min=1e-12)
-    return rot, float(torch.rad2deg(torch.acos(cos.clamp(-1, 1))))
+    rot, trans = pose_error(rel[:3, :3], rel[:3, 3], rel_gt[:3, :3], rel_gt[:3, 3])
+    return float(rot), float(trans)
 
 
 def _pairwise_depth(pts: torch.Tensor, views: SceneViews, i: int) -> float:
