@@ -11,7 +11,7 @@ from torch import nn
 
 from lorakit.errors import LoraKitError
 
-from .pairs import AlignmentError, PairPredictions
+from .pairs import PairPredictions
 
 
 def make_pairs(n: int, graph: str = "complete", window: int = 2) -> list[tuple[int, int]]:
@@ -65,7 +65,5 @@ def pairwise_inference(model: nn.Module, images: torch.Tensor, edges,
     finally:
         model.train(was)
     preds = PairPredictions(list(edges), o["pts_i"], o["pts_j"], o["conf_i"], o["conf_j"])
-    for name in ("pts_i", "pts_j", "conf_i", "conf_j"):
-        if not torch.isfinite(getattr(preds, name)).all():
-            raise AlignmentError("pairwise inference", f"the model predicted NaN/inf {name}")
+    preds.check()
     return preds

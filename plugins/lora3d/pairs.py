@@ -49,7 +49,8 @@ class PairPredictions:
         for name in ("pts_i", "pts_j", "conf_i", "conf_j"):
             t = getattr(self, name)
             if not torch.isfinite(t).all():
-                raise AlignmentError("pairwise inference", f"{name} holds NaN or inf")
+                raise AlignmentError("pairwise inference",
+                                     f"the model predicted NaN or inf in {name}")
 
 
 @dataclass
