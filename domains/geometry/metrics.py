@@ -60,6 +60,28 @@ def rotation_angle_deg(r: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.acos(cos))
 
 
+def depth_delta1(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None,
+                 threshold: float = 1.25) -> float:
+    """Fraction of pixels with max(s d / d*, d* / s d) < threshold, s the per-image median
+    scale med(d*/d) (as in `depth_absrel`); pred, gt (n,H,W) or (H,W)."""
+    pred, gt = pred.reshape(-1, *pred.shape[-2:]), gt.reshape(-1, *gt.shape[-2:])
+    m = (gt > 0) & (pred > 0) & torch.isfinite(pred)
+    if valid is not None:
+        m &= valid.reshape(m.shape).bool()
+    scale = torch.where(m, gt / pred, torch.nan).flatten(1).nanmedian(1).values
+    d = pred * scale[:, None, None]
+    ok = (torch.maximum(d / gt, gt / d) < threshold) & m
+    seen = m.flatten(1).sum(1)
+    per_image = ok.flatten(1).sum(1)[seen > 0] / seen[seen > 0]
+    return float(per_image.mean()) if len(per_image) else float("nan")
+
+
+def focal_error(focals: torch.Tensor, K: torch.Tensor) -> float:
+    """Mean |f - f*| / f* over the views; focals (n,) in pixels, K (n,3,3) the true ones."""
+    true = (K[:, 0, 0] + K[:, 1, 1]) / 2
+    return float(((focals.to(true.dtype) - true).abs() / true).mean())
+
+
 def pose_error(r: torch.Tensor, t: torch.Tensor, r_gt: torch.Tensor,
                t_gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(rotation error, translation-direction error), degrees, of one relative pose

@@ -60,12 +60,13 @@ class _Blind(torch.nn.Module):
 
 
 def test_delta1_and_focal_error_on_known_values():
+    from lorakit.domains.geometry.metrics import depth_delta1, focal_error
     gt = torch.full((1, 4, 4), 2.0)
     pred = gt.clone()
     pred[0, 0, :2] = 2.0 * 1.5          # 2 of 16 pixels off by 1.5x (median scale stays 1)
-    assert E.depth_delta1(pred, gt) == pytest.approx(14 / 16)
+    assert depth_delta1(pred, gt) == pytest.approx(14 / 16)
     K = torch.eye(3).repeat(2, 1, 1) * 50
-    assert E.focal_error(torch.tensor([55.0, 45.0]), K) == pytest.approx(0.1)
+    assert focal_error(torch.tensor([55.0, 45.0]), K) == pytest.approx(0.1)
 
 
 def test_gate_command_line_prints_the_json(micro, tmp_path, monkeypatch, capsys):
