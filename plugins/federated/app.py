@@ -56,6 +56,36 @@ DEFAULTS = {"strategy": "fedavg", "rank": 4, "alpha": 8.0, "lr": 1e-2, "local-st
             "fair-similarity": "cosine", "fair-steps": 1000, "fair-lr": 0.01,
             "fair-lambda": 0.01}
 
+HELP = {   # what each run-config key means (`lorakit federated run --help`)
+    "strategy": "aggregation strategy: fedavg, ffa, fair or fedsb",
+    "rank": "adapter rank r", "alpha": "adapter alpha (scale alpha / r)",
+    "lr": "clients' learning rate (AdamW)",
+    "local-steps": "training steps each client takes per round",
+    "batch-size": "client batch size (the expected batch under DP's Poisson sampling)",
+    "seed": "seed of the base head, the shared adapter init, the data split and the noise",
+    "clients": "number of clients (virtual clients, or SuperNodes under deployment)",
+    "dirichlet": "0: one domain per client; > 0: a Dirichlet(alpha) split over domain x label",
+    "base": "tiny (random BERT, synthetic four-domain tokens) or minilm (all-MiniLM-L6-v2, "
+            "four sentiment domains)",
+    "rounds": "federated rounds",
+    "head": "1: train and average the classification head too (modules_to_save); 0: frozen",
+    "min-clients": "fewest connected clients a round goes on with (0: all of them); a "
+                   "client that dies mid-round is left out of that round",
+    "round-timeout": "seconds the server waits for a round's replies",
+    "history-file": "where the ServerApp writes its per-round record (JSON)",
+    "dp.enabled": "train each client with DP-SGD (per-sample clipping and Gaussian noise)",
+    "dp.noise_multiplier": "sigma: noise std over the clipping bound (unless target_epsilon)",
+    "dp.max_grad_norm": "C: each sample's gradient is clipped to this L2 norm",
+    "dp.delta": "delta of the reported (epsilon, delta)",
+    "dp.target_epsilon": "> 0: solve sigma so the whole run spends this epsilon",
+    "train-per-domain": "training sentences per domain (minilm)",
+    "test-per-domain": "held-out test sentences per domain (minilm)",
+    "fair-solver": "LoRA-FAIR's correction: sgd (the paper's) or closed_form (ridge)",
+    "fair-similarity": "LoRA-FAIR's similarity: cosine (whole matrices) or column_cosine",
+    "fair-steps": "LoRA-FAIR: SGD steps per round", "fair-lr": "LoRA-FAIR: SGD step size",
+    "fair-lambda": "LoRA-FAIR: lambda, the weight of ||dB||^2",
+}
+
 
 def settings(run_config) -> dict:
     return {**DEFAULTS, **dict(run_config or {})}

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .aggregation import STRATEGIES
-from .app import DEFAULTS, settings, simulate
+from .app import DEFAULTS, HELP, settings, simulate
 
 ENGINES = ("simulation", "deployment")
 
@@ -121,13 +121,19 @@ def _flag(text: str) -> bool:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="lorakit federated run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--strategies", default=",".join(STRATEGIES))
-    ap.add_argument("--engine", choices=ENGINES, default="simulation")
-    ap.add_argument("--out", type=Path, default=Path("federated_run"))
+    ap.add_argument("--strategies", default=",".join(STRATEGIES),
+                    help="comma-separated strategies to run, each on its own "
+                         f"(default: {','.join(STRATEGIES)})")
+    ap.add_argument("--engine", choices=ENGINES, default="simulation",
+                    help="simulation (Ray) or deployment (SuperLink and SuperNodes on "
+                         "loopback)")
+    ap.add_argument("--out", type=Path, default=Path("federated_run"),
+                    help="folder for results.json, report.md and accuracy.png")
     for key, value in DEFAULTS.items():
         if key not in ("strategy", "history-file"):
             kind = _flag if isinstance(value, bool) else type(value)
-            ap.add_argument(f"--{key}", type=kind, default=value)
+            ap.add_argument(f"--{key}", type=kind, default=value,
+                            help=f"{HELP[key]} (default: {value})")
     args = vars(ap.parse_args(argv))
     out, names, engine = args.pop("out"), args.pop("strategies").split(","), args.pop("engine")
     run_all(out, names, engine, **args)

@@ -1,0 +1,17 @@
+"""`lorakit federated run --help` documents every option."""
+import pytest
+
+pytest.importorskip("flwr")
+from lorakit.plugins.federated.app import DEFAULTS, HELP  # noqa: E402
+from lorakit.plugins.federated.run import main  # noqa: E402
+
+
+def test_every_run_setting_has_help_and_the_help_prints_it(capsys):
+    assert set(DEFAULTS) == set(HELP)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for key in DEFAULTS:
+        if key not in ("strategy", "history-file"):
+            assert f"--{key}" in text
+            assert " ".join(HELP[key].split())[:30] in text, key
