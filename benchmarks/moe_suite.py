@@ -297,13 +297,10 @@ def train_row(name: str, fields: dict, tasks: dict, prose: list[dict], budget: B
     """One row at one seed: fitted at `lr`, or at each rate of the sweep and kept at the
     best on validation (`lr` None); then its test accuracy, drift and routing."""
     key = _key(name)
-    if lr is None:
-        module, row = swept(lambda r: fit_row(fields, tasks, budget, seed, r,
-                                              out / "runs" / f"{key}-{seed}-lr{r:g}"),
-                            budget.lrs)
-    else:
-        module, row = fit_row(fields, tasks, budget, seed, lr,
-                              out / "runs" / f"{key}-{seed}-lr{lr:g}")
+
+    def fit(rate: float):
+        return fit_row(fields, tasks, budget, seed, rate, out / "runs" / f"{key}-{seed}-lr{rate:g}")
+    module, row = swept(fit, budget.lrs) if lr is None else fit(lr)
     row["test"] = per_task_accuracy(module, tasks, "test")
     row["drift"] = embedding_drift(module, prose)
     if fields.get("method") == "mixture":
@@ -407,10 +404,12 @@ the five tasks, the same steps for every row; the mixtures' own settings are the
 papers' (MixLoRA's 0.01 balance weight, LoRAMoE's two groups), and a row's test split is
 read only for the run its sweep kept. The sweep's validation numbers are in runs.json.
 The single-task LoRAs under X-LoRA and the linear merge follow the `merge` suite's
-recipe at its rate (3e-3); they are X-LoRA's inputs, not swept rows. Equal parameters: 8 experts of rank 4
-plus their routers on intermediate.dense and output.dense hold exactly as many numbers
-as one LoRA of rank 36 there; MoLA's 24 experts of rank 8 hold the same expert numbers
-with fewer router rows. Step time is the median wall time of a training step (forward,
+recipe at its rate (3e-3); they are X-LoRA's inputs, not swept rows. Equal parameters:
+8 experts of rank 4 plus a router per module on intermediate.dense and output.dense
+(LoRAMoE) hold exactly as many numbers as one LoRA of rank 36 there; MixLoRA and
+LLaVA-MoLE route once per FFN and hold 8·1536 fewer router numbers per layer (the LoRA
+has ~10 % more); MoLA's 24 experts of rank 8 hold the same expert numbers with fewer
+router rows. Step time is the median wall time of a training step (forward,
 backward, optimizer) in one process, rows run one after another on the same machine;
 X-LoRA's includes its second (scaling) pass. Memory (`fit_peak_mb`) is the process's
 peak RSS during the fit minus its RSS when the fit started: what the fit itself adds

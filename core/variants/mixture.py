@@ -155,6 +155,11 @@ def allocation(config: LoRAConfig, paths: list[str]) -> dict[str, int]:
     return {p: per_layer[layer_key(p)] for p in paths}
 
 
+def router_key(layer: str) -> str:
+    """File key of a `router_scope="block"` router: one per depth layer."""
+    return f"{layer}.moe_router"
+
+
 class BlockRouter(nn.Module):
     """One router (E × in of the block's first adapted module) shared by the adapted
     modules of one depth layer, and the routing of its last forward for the others."""
@@ -296,8 +301,7 @@ class Mixture(Variant):
         return BlockRouter(key, config.n_experts, kind.in_features, dtype, device)
 
     def shared_tensors(self):
-        return {} if self.block is None else {f"{self.block.layer}.moe_router":
-                                              self.block.weight}
+        return {} if self.block is None else {router_key(self.block.layer): self.block.weight}
 
     @classmethod
     def plan(cls, config: LoRAConfig, paths: list[str]) -> dict[str, LoRAConfig]:
@@ -336,20 +340,23 @@ class Mixture(Variant):
             top = top / top.sum(-1, keepdim=True)
         return top, index
 
-    def gates(self, probs: torch.Tensor) -> torch.Tensor:
-        """(tokens, E) weights of the experts, zero outside each token's top k."""
+    def gates(self, probs: torch.Tensor,
+              chosen: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """(tokens, E) weights of the experts, zero outside each token's top k (`chosen`:
+        `choose(probs)` when the caller has it already)."""
         if self.dense:
             return probs
-        top, index = self.choose(probs)
+        top, index = chosen if chosen is not None else self.choose(probs)
         return torch.zeros_like(probs).scatter(-1, index, top)
 
     def forward(self, x: torch.Tensor, kind: LayerKind, base: nn.Module) -> torch.Tensor:
         x = x.to(self.lora_A.dtype)
         rows = x.reshape(-1, x.shape[-1])
         probs = self.route(rows)
-        gates = self.gates(probs)
-        if self.gather:
-            top, index = self.choose(probs)
+        chosen = self.choose(probs) if self.gather else None
+        gates = self.gates(probs, chosen)
+        if chosen is not None:
+            top, index = chosen
             y = gathered(kind, self.dropout(rows), self.lora_A, self.lora_B, index,
                          top * self.scale)
         elif self.product:
@@ -453,7 +460,7 @@ class Mixture(Variant):
     @classmethod
     def keys_for(cls, config, path, kind, weight_shape):
         experts = expert_class(config.expert_method).file_keys(path, kind, weight_shape)
-        router = (f"{layer_key(path)}.moe_router" if config.router_scope == "block"
+        router = (router_key(layer_key(path)) if config.router_scope == "block"
                   else f"{path}.moe_router")
         return [*experts, router, *(f"{path}.{n}" for n in ("moe_load", "moe_tokens",
                                                             "moe_entropy"))]
