@@ -43,7 +43,14 @@ from .aggregation import (
     sent_keys,
 )
 from .data import DOMAINS, client_loader, held_out
-from .privacy import DPConfig, epsilon, per_sample_gradients, privatize, solve_noise
+from .privacy import (
+    DPConfig,
+    epsilon,
+    per_sample_gradients,
+    poisson_loader,
+    privatize,
+    solve_noise,
+)
 
 log = logging.getLogger("lorakit.federated")
 
@@ -227,7 +234,6 @@ def make_private(module: ClientModule, loader, n: int, cfg: dict, partition: int
     The noise and sampling generators are seeded from (seed, partition, round): independent
     draws per client and round, reproducible runs; keep the seed secret when the noise must
     also hide the data from someone who knows the run's settings."""
-    from opacus.data_loader import DPDataLoader
     dp = module.dp
     steps = int(cfg["local-steps"])
     q = min(1.0, int(cfg["batch-size"]) / n)
@@ -235,7 +241,7 @@ def make_private(module: ClientModule, loader, n: int, cfg: dict, partition: int
     seed = (int(cfg["seed"]) * 1_000_003 + partition) * 10_007 + server_round
     module.noise_multiplier, module.expected_batch = sigma, q * n
     module.noise_generator = torch.Generator().manual_seed(seed)
-    loader = DPDataLoader.from_data_loader(loader, generator=torch.Generator().manual_seed(seed + 1))
+    loader = poisson_loader(loader, seed + 1)
     return loader, {"epsilon": epsilon(sigma, q, steps * server_round, dp.delta),
                     "noise-multiplier": sigma}
 

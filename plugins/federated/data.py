@@ -124,8 +124,6 @@ class ClientData(LightningDataModule):
         loader = client_loader(self.cfg, self.partition, self.partitions)[0]
         module = self.trainer.lightning_module if self.trainer is not None else None
         if getattr(getattr(module, "dp", None), "enabled", False):
-            from opacus.data_loader import DPDataLoader
-            seed = int(self.cfg["seed"]) + self.partition + 1
-            loader = DPDataLoader.from_data_loader(loader,
-                                                   generator=torch.Generator().manual_seed(seed))
+            from .privacy import poisson_loader
+            loader = poisson_loader(loader, int(self.cfg["seed"]) + self.partition + 1)
         return loader

@@ -109,3 +109,10 @@ def solve_noise(dp: DPConfig, sample_rate: float, steps: int) -> float:
     if dp.target_epsilon > 0:
         return noise_for_epsilon(dp.target_epsilon, sample_rate, steps, dp.delta)
     return dp.noise_multiplier
+
+
+def poisson_loader(loader, seed: int):
+    """`loader`'s data in Poisson-sampled batches at q = batch_size / n (Opacus's
+    DPDataLoader), the sampling the privacy accountant assumes, seeded."""
+    from opacus.data_loader import DPDataLoader
+    return DPDataLoader.from_data_loader(loader, generator=torch.Generator().manual_seed(seed))

@@ -130,3 +130,13 @@ def test_fit_solves_sigma_for_the_target_epsilon_over_its_own_run(tmp_path):
     assert module.noise_multiplier == pytest.approx(noise_for_epsilon(2.0, q, 4, 1e-5))
     assert module.epsilon_spent == pytest.approx(2.0, abs=0.05)   # all of it, in 4 steps
     assert (tmp_path / "adapter.safetensors").exists()
+
+
+def test_fit_refuses_a_target_epsilon_without_a_run_length(tmp_path):
+    from lorakit.errors import LoraKitError
+    module = ClientModule("fedavg", dp=DPConfig(enabled=True, target_epsilon=2.0))
+    trainer = pl.Trainer(max_steps=-1, max_epochs=-1, accelerator="cpu", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(LoraKitError, match="dp.target_epsilon needs a run of known length"):
+        trainer.fit(module, datamodule=ClientData(partition=0, partitions=2, batch_size=16))
