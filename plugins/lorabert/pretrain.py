@@ -51,7 +51,7 @@ import torch
 from lorakit.domains.genomics.fasta import read_fasta
 from lorakit.domains.genomics.kmer import KmerTokenizer
 from lorakit.domains.genomics.kmer_bert import small_bert_config
-from lorakit.errors import DataError
+from lorakit.errors import DataError, LoraKitError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -184,8 +184,9 @@ def grow_bert(model, layers: int, max_positions: int):
     from transformers import BertForMaskedLM
     old = model.config
     if layers < old.num_hidden_layers or max_positions < old.max_position_embeddings:
-        raise ValueError(f"--grow only grows: the model has {old.num_hidden_layers} layers "
-                         f"and {old.max_position_embeddings} positions")
+        raise LoraKitError(f"--grow only grows: the model has {old.num_hidden_layers} layers "
+                           f"and {old.max_position_embeddings} positions; give --layers and "
+                           "--max-tokens + 2 at least that")
     config = copy.deepcopy(old)
     config.num_hidden_layers = layers
     config.max_position_embeddings = max_positions

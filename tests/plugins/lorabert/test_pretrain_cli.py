@@ -146,3 +146,27 @@ def test_cli_fit_then_predict_from_the_checkpoint_writes_the_tsv_asked_for(tmp_p
                  save_config_callback=None)
     rows = read_predictions(tmp_path / "mine.tsv")
     assert [r["id"] for r in rows] == [f"syn_mRNA_{i:05d}" for i in range(6)]
+
+
+def test_grow_stacks_layers_and_tiles_positions_and_refuses_to_shrink():
+    from transformers import BertConfig, BertForMaskedLM
+
+    from lorakit.errors import LoraKitError
+    from lorakit.plugins.lorabert.pretrain import grow_bert
+    torch.manual_seed(0)
+    small = BertForMaskedLM(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=2,
+                                       num_attention_heads=2, intermediate_size=16,
+                                       max_position_embeddings=6))
+    grown = grow_bert(small, layers=4, max_positions=11)
+    old, new = small.state_dict(), grown.state_dict()
+    q = "bert.encoder.layer.{}.attention.self.query.weight"
+    assert torch.equal(new[q.format(2)], old[q.format(0)])
+    assert torch.equal(new[q.format(3)], old[q.format(1)])
+    pos = "bert.embeddings.position_embeddings.weight"
+    assert torch.equal(new[pos][:6], old[pos])
+    # positions 6..10 repeat the old window's 1..5 ([CLS]'s row 0 is not repeated)
+    assert torch.equal(new[pos][6:], old[pos][1:6])
+    assert torch.equal(new["bert.embeddings.word_embeddings.weight"],
+                       old["bert.embeddings.word_embeddings.weight"])
+    with pytest.raises(LoraKitError, match="--grow only grows: the model has 2 layers"):
+        grow_bert(small, layers=1, max_positions=11)
