@@ -78,14 +78,21 @@ def test_dense_router_weights_every_expert_by_the_softmax():
     assert v.aux_losses() == {}      # no Switch loss on a dense router, no LBC unless asked
 
 
-def test_gradients_reach_only_the_selected_experts():
-    model, adapters, v = linear_with_mixture(experts=5, top_k=2)
-    with torch.no_grad():            # the router prefers experts 1 and 3 for every token
+def backward_through(model, v, preferred: tuple[int, int]) -> torch.Tensor:
+    """A backward pass on 8 tokens that the router sends to the `preferred` two experts;
+    returns the tokens."""
+    with torch.no_grad():            # every token's feature 0 > 1 picks those two rows
         v.moe_router.zero_()
-        v.moe_router[1, 0] = v.moe_router[3, 0] = 5.0
+        v.moe_router[preferred[0], 0] = v.moe_router[preferred[1], 0] = 5.0
     x = torch.randn(8, 6)
     x[:, 0] = x[:, 0].abs() + 1.0
     model(x).pow(2).sum().backward()
+    return x
+
+
+def test_gradients_reach_only_the_selected_experts():
+    model, adapters, v = linear_with_mixture(experts=5, top_k=2)
+    backward_through(model, v, (1, 3))
     for e in range(5):
         touched = v.lora_A.grad[e].abs().sum() > 0 and v.lora_B.grad[e].abs().sum() > 0
         assert touched == (e in (1, 3)), e
@@ -160,12 +167,7 @@ def test_dora_experts_start_at_the_base_weight_norms_and_mix_each_experts_dora_o
 
 def test_dora_experts_outside_the_top_k_get_no_gradient_and_round_trip(tmp_path):
     model, adapters, v = dora_mixture(experts=5)
-    with torch.no_grad():
-        v.moe_router.zero_()
-        v.moe_router[0, 0] = v.moe_router[4, 0] = 5.0
-    x = torch.randn(8, 6)
-    x[:, 0] = x[:, 0].abs() + 1.0
-    model(x).pow(2).sum().backward()
+    x = backward_through(model, v, (0, 4))
     for e in range(5):
         grads = [v.lora_B.grad[e], v.lora_magnitude.grad[e]]
         assert all(g.abs().sum() > 0 for g in grads) == (e in (0, 4)), e
