@@ -34,6 +34,16 @@ def init_from_gradients(model: nn.Module, adapters: Adapters, batches: Iterable[
                         name: str | None = None) -> int:
     """Initialise adapter `name` from the base weights' gradients averaged over `batches`
     (`loss_fn(model, batch)` → scalar loss); returns the number of batches used."""
+    sums, count = base_gradients(model, adapters, batches, loss_fn, name)
+    if count == 0:
+        raise LoraKitError("init_from_gradients: `batches` gave no batch")
+    apply_gradient_init(adapters, {path: total / count for path, total in sums.items()}, name)
+    return count
+
+
+def gradient_variants(adapters: Adapters, name: str | None = None) -> dict:
+    """{module path: variant} of adapter `name`, refused unless every variant has a
+    gradient-driven init."""
     name = adapters._one(name)
     variants = adapters.variants(name)
     cannot = sorted({v.method for v in variants.values()
@@ -41,6 +51,19 @@ def init_from_gradients(model: nn.Module, adapters: Adapters, batches: Iterable[
     if cannot:
         raise LoraKitError(f"adapter {name!r} is {cannot[0]!r}, which has no gradient-driven "
                            "init; use method 'lora_ga' or 'lora_sb'")
+    return variants
+
+
+def base_gradients(model: nn.Module, adapters: Adapters, batches: Iterable[Any],
+                   loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+                   name: str | None = None, clip: float | None = None
+                   ) -> tuple[dict[str, torch.Tensor], int]:
+    """({module path: Σ gradient of its base weight, (out × in) float32}, batches used)
+    over `batches`, with every adapter off. With `clip`, each batch's gradient is scaled
+    to an L2 norm ≤ clip (one norm over all modules together) before it is summed: with
+    one-sample batches, DP-SGD's per-sample clipping. Several parties' sums add up to the
+    sum over all their batches (a federated init)."""
+    variants = gradient_variants(adapters, name)
     layers = [adapters.layers[p] for p in variants]
     weights = [layer.base.weight for layer in layers]
     sums = [torch.zeros(w.shape, dtype=torch.float32, device=w.device) for w in weights]
@@ -51,19 +74,33 @@ def init_from_gradients(model: nn.Module, adapters: Adapters, batches: Iterable[
             w.requires_grad_(True)
         with adapters.disabled(), torch.enable_grad():
             for batch in batches:
-                grads = torch.autograd.grad(loss_fn(model, batch), weights, allow_unused=True)
+                grads = [torch.zeros_like(total) if g is None else g.float() for total, g in
+                         zip(sums, torch.autograd.grad(loss_fn(model, batch), weights,
+                                                       allow_unused=True))]
+                factor = 1.0
+                if clip is not None:
+                    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+                    factor = float((clip / (norm + 1e-6)).clamp(max=1.0))
                 for total, g in zip(sums, grads):
-                    if g is not None:
-                        total.add_(g.float())
+                    total.add_(g, alpha=factor)
                 count += 1
     finally:
         for w, flag in zip(weights, flags):
             w.requires_grad_(flag)
-    if count == 0:
-        raise LoraKitError("init_from_gradients: `batches` gave no batch")
-    with torch.no_grad():
-        for variant, layer, total in zip(variants.values(), layers, sums):
-            kind = layer.kind
-            variant.init_from_gradient(kind.to_matrix(total / count),
-                                       kind.to_matrix(layer.base.weight.detach().float()))
-    return count
+    return {path: layer.kind.to_matrix(total)
+            for path, layer, total in zip(variants, layers, sums)}, count
+
+
+@torch.no_grad()
+def apply_gradient_init(adapters: Adapters, grads: dict[str, torch.Tensor],
+                        name: str | None = None) -> None:
+    """Set adapter `name` from `{module path: mean gradient (out × in)}` (`base_gradients`'
+    sums over their count, or an average of several parties' sums)."""
+    variants = gradient_variants(adapters, name)
+    missing = sorted(set(variants) - set(grads))
+    if missing:
+        raise LoraKitError(f"gradient init: no gradient for module {missing[0]!r}")
+    for path, variant in variants.items():
+        layer = adapters.layers[path]
+        variant.init_from_gradient(grads[path].float(),
+                                   layer.kind.to_matrix(layer.base.weight.detach().float()))

@@ -95,7 +95,7 @@ def reject_reason(update: dict[str, torch.Tensor], expected: dict[str, tuple[int
     return None
 
 
-def _mean(tensors: list[torch.Tensor], p: torch.Tensor) -> torch.Tensor:
+def weighted_mean(tensors: list[torch.Tensor], p: torch.Tensor) -> torch.Tensor:
     return sum(w * t.double() for w, t in zip(p.tolist(), tensors))
 
 
@@ -197,16 +197,16 @@ def aggregate(strategy: str, global_state: dict[str, torch.Tensor],
     full = [{**global_state, **u} for u in updates]
     new = dict(global_state)
     for key in updates[0]:
-        new[key] = _mean([u[key] for u in updates], p).to(global_state[key].dtype)
+        new[key] = weighted_mean([u[key] for u in updates], p).to(global_state[key].dtype)
     ideal, got = {}, {}
     for path in _modules(global_state):
         a_k, b_k, r_k = f"{path}.lora_A", f"{path}.lora_B", f"{path}.lora_R"
         if r_k in global_state:     # LoRA-SB: ΔW = B R A
-            ideal[path] = _mean([s[b_k].double() @ s[r_k].double() @ s[a_k].double()
+            ideal[path] = weighted_mean([s[b_k].double() @ s[r_k].double() @ s[a_k].double()
                                  for s in full], p)
             got[path] = new[b_k].double() @ new[r_k].double() @ new[a_k].double()
         else:
-            ideal[path] = _mean([s[b_k].double() @ s[a_k].double() for s in full], p)
+            ideal[path] = weighted_mean([s[b_k].double() @ s[a_k].double() for s in full], p)
             got[path] = new[b_k].double() @ new[a_k].double()
     error_before = _error(got, ideal)
     metrics = {"clients": len(updates), "bytes_per_client": payload_bytes(updates[0])}

@@ -8,7 +8,8 @@ clients, dirichlet (α), base ("tiny": a tiny random BERT on a synthetic four-do
 "minilm": all-MiniLM-L6-v2 on the four-domain sentiment data, `train-per-domain` /
 `test-per-domain` sentences per domain), min-clients (the fewest replies a round goes on
 with; 0: all clients), round-timeout, history-file (where the ServerApp writes the run's
-per-round record as JSON), LoRA-FAIR's server correction `fair-solver`, `fair-similarity`,
+per-round record as JSON), eval-split (test or val), Fed-SB's init (`fedsb-init`,
+`init-batches`), LoRA-FAIR's server correction `fair-solver`, `fair-similarity`,
 `fair-steps`, `fair-lr`, `fair-lambda` (aggregation.FairConfig), and the per-client DP-SGD
 settings `dp.*` (privacy.py).
 """
@@ -22,15 +23,25 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from lightning.pytorch.utilities import rank_zero_info
 
 from lorakit import LoRAConfig
 from lorakit.atomic import atomic_write
 from lorakit.errors import LoraKitError
+from lorakit.gradient_init import apply_gradient_init, base_gradients, gradient_variants
 from lorakit.lightning_module import AdapterModule
 
 from .aggregation import (
@@ -41,6 +52,7 @@ from .aggregation import (
     payload_bytes,
     reject_reason,
     sent_keys,
+    weighted_mean,
 )
 from .data import DOMAINS, client_loader, held_out
 from .privacy import (
@@ -61,7 +73,8 @@ DEFAULTS = {"strategy": "fedavg", "rank": 4, "alpha": 8.0, "lr": 1e-2, "local-st
             "dp.max_grad_norm": 1.0, "dp.delta": 1e-5, "dp.target_epsilon": 0.0,
             "train-per-domain": 256, "test-per-domain": 128, "fair-solver": "sgd",
             "fair-similarity": "cosine", "fair-steps": 1000, "fair-lr": 0.01,
-            "fair-lambda": 0.01}
+            "fair-lambda": 0.01, "fedsb-init": "gradient", "init-batches": 4,
+            "eval-split": "test"}
 
 HELP = {   # what each run-config key means (`lorakit federated run --help`)
     "strategy": "aggregation strategy: fedavg, ffa, fair or fedsb",
@@ -91,6 +104,13 @@ HELP = {   # what each run-config key means (`lorakit federated run --help`)
     "fair-similarity": "LoRA-FAIR's similarity: cosine (whole matrices) or column_cosine",
     "fair-steps": "LoRA-FAIR: SGD steps per round", "fair-lr": "LoRA-FAIR: SGD step size",
     "fair-lambda": "LoRA-FAIR: lambda, the weight of ||dB||^2",
+    "fedsb-init": "Fed-SB's frozen B and A: gradient (LoRA-SB's init from the clients' "
+                  "averaged gradient, gathered in one init round before round 1) or random "
+                  "(random orthonormal B and A, R = 0)",
+    "init-batches": "batches each client averages its gradient over for Fed-SB's init "
+                    "(under DP: DP-SGD steps, counted in epsilon)",
+    "eval-split": "where the global adapter is scored each round: test, or val (the "
+                  "validation split, for choosing settings)",
 }
 
 
@@ -230,19 +250,20 @@ def make_private(module: ClientModule, loader, n: int, cfg: dict, partition: int
     """Switch a client to DP-SGD for this round: Poisson sampling at q = batch / n (Opacus's
     DPDataLoader, what the accountant assumes), σ from `dp.noise_multiplier` or solved for
     `dp.target_epsilon` over the whole run, and ε spent after this round for δ, counting
-    every round so far (an upper bound when a client sat out a round).
+    every round so far and Fed-SB's init steps (round 0; an upper bound when a client sat
+    out a round).
     The noise and sampling generators are seeded from (seed, partition, round): independent
     draws per client and round, reproducible runs; keep the seed secret when the noise must
     also hide the data from someone who knows the run's settings."""
     dp = module.dp
-    steps = int(cfg["local-steps"])
+    steps, first = int(cfg["local-steps"]), init_steps(cfg)
     q = min(1.0, int(cfg["batch-size"]) / n)
-    sigma = solve_noise(dp, q, steps * int(cfg["rounds"]))
+    sigma = solve_noise(dp, q, first + steps * int(cfg["rounds"]))
     seed = (int(cfg["seed"]) * 1_000_003 + partition) * 10_007 + server_round
     module.noise_multiplier, module.expected_batch = sigma, q * n
     module.noise_generator = torch.Generator().manual_seed(seed)
     loader = poisson_loader(loader, seed + 1)
-    return loader, {"epsilon": epsilon(sigma, q, steps * server_round, dp.delta),
+    return loader, {"epsilon": epsilon(sigma, q, first + steps * server_round, dp.delta),
                     "noise-multiplier": sigma}
 
 
@@ -268,6 +289,68 @@ def local_train(cfg: dict, global_state: dict[str, torch.Tensor], partition: int
                   "bytes": payload_bytes(sent), **privacy}
 
 
+FEDSB_INITS = ("gradient", "random")
+
+
+def gradient_init_on(cfg: dict) -> bool:
+    """Whether this run starts with Fed-SB's init round."""
+    if cfg["fedsb-init"] not in FEDSB_INITS:
+        raise ValueError(f"federated: unknown fedsb-init {cfg['fedsb-init']!r}; choose one "
+                         f"of {FEDSB_INITS}")
+    return cfg["strategy"] == "fedsb" and cfg["fedsb-init"] == "gradient"
+
+
+def init_steps(cfg: dict) -> int:
+    """The DP-SGD steps a client spends in the init round (0 without one)."""
+    return int(cfg["init-batches"]) if gradient_init_on(cfg) else 0
+
+
+def batches_of(loader, k: int):
+    """The first `k` batches of `loader`, going round it again as often as needed."""
+    while k > 0:
+        for batch in loader:
+            if k == 0:
+                return
+            yield batch
+            k -= 1
+
+
+def local_gradient(cfg: dict, global_state: dict[str, torch.Tensor], partition: int,
+                   partitions: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """One client's part of Fed-SB's init round: for each adapted module, the gradient of
+    its base weight (adapters off) averaged over `init-batches` batches, and its metrics.
+    Under DP the init batches are DP-SGD steps at the run's σ and q (counted in ε): each
+    sample's gradient clipped to C (one norm over all modules), summed, N(0, σ²C²) noise
+    per batch added, divided by the expected batch size."""
+    torch.set_num_threads(1)
+    module = ClientModule.from_cfg(cfg)
+    if global_state:
+        module.adapters.load_state_dict(global_state, source="global adapter")
+    loader, n = client_loader(cfg, partition, partitions)
+    if n == 0:
+        raise LoraKitError(f"federated: client {partition} holds no training examples")
+    k = int(cfg["init-batches"])
+
+    def loss(model, batch):
+        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    privacy = {}
+    if not module.dp.enabled:
+        sums, count = base_gradients(module, module.adapters, batches_of(loader, k), loss)
+        grads = {path: total / count for path, total in sums.items()}
+    else:
+        loader, privacy = make_private(module, loader, n, cfg, partition, 0)
+        c = module.dp.max_grad_norm
+        samples = ((ids[i:i + 1], y[i:i + 1]) for ids, y in batches_of(loader, k)
+                   for i in range(len(ids)))
+        sums, _ = base_gradients(module, module.adapters, samples, loss, clip=c)
+        std = module.noise_multiplier * c * math.sqrt(k)     # k batches' noise, summed
+        grads = {path: (total + std * torch.randn(total.shape, generator=module.noise_generator))
+                 / (k * module.expected_batch) for path, total in sums.items()}
+    return grads, {"num-examples": n, "base-id": base_id(module.adapters),
+                   "bytes": payload_bytes(grads), **privacy}
+
+
 class LoRAStrategy(FedAvg):
     """FedAvg's round logic (sampling, min-nodes rule, timeouts) with lorakit's aggregation:
     each reply is checked against the global adapter (keys, shapes, base) and a bad one is
@@ -283,8 +366,12 @@ class LoRAStrategy(FedAvg):
         self.expected = {k: tuple(global_state[k].shape)
                          for k in sent_keys(strategy, global_state)}
         self.history: list[dict] = []
+        self.init: dict = {}      # round 0's record of Fed-SB's init round
 
-    def aggregate_train(self, server_round: int, replies):
+    def screen(self, server_round: int, replies, expected: dict[str, tuple[int, ...]]):
+        """(tensors, weights, rejected, failed, ε spent) of a round's replies: each checked
+        against `expected` (keys and shapes) and this run's base; a bad one is logged and
+        left out."""
         valid, failed = self._check_and_log_replies(replies, is_train=True, validate=False)
         updates, weights, rejected, spent = [], [], [], []
         for msg in valid:
@@ -292,7 +379,7 @@ class LoRAStrategy(FedAvg):
             arrays = next(iter(content.array_records.values()), None)
             metrics = next(iter(content.metric_records.values()), None)
             update = arrays.to_torch_state_dict() if arrays is not None else {}
-            reason = reject_reason(update, self.expected, self.base,
+            reason = reject_reason(update, expected, self.base,
                                    None if metrics is None else metrics.get("base-id"))
             if reason is None and (metrics is None or self.weighted_by_key not in metrics):
                 reason = f"no {self.weighted_by_key!r} metric"
@@ -305,9 +392,46 @@ class LoRAStrategy(FedAvg):
             weights.append(float(metrics[self.weighted_by_key]))
             if "epsilon" in metrics:
                 spent.append(float(metrics["epsilon"]))
+        failed = [{"node": m.metadata.src_node_id, "reason": str(m.error.reason)} for m in failed]
+        return updates, weights, rejected, failed, spent
+
+    def init_round(self, grid: Grid, cfg: dict, timeout: float) -> None:
+        """Fed-SB's init round (round 0): every client sends its averaged base-weight
+        gradient (`local_gradient`), the example-weighted mean of the accepted ones sets B,
+        A and R by LoRA-SB's rule (B, A: the top singular vectors of −init_lr·sign(Ḡ)), and
+        round 1 starts from that state. Rejections as in a training round; with no usable
+        gradient the run stops with the reasons."""
+        size = max(int(len(list(grid.get_node_ids())) * self.fraction_train),
+                   self.min_train_nodes)           # the nodes a training round would ask
+        nodes, _ = sample_nodes(grid, self.min_available_nodes, size)
+        record = RecordDict({"arrays": ArrayRecord(self.global_state),
+                             "config": ConfigRecord({"server-round": 0})})
+        replies = grid.send_and_receive(
+            self._construct_messages(record, nodes, MessageType.QUERY), timeout=timeout)
+        module = ClientModule.from_cfg(cfg)
+        module.adapters.load_state_dict(self.global_state, source="global adapter")
+        layers = module.adapters.layers
+        expected = {path: tuple(layers[path].kind.to_matrix(layers[path].base.weight).shape)
+                    for path in gradient_variants(module.adapters)}
+        grads, weights, rejected, failed, spent = self.screen(0, replies, expected)
+        if not grads:
+            raise LoraKitError("Fed-SB init: no client sent a usable gradient "
+                               f"(rejected: {rejected}, failed: {failed})")
+        p = torch.tensor(weights, dtype=torch.float64) / sum(weights)
+        apply_gradient_init(module.adapters, {k: weighted_mean([g[k] for g in grads], p).float()
+                                              for k in expected})
+        self.global_state = state_of(module)
+        self.init = {"init_clients": len(grads), "init_rejected": rejected,
+                     "init_failed": failed,
+                     "init_bytes_per_client": sum(map(payload_bytes, grads)) / len(grads)}
+        if spent:
+            self.init["epsilon"] = max(spent)
+
+    def aggregate_train(self, server_round: int, replies):
+        updates, weights, rejected, failed, spent = self.screen(server_round, replies,
+                                                                self.expected)
         row = {"round": server_round, "clients": len(updates), "rejected": rejected,
-               "failed": [{"node": m.metadata.src_node_id, "reason": str(m.error.reason)}
-                          for m in failed]}
+               "failed": failed}
         if spent:       # the worst client's ε so far (each client has its own budget)
             row["epsilon"] = max(spent)
         if not updates:
@@ -348,16 +472,24 @@ def make_apps(overrides: dict | None = None, sink: list | None = None):
     client_app = ClientApp()
     server_app = ServerApp()
 
-    @client_app.train()
-    def train(msg: Message, context: Context) -> Message:
+    def answer(msg: Message, context: Context, work) -> Message:
         cfg = settings({**dict(context.run_config), **(overrides or {})})
         state = msg.content["arrays"].to_torch_state_dict()
         part = int(context.node_config.get("partition-id", 0))
         parts = int(context.node_config.get("num-partitions", cfg["clients"]))
-        server_round = int(msg.content["config"].get("server-round", 1))
-        sent, metrics = local_train(cfg, state, part, parts, server_round)
+        sent, metrics = work(cfg, state, part, parts, msg.content["config"])
         return Message(RecordDict({"arrays": ArrayRecord(sent),
                                    "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    @client_app.train()
+    def train(msg: Message, context: Context) -> Message:
+        return answer(msg, context, lambda cfg, state, part, parts, config: local_train(
+            cfg, state, part, parts, int(config.get("server-round", 1))))
+
+    @client_app.query()
+    def gradient(msg: Message, context: Context) -> Message:       # Fed-SB's init round
+        return answer(msg, context, lambda cfg, state, part, parts, config: local_gradient(
+            cfg, state, part, parts))
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
@@ -371,10 +503,13 @@ def make_apps(overrides: dict | None = None, sink: list | None = None):
         strategy = LoRAStrategy(cfg["strategy"], state, base, FairConfig.from_settings(cfg),
                                 fraction_evaluate=0.0, fraction_train=1.0,
                                 min_train_nodes=least, min_available_nodes=least)
+        if gradient_init_on(cfg):
+            strategy.init_round(grid, cfg, float(cfg["round-timeout"]))
+            state = strategy.global_state
         evaluations: dict[int, dict] = {}
 
         def record(done: bool) -> list[dict]:
-            rows = [{"round": 0, **evaluations.get(0, {})}]
+            rows = [{"round": 0, **strategy.init, **evaluations.get(0, {})}]
             rows += [{**row, **evaluations.get(row["round"], {})} for row in strategy.history]
             if cfg["history-file"]:    # whole or not at all: the runner polls it
                 text = json.dumps({"done": done, "history": rows})

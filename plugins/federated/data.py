@@ -98,12 +98,19 @@ def client_loader(cfg: dict, partition: int, partitions: int) -> tuple[DataLoade
     return DataLoader(data, batch_size=int(cfg["batch-size"]), shuffle=True, generator=g), len(idx)
 
 
+EVAL_SPLITS = ("test", "val")
+
+
 def held_out(cfg: dict, n: int = 128):
-    """Held-out examples from the same four domains (the sentiment test splits; for the
-    tiny base, another generator seed)."""
+    """Held-out examples from the same four domains, of the run's `eval-split`: the
+    sentiment test (or validation) splits, `test-per-domain` sentences each; for the tiny
+    base, another generator seed per split."""
+    split = cfg.get("eval-split", "test")
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"federated: unknown eval-split {split!r}; choose one of {EVAL_SPLITS}")
     if cfg["base"] == "minilm":
-        return sentiment_tensors("test", int(cfg["test-per-domain"]), 0)
-    return synthetic(n, seed=int(cfg["seed"]) + 10_000)
+        return sentiment_tensors(split, int(cfg["test-per-domain"]), 0)
+    return synthetic(n, seed=int(cfg["seed"]) + (10_000 if split == "test" else 20_000))
 
 
 class ClientData(LightningDataModule):

@@ -38,7 +38,8 @@ def engine_runner(engine: str, clients: int, workdir: Path | None = None):
 def measure(strategies=STRATEGIES, engine: str = "simulation", workdir: Path | None = None,
             **overrides) -> tuple[dict, dict]:
     """Each strategy once: (per-strategy history and wall time, flat figures: final
-    accuracy, bytes per client per round, mean aggregation error, ε when DP is on, and
+    accuracy, bytes per client per round (and Fed-SB's one-time init upload), mean
+    aggregation error, ε when DP is on, and
     LoRA-FAIR's mean similarity of the aggregate to the ideal update before and after
     its correction)."""
     results = {}
@@ -48,9 +49,9 @@ def measure(strategies=STRATEGIES, engine: str = "simulation", workdir: Path | N
             start = time.perf_counter()
             history = run({**overrides, "strategy": name})
             results[name] = {"history": history, "wall_s": time.perf_counter() - start}
-        print(f"federated {name}: " + ", ".join(
-            f"round {r['round']} acc {r.get('accuracy', float('nan')):.3f}" for r in history),
-            flush=True)
+            print(f"federated {name}: " + ", ".join(
+                f"round {r['round']} acc {r.get('accuracy', float('nan')):.3f}"
+                for r in history), flush=True)
     figures = {}
     for name, res in results.items():
         last = res["history"][-1]
@@ -59,6 +60,8 @@ def measure(strategies=STRATEGIES, engine: str = "simulation", workdir: Path | N
         figures[f"{name}.mean_aggregation_error"] = (
             sum(r["error"] for r in res["history"][1:]) / max(1, len(res["history"]) - 1))
         figures[f"{name}.wall_s"] = res["wall_s"]
+        if "init_bytes_per_client" in res["history"][0]:      # Fed-SB's init round
+            figures[f"{name}.init_bytes_per_client"] = res["history"][0]["init_bytes_per_client"]
         corrected = [r for r in res["history"][1:] if "similarity_after" in r]
         for when in ("before", "after") if corrected else ():    # LoRA-FAIR's S(Ŵ, B̄Ā)
             figures[f"{name}.mean_similarity_{when}"] = (

@@ -17,16 +17,18 @@ def test_federated_suite_quick(tmp_path):
 
 
 def _fake_measure(calls):
-    """`measure`'s shape without Flower: every strategy at accuracy 0.5 + seed / 10."""
+    """`measure`'s shape without Flower: accuracy 0.5 + seed / 10, plus the lr for Fed-SB
+    and minus it for the others (so Fed-SB's sweep picks the larger lr, the others the
+    smaller)."""
     def measure(strategies, seed=0, **overrides):
-        calls.append({"seed": seed, **overrides})
+        calls.append({"seed": seed, "strategies": list(strategies), **overrides})
         dp = {"epsilon": 8.0} if overrides.get("dp.enabled") else {}
-        last = {"round": 1, "accuracy": 0.5 + seed / 10, "error": 0.1, "bytes_per_client": 64,
-                "clients": 2, **dp}
-        results = {n: {"history": [{"round": 0, "accuracy": 0.5}, last], "wall_s": 1.0}
-                   for n in strategies}
-        figures = {}
+        results, figures = {}, {}
         for n in strategies:
+            lr = overrides["lr"] if n == "fedsb" else -overrides["lr"]
+            last = {"round": 1, "accuracy": 0.5 + seed / 10 + lr, "error": 0.1,
+                    "bytes_per_client": 64, "clients": 2, **dp}
+            results[n] = {"history": [{"round": 0, "accuracy": 0.5}, last], "wall_s": 1.0}
             figures.update({f"{n}.final_accuracy": last["accuracy"], f"{n}.wall_s": 1.0,
                             f"{n}.bytes_per_client": 64, f"{n}.mean_aggregation_error": 0.1})
             figures.update({f"{n}.epsilon": 8.0} if dp else {})
@@ -34,21 +36,33 @@ def _fake_measure(calls):
     return measure
 
 
-def test_the_suite_resumes_from_its_finished_measurements(tmp_path, monkeypatch):
+def test_the_suite_chooses_each_lr_on_validation_and_resumes(tmp_path, monkeypatch):
     from lorakit.benchmarks import federated_suite
     calls = []
     monkeypatch.setattr(federated_suite, "measure", _fake_measure(calls))
     first = federated_suite.run(tmp_path, quick=True)
-    assert len(calls) == 2 and calls[1]["dp.enabled"] is True     # seed 0, without and with DP
+    sweep, final = calls[:2], calls[2:]
+    assert [c["lr"] for c in sweep] == [1e-2, 3e-2]         # the quick sweep
+    assert all(c["eval-split"] == "val" and c["strategies"] == ["fedavg", "ffa", "fair", "fedsb"]
+               and not c.get("dp.enabled") for c in sweep)
+    assert len(final) == 8 and all("eval-split" not in c for c in final)  # the test split
+    lr = {c["strategies"][0]: c["lr"] for c in final}
+    assert lr == {"fedavg": 1e-2, "ffa": 1e-2, "fair": 1e-2, "fedsb": 3e-2}
+    assert first["figures"]["fedsb.lr"] == 3e-2
+    assert first["figures"]["fedavg.val_accuracy@lr=0.03"] == pytest.approx(0.5 - 3e-2)
+    assert [c.get("dp.enabled", False) for c in final] == [False] * 4 + [True] * 4
     runs = tmp_path / "runs"
-    assert sorted(p.name for p in runs.iterdir()) == ["seed0-dp.json", "seed0-plain.json"]
+    assert sorted(p.name for p in runs.iterdir()) == sorted(
+        ["sweep-lr0.01.json", "sweep-lr0.03.json"]
+        + [f"seed0-{arm}-{n}.json" for arm in ("plain", "dp")
+           for n in ("fedavg", "ffa", "fair", "fedsb")])
     # the same command again: nothing measured, the same figures
     assert federated_suite.run(tmp_path, quick=True)["figures"] == first["figures"]
-    assert len(calls) == 2
-    # a session stopped after the first measurement: only the missing one runs
-    (runs / "seed0-dp.json").unlink()
+    assert len(calls) == 10
+    # a session stopped before the last measurement: only the missing one runs
+    (runs / "seed0-dp-fedsb.json").unlink()
     federated_suite.run(tmp_path, quick=True)
-    assert len(calls) == 3 and calls[2]["dp.enabled"] is True
+    assert len(calls) == 11 and calls[10]["dp.enabled"] is True and calls[10]["lr"] == 3e-2
     # other settings (another base) are never taken for these: measured again, overwritten
     federated_suite.run(tmp_path, quick=True, base="minilm")
-    assert len(calls) == 5 and all(c["base"] == "minilm" for c in calls[3:])
+    assert len(calls) == 21 and all(c["base"] == "minilm" for c in calls[11:])

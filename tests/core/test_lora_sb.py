@@ -67,6 +67,42 @@ def test_init_is_the_best_rank_r_approximation_of_the_first_adam_step(tiny_bert)
         assert torch.allclose(v.lora_A @ v.lora_A.T, torch.eye(4), atol=1e-5)
 
 
+def test_parties_gradient_sums_averaged_give_the_init_of_all_batches(tiny_bert):
+    """The federated split of the init (Fed-SB's init round): each party's
+    `base_gradients` sum, pooled over the parties' batch counts, is the mean over all
+    batches, and `apply_gradient_init` of it sets the adapter `init_from_gradients` does."""
+    from lorakit.gradient_init import apply_gradient_init, base_gradients
+    data = batches()
+    whole, parts = tiny_bert(), tiny_bert()
+    whole_ad = lorakit.attach(whole, sb(rank=4, init_lr=1e-3))
+    parts_ad = lorakit.attach(parts, sb(rank=4, init_lr=1e-3))
+    lorakit.init_from_gradients(whole, whole_ad, data, loss)
+    (s1, n1), (s2, n2) = (base_gradients(parts, parts_ad, chunk, loss)
+                          for chunk in (data[:1], data[1:]))
+    assert (n1, n2) == (1, 2) and set(s1) == set(parts_ad.variants())
+    apply_gradient_init(parts_ad, {k: (s1[k] + s2[k]) / (n1 + n2) for k in s1})
+    for path, v in whole_ad.variants().items():
+        assert torch.allclose(parts_ad.variants()[path].delta_weight(), v.delta_weight(),
+                              atol=1e-7)
+    with pytest.raises(lorakit.LoraKitError, match="no gradient for module"):
+        apply_gradient_init(parts_ad, {k: s1[k] for k in list(s1)[1:]})
+
+
+def test_clip_bounds_each_batchs_gradient_over_all_modules_together(tiny_bert):
+    from lorakit.gradient_init import base_gradients
+    model = tiny_bert()
+    adapters = lorakit.attach(model, sb(rank=2))
+    data = batches()
+    free = [base_gradients(model, adapters, [b], loss)[0] for b in data]
+    norms = [torch.sqrt(sum(g.pow(2).sum() for g in f.values())) for f in free]
+    clip = float(min(norms)) / 2
+    clipped, count = base_gradients(model, adapters, data, loss, clip=clip)
+    assert count == 3
+    for path, total in clipped.items():      # each batch scaled to norm ≈ `clip`, summed
+        want = sum(f[path] * (clip / (n + 1e-6)) for f, n in zip(free, norms))   # Opacus
+        assert torch.allclose(total, want, rtol=1e-4, atol=1e-7)
+
+
 def test_a_training_step_moves_r_and_nothing_else(tiny_bert):
     model = tiny_bert()
     adapters = lorakit.attach(model, sb())

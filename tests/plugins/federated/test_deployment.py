@@ -76,5 +76,6 @@ def test_run_command_on_the_deployment_engine_writes_its_report(tmp_path):
         history = summary["runs"][name]["history"]
         assert [r["round"] for r in history] == [0, 1] and history[1]["clients"] == 2
         assert summary["figures"][f"{name}.mean_aggregation_error"] < 1e-6
+    assert summary["runs"]["fedsb"]["history"][0]["init_clients"] == 2   # its init round
     assert (out / "accuracy.png").stat().st_size > 0
     assert "deployment engine" in (out / "report.md").read_text()

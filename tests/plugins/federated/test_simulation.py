@@ -16,5 +16,6 @@ def test_two_rounds_in_simulation(strategy):
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in history)
     if strategy == "fedsb":
         assert all(r["error"] < 1e-6 for r in history[1:])
+        assert history[0]["init_clients"] == 2        # the init round, on the engine
     else:
         assert history[-1]["error"] > 0       # FedAvg-LoRA's inexactness, measured

@@ -9,6 +9,7 @@ import torch
 pytest.importorskip("flwr")
 from flwr.app import ArrayRecord, MetricRecord, RecordDict  # noqa: E402
 
+from lorakit.errors import LoraKitError  # noqa: E402
 from lorakit.plugins.federated.aggregation import FairConfig, sent_keys  # noqa: E402
 from lorakit.plugins.federated.app import LoRAStrategy, initial, local_train, settings  # noqa: E402
 from lorakit.plugins.federated.data import dirichlet_split  # noqa: E402
@@ -83,3 +84,79 @@ def test_a_fair_round_records_its_correction():
     assert row["clients"] == 3 and not row["rejected"]
     assert row["similarity_after"] > row["similarity_before"]
     assert row["error"] < row["error_before"] and 0 < row["delta_ratio"] < 1
+
+
+class _Grid:
+    """Flower's Grid as `init_round` uses it: node ids, and replies to its query messages
+    (nodes 1 and 2 answer with `local_gradient`; `bad` maps other nodes to a reply)."""
+
+    def __init__(self, cfg, state, bad=None):
+        self.cfg, self.state, self.bad = cfg, state, bad or {}
+
+    def get_node_ids(self):
+        return [1, 2, *self.bad]
+
+    def send_and_receive(self, messages, timeout=None):
+        from lorakit.plugins.federated.app import local_gradient
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            assert msg.metadata.message_type == "query"
+            if node in self.bad:
+                replies.append(_reply(*self.bad[node], node))
+            else:
+                replies.append(_reply(*local_gradient(self.cfg, self.state, node - 1, 2), node))
+        return replies
+
+
+def _offline(strategy):
+    """`strategy` building its query messages without a live run (a real Message needs one)."""
+    strategy._construct_messages = lambda record, nodes, kind: [
+        SimpleNamespace(content=record, metadata=SimpleNamespace(dst_node_id=n, message_type=kind))
+        for n in nodes]
+    return strategy
+
+
+def test_fedsb_init_round_sets_b_a_r_from_the_mean_of_the_good_clients_gradients(caplog):
+    from lorakit.gradient_init import apply_gradient_init
+    from lorakit.plugins.federated.app import ClientModule, local_gradient
+    cfg = settings({"strategy": "fedsb", "clients": 2})
+    state, base = initial(cfg)
+    good = [local_gradient(cfg, state, c, 2) for c in range(2)]
+    grads, metrics = good[0]
+    assert {g.shape for g in grads.values()} == {torch.Size([32, 32])} and len(grads) == 4
+    wrong = {k: v[:, :-1] for k, v in grads.items()}
+    strat = _offline(LoRAStrategy("fedsb", state, base, min_train_nodes=2, min_available_nodes=2))
+    with caplog.at_level(logging.WARNING, logger="lorakit.federated"):
+        strat.init_round(_Grid(cfg, state, {3: (wrong, metrics)}), cfg, timeout=10)
+    assert strat.init["init_clients"] == 2 and "shape" in strat.init["init_rejected"][0]["reason"]
+    assert strat.init["init_bytes_per_client"] == 4 * 32 * 32 * 4
+    n = torch.tensor([m["num-examples"] for _, m in good], dtype=torch.float64)
+    want = ClientModule.from_cfg(cfg)
+    apply_gradient_init(want.adapters, {k: sum(p * g[k].double() for p, (g, _) in
+                                               zip((n / n.sum()).tolist(), good)).float()
+                                        for k in grads})
+    for k, v in want.adapters.state_dict().items():
+        assert torch.allclose(strat.global_state[k], v, atol=1e-6), k
+    assert all(strat.global_state[k].abs().sum() > 0 for k in state if k.endswith(".lora_R"))
+    only_bad = _Grid(cfg, state, {3: (wrong, metrics)})
+    only_bad.get_node_ids = lambda: [3]
+    lone = _offline(LoRAStrategy("fedsb", state, base, min_train_nodes=1, min_available_nodes=1))
+    with pytest.raises(LoraKitError, match="no client sent a usable gradient"):
+        lone.init_round(only_bad, cfg, timeout=10)
+
+
+def test_under_dp_the_init_batches_are_dp_sgd_steps_counted_in_epsilon():
+    from lorakit.plugins.federated.app import local_gradient
+    from lorakit.plugins.federated.privacy import epsilon
+    cfg = settings({"strategy": "fedsb", "clients": 2, "dp.enabled": True,
+                    "dp.target_epsilon": 8.0, "init-batches": 3})
+    state, _ = initial(cfg)
+    grads, m = local_gradient(cfg, state, 0, 2)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    q = int(cfg["batch-size"]) / m["num-examples"]
+    assert m["epsilon"] == pytest.approx(epsilon(m["noise-multiplier"], q, 3, 1e-5))
+    steps = 3 + int(cfg["local-steps"]) * int(cfg["rounds"])      # the whole run spends 8
+    assert epsilon(m["noise-multiplier"], q, steps, 1e-5) == pytest.approx(8.0, abs=0.05)
+    again, _ = local_gradient(cfg, state, 0, 2)                      # seeded noise
+    assert all(torch.equal(grads[k], again[k]) for k in grads)
