@@ -88,6 +88,8 @@ def run(out_dir, threads: int = 1, quick: bool = False, base: str = "tiny") -> d
         figures[f"{name}.lr"] = chosen[name]
         for lr, acc in sweep[name].items():
             figures[f"{name}.val_accuracy@lr={lr:g}"] = acc
+        figures[f"{name}.dp.noise_over_signal"] = noise_over_signal(
+            {**setting, **DP, "strategy": name}, figures[f"{name}.bytes_per_client"])
     fedavg_bytes = figures["fedavg.bytes_per_client"]
     figures["fedsb.bytes_vs_fedavg"] = figures["fedsb.bytes_per_client"] / fedavg_bytes
     figures["ffa.bytes_vs_fedavg"] = figures["ffa.bytes_per_client"] / fedavg_bytes
@@ -111,6 +113,22 @@ def run(out_dir, threads: int = 1, quick: bool = False, base: str = "tiny") -> d
              "the mean cosine S(Ŵ, B̄Ā) over modules and rounds before and after it.")
     return {"figures": figures, "rows": rows, "notes": notes,
             "plots": ["accuracy.png", "accuracy_dp.png"]}
+
+
+def noise_over_signal(overrides: dict, sent_bytes: float) -> float:
+    """Under DP, one local step's noise norm over the largest possible signal: the noisy
+    gradient is (Σ clipped gᵢ + N(0, σ²C² I_d)) / (q·n), whose signal part has norm ≤ C
+    and whose noise has norm ≈ σ·C·√d / (q·n), d the trainable numbers (every trainable
+    tensor is sent: d = bytes / 4). Above 1 the noise outweighs any gradient."""
+    from lorakit.plugins.federated.app import init_steps
+    from lorakit.plugins.federated.data import client_loader
+    from lorakit.plugins.federated.privacy import DPConfig, solve_noise
+    cfg = settings(overrides)
+    n = client_loader(cfg, 0, int(cfg["clients"]))[1]
+    q = min(1.0, int(cfg["batch-size"]) / n)
+    sigma = solve_noise(DPConfig.from_settings(cfg), q,
+                        init_steps(cfg) + int(cfg["local-steps"]) * int(cfg["rounds"]))
+    return sigma * (sent_bytes / 4) ** 0.5 / (q * n)
 
 
 def choose_lr(out: Path, setting: dict, lrs, seed: int) -> tuple[dict, dict]:

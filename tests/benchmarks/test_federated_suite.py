@@ -40,6 +40,7 @@ def test_the_suite_chooses_each_lr_on_validation_and_resumes(tmp_path, monkeypat
     from lorakit.benchmarks import federated_suite
     calls = []
     monkeypatch.setattr(federated_suite, "measure", _fake_measure(calls))
+    monkeypatch.setattr(federated_suite, "noise_over_signal", lambda cfg, sent: 2.0)
     first = federated_suite.run(tmp_path, quick=True)
     sweep, final = calls[:2], calls[2:]
     assert [c["lr"] for c in sweep] == [1e-2, 3e-2]         # the quick sweep
@@ -66,3 +67,15 @@ def test_the_suite_chooses_each_lr_on_validation_and_resumes(tmp_path, monkeypat
     # other settings (another base) are never taken for these: measured again, overwritten
     federated_suite.run(tmp_path, quick=True, base="minilm")
     assert len(calls) == 21 and all(c["base"] == "minilm" for c in calls[11:])
+
+
+def test_noise_over_signal_is_one_steps_noise_norm_over_the_clipping_bound():
+    from lorakit.benchmarks.federated_suite import DP, noise_over_signal
+    from lorakit.plugins.federated.privacy import DPConfig, solve_noise
+    cfg = {"clients": 4, "rounds": 5, "local-steps": 10, "base": "tiny", **DP}
+    q = 16 / 64                      # one synthetic domain per client: 64 examples
+    sigma = solve_noise(DPConfig(True, 1.0, 1.0, 1e-5, 8.0), q, 50)
+    got = noise_over_signal({**cfg, "strategy": "fedavg"}, 4 * 100)
+    assert got == pytest.approx(sigma * 10 / 16)
+    # Fed-SB's init round adds its DP-SGD steps: more noise for the same budget
+    assert noise_over_signal({**cfg, "strategy": "fedsb"}, 4 * 100) > got
