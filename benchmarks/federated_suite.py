@@ -62,6 +62,9 @@ def run(out_dir, threads: int = 1, quick: bool = False, base: str = "tiny") -> d
     rows, per_seed = [], []
     for seed in seeds:
         results, figures = measured_each(out, seed, setting, chosen)
+        _, ablation = measured(out, f"seed{seed}-plain-fedsb-random", ("fedsb",),
+                               {**setting, "lr": chosen["fedsb"], "fedsb-init": "random"}, seed)
+        figures["fedsb.random_init.final_accuracy"] = ablation["fedsb.final_accuracy"]
         private, dp_figures = measured_each(out, seed, {**setting, **DP}, chosen)
         figures.update({k.replace(".", ".dp.", 1): v for k, v in dp_figures.items()})
         per_seed.append(figures)
@@ -105,7 +108,8 @@ def run(out_dir, threads: int = 1, quick: bool = False, base: str = "tiny") -> d
              f"{list(lrs)} by the final round's accuracy on the validation split (seed "
              f"{seeds[0]}, no DP): {chosen}; the DP arm uses the same. Fed-SB starts from "
              "LoRA-SB's gradient init, gathered in one init round (`fedsb.init_bytes_per_"
-             "client`: its one-time upload). DP arm: "
+             "client`: its one-time upload; `fedsb.random_init.*`: the same runs from "
+             "random orthonormal B and A and R = 0, the init's ablation). DP arm: "
              f"{DP}, Poisson sampling at q = batch/n per client; `*.dp.epsilon` is the "
              "worst client's ε spent by the last round (Fed-SB's init steps included). "
              "LoRA-FAIR's server correction: "

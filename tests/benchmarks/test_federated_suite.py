@@ -46,6 +46,8 @@ def test_the_suite_chooses_each_lr_on_validation_and_resumes(tmp_path, monkeypat
     assert [c["lr"] for c in sweep] == [1e-2, 3e-2]         # the quick sweep
     assert all(c["eval-split"] == "val" and c["strategies"] == ["fedavg", "ffa", "fair", "fedsb"]
                and not c.get("dp.enabled") for c in sweep)
+    ablation = final.pop(4)             # after seed 0's plain runs: Fed-SB from a random init
+    assert ablation["fedsb-init"] == "random" and ablation["lr"] == 3e-2
     assert len(final) == 8 and all("eval-split" not in c for c in final)  # the test split
     lr = {c["strategies"][0]: c["lr"] for c in final}
     assert lr == {"fedavg": 1e-2, "ffa": 1e-2, "fair": 1e-2, "fedsb": 3e-2}
@@ -56,17 +58,17 @@ def test_the_suite_chooses_each_lr_on_validation_and_resumes(tmp_path, monkeypat
     assert sorted(p.name for p in runs.iterdir()) == sorted(
         ["sweep-lr0.01.json", "sweep-lr0.03.json"]
         + [f"seed0-{arm}-{n}.json" for arm in ("plain", "dp")
-           for n in ("fedavg", "ffa", "fair", "fedsb")])
+           for n in ("fedavg", "ffa", "fair", "fedsb")] + ["seed0-plain-fedsb-random.json"])
     # the same command again: nothing measured, the same figures
     assert federated_suite.run(tmp_path, quick=True)["figures"] == first["figures"]
-    assert len(calls) == 10
+    assert len(calls) == 11
     # a session stopped before the last measurement: only the missing one runs
     (runs / "seed0-dp-fedsb.json").unlink()
     federated_suite.run(tmp_path, quick=True)
-    assert len(calls) == 11 and calls[10]["dp.enabled"] is True and calls[10]["lr"] == 3e-2
+    assert len(calls) == 12 and calls[11]["dp.enabled"] is True and calls[11]["lr"] == 3e-2
     # other settings (another base) are never taken for these: measured again, overwritten
     federated_suite.run(tmp_path, quick=True, base="minilm")
-    assert len(calls) == 21 and all(c["base"] == "minilm" for c in calls[11:])
+    assert len(calls) == 23 and all(c["base"] == "minilm" for c in calls[12:])
 
 
 def test_noise_over_signal_is_one_steps_noise_norm_over_the_clipping_bound():
