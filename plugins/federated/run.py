@@ -15,10 +15,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .aggregation import STRATEGIES
-from .app import DEFAULTS, HELP, settings, simulate
+from .aggregation import FAIR_SIMILARITIES, FAIR_SOLVERS, STRATEGIES
+from .app import BASES, DEFAULTS, FEDSB_INITS, HELP, settings, simulate
+from .data import EVAL_SPLITS
 
 ENGINES = ("simulation", "deployment")
+CHOICES = {"base": BASES, "fedsb-init": FEDSB_INITS, "eval-split": EVAL_SPLITS,
+           "fair-solver": FAIR_SOLVERS, "fair-similarity": FAIR_SIMILARITIES}
 
 
 @contextmanager
@@ -135,7 +138,7 @@ def main(argv=None) -> int:
     for key, value in DEFAULTS.items():
         if key not in ("strategy", "history-file"):
             kind = _flag if isinstance(value, bool) else type(value)
-            ap.add_argument(f"--{key}", type=kind, default=value,
+            ap.add_argument(f"--{key}", type=kind, default=value, choices=CHOICES.get(key),
                             help=f"{HELP[key]} (default: {value})")
     args = vars(ap.parse_args(argv))
     out, names, engine = args.pop("out"), args.pop("strategies").split(","), args.pop("engine")

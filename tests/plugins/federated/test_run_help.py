@@ -15,3 +15,10 @@ def test_every_run_setting_has_help_and_the_help_prints_it(capsys):
         if key not in ("strategy", "history-file"):
             assert f"--{key}" in text
             assert " ".join(HELP[key].split())[:30] in text, key
+
+
+@pytest.mark.parametrize("flag", ["--eval-split", "--fedsb-init", "--base", "--fair-solver"])
+def test_a_setting_with_fixed_values_refuses_another_naming_them(flag, capsys):
+    with pytest.raises(SystemExit):
+        main([flag, "nonsense"])
+    assert "invalid choice: 'nonsense'" in capsys.readouterr().err
