@@ -124,14 +124,11 @@ def noise_over_signal(overrides: dict, sent_bytes: float) -> float:
     gradient is (Σ clipped gᵢ + N(0, σ²C² I_d)) / (q·n), whose signal part has norm ≤ C
     and whose noise has norm ≈ σ·C·√d / (q·n), d the trainable numbers (every trainable
     tensor is sent: d = bytes / 4). Above 1 the noise outweighs any gradient."""
-    from lorakit.plugins.federated.app import init_steps
+    from lorakit.plugins.federated.app import dp_plan
     from lorakit.plugins.federated.data import client_loader
-    from lorakit.plugins.federated.privacy import DPConfig, solve_noise
     cfg = settings(overrides)
     n = client_loader(cfg, 0, int(cfg["clients"]))[1]
-    q = min(1.0, int(cfg["batch-size"]) / n)
-    sigma = solve_noise(DPConfig.from_settings(cfg), q,
-                        init_steps(cfg) + int(cfg["local-steps"]) * int(cfg["rounds"]))
+    q, sigma = dp_plan(cfg, n)
     return sigma * (sent_bytes / 4) ** 0.5 / (q * n)
 
 

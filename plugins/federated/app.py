@@ -245,6 +245,15 @@ def state_of(module: ClientModule) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in module.adapters.state_dict().items()}
 
 
+def dp_plan(cfg: dict, n: int) -> tuple[float, float]:
+    """(q, σ) of a client holding `n` examples: Poisson rate q = batch / n, and σ from
+    `dp.noise_multiplier` or solved for `dp.target_epsilon` over the whole run (Fed-SB's
+    init steps and every round's local steps)."""
+    q = min(1.0, int(cfg["batch-size"]) / n)
+    steps = init_steps(cfg) + int(cfg["local-steps"]) * int(cfg["rounds"])
+    return q, solve_noise(DPConfig.from_settings(cfg), q, steps)
+
+
 def make_private(module: ClientModule, loader, n: int, cfg: dict, partition: int,
                  server_round: int):
     """Switch a client to DP-SGD for this round: Poisson sampling at q = batch / n (Opacus's
@@ -255,27 +264,32 @@ def make_private(module: ClientModule, loader, n: int, cfg: dict, partition: int
     The noise and sampling generators are seeded from (seed, partition, round): independent
     draws per client and round, reproducible runs; keep the seed secret when the noise must
     also hide the data from someone who knows the run's settings."""
-    dp = module.dp
-    steps, first = int(cfg["local-steps"]), init_steps(cfg)
-    q = min(1.0, int(cfg["batch-size"]) / n)
-    sigma = solve_noise(dp, q, first + steps * int(cfg["rounds"]))
+    q, sigma = dp_plan(cfg, n)
+    steps_so_far = init_steps(cfg) + int(cfg["local-steps"]) * server_round
     seed = (int(cfg["seed"]) * 1_000_003 + partition) * 10_007 + server_round
     module.noise_multiplier, module.expected_batch = sigma, q * n
     module.noise_generator = torch.Generator().manual_seed(seed)
     loader = poisson_loader(loader, seed + 1)
-    return loader, {"epsilon": epsilon(sigma, q, first + steps * server_round, dp.delta),
+    return loader, {"epsilon": epsilon(sigma, q, steps_so_far, module.dp.delta),
                     "noise-multiplier": sigma}
+
+
+def client_setup(cfg: dict, global_state: dict[str, torch.Tensor], partition: int,
+                 partitions: int) -> tuple[ClientModule, object, int]:
+    """A client's module holding the global adapter, and its data: (module, loader, n)."""
+    torch.set_num_threads(1)
+    module = ClientModule.from_cfg(cfg)
+    if global_state:
+        module.adapters.load_state_dict(global_state, source="global adapter")
+    loader, n = client_loader(cfg, partition, partitions)
+    return module, loader, n
 
 
 def local_train(cfg: dict, global_state: dict[str, torch.Tensor], partition: int,
                 partitions: int, server_round: int = 1) -> tuple[dict[str, torch.Tensor], dict]:
     """One client's round: load the global adapter, train `local-steps` steps (DP-SGD when
     `dp.enabled`), return the tensors its strategy sends and its metrics."""
-    torch.set_num_threads(1)
-    module = ClientModule.from_cfg(cfg)
-    if global_state:
-        module.adapters.load_state_dict(global_state, source="global adapter")
-    loader, n = client_loader(cfg, partition, partitions)
+    module, loader, n = client_setup(cfg, global_state, partition, partitions)
     privacy = {}
     if module.dp.enabled:
         loader, privacy = make_private(module, loader, n, cfg, partition, server_round)
@@ -322,11 +336,7 @@ def local_gradient(cfg: dict, global_state: dict[str, torch.Tensor], partition: 
     Under DP the init batches are DP-SGD steps at the run's σ and q (counted in ε): each
     sample's gradient clipped to C (one norm over all modules), summed, N(0, σ²C²) noise
     per batch added, divided by the expected batch size."""
-    torch.set_num_threads(1)
-    module = ClientModule.from_cfg(cfg)
-    if global_state:
-        module.adapters.load_state_dict(global_state, source="global adapter")
-    loader, n = client_loader(cfg, partition, partitions)
+    module, loader, n = client_setup(cfg, global_state, partition, partitions)
     if n == 0:
         raise LoraKitError(f"federated: client {partition} holds no training examples")
     k = int(cfg["init-batches"])
