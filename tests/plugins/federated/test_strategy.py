@@ -160,3 +160,25 @@ def test_under_dp_the_init_batches_are_dp_sgd_steps_counted_in_epsilon():
     assert epsilon(m["noise-multiplier"], q, steps, 1e-5) == pytest.approx(8.0, abs=0.05)
     again, _ = local_gradient(cfg, state, 0, 2)                      # seeded noise
     assert all(torch.equal(grads[k], again[k]) for k in grads)
+
+
+def test_unknown_fedsb_init_and_eval_split_are_refused_naming_the_choices():
+    from lorakit.plugins.federated.app import accuracy, init_steps
+    with pytest.raises(ValueError, match=r"unknown fedsb-init 'svd'.*'gradient', 'random'"):
+        init_steps(settings({"strategy": "fedsb", "fedsb-init": "svd"}))
+    cfg = settings({"eval-split": "train"})
+    state, _ = initial(cfg)
+    with pytest.raises(ValueError, match=r"unknown eval-split 'train'.*'test', 'val'"):
+        accuracy(cfg, state)
+
+
+def test_a_client_without_examples_cannot_send_an_init_gradient(monkeypatch):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lorakit.plugins.federated import app
+    empty = DataLoader(TensorDataset(torch.zeros(0, 12, dtype=torch.long),
+                                     torch.zeros(0, dtype=torch.long)))
+    monkeypatch.setattr(app, "client_loader", lambda cfg, part, parts: (empty, 0))
+    cfg = settings({"strategy": "fedsb"})
+    with pytest.raises(LoraKitError, match="client 1 holds no training examples"):
+        app.local_gradient(cfg, initial(cfg)[0], 1, 2)
