@@ -11,10 +11,11 @@ per client either way. Each strategy's learning rate is chosen from the same swe
 
 Figures per strategy (mean over seeds): final global accuracy (and its SD over seeds),
 bytes sent per client per round (Fed-SB also its one-time init upload, and
-`fedsb.run_bytes_vs_fedavg`: its whole run's upload over FedAvg's), mean aggregation error ‖aggregated ΔW − Σ pᵢ ΔWᵢ‖_F, wall time; and the same run
-again with per-client DP-SGD at a fixed budget (ε = 8, δ = 1e-5 over the whole run, σ
-solved per client by Opacus's RDP accountant; clipping C = 1): `<strategy>.dp.*` and
-`<strategy>.dp_accuracy_drop` (accuracy without DP minus with).
+`fedsb.run_bytes_vs_fedavg`: its whole run's upload over FedAvg's), mean aggregation error
+‖aggregated ΔW − Σ pᵢ ΔWᵢ‖_F, wall time; and the same run again with per-client DP-SGD at
+a fixed budget (ε = 8, δ = 1e-5 over the whole run, σ solved per client by Opacus's RDP
+accountant; clipping C = 1): `<strategy>.dp.*` and `<strategy>.dp_accuracy_drop` (accuracy
+without DP minus with).
 
     run(out_dir, threads=1, quick=False, base="tiny") -> {"figures", "rows", "notes"}
     (+ accuracy.png, accuracy_dp.png); full: 4 clients, 5 rounds, 10 local steps, seeds
@@ -22,10 +23,11 @@ solved per client by Opacus's RDP accountant; clipping C = 1): `<strategy>.dp.*`
     domain). `python -m lorakit.benchmarks.federated_suite --base minilm` for MiniLM.
 
 Resumable: each sweep point and each (seed, DP off/on, strategy) measurement is written to
-`<out>/runs/` (`sweep-lr<lr>.json`, `seed<seed>-<plain|dp>-<strategy>.json`) as it finishes, with the full run settings it used
-(the plugin's defaults included); the same command again skips every measurement whose
-file holds the same settings and measures the rest, so a run of hours can be spread over
-several sessions. A file from other settings is measured again and overwritten.
+`<out>/runs/` (`sweep-lr<lr>.json`, `seed<seed>-<plain|dp>-<strategy>.json`) as it
+finishes, with the full run settings it used (the plugin's defaults included); the same
+command again skips every measurement whose file holds the same settings and measures the
+rest, so a run of hours can be spread over several sessions. A file from other settings is
+measured again and overwritten.
 """
 from __future__ import annotations
 

@@ -31,10 +31,10 @@ weights pᵢ (their example counts, normalised) the *ideal* global update of a m
   min ‖(B̄ + ΔB) Ā − Ŵ‖²_F + λ ‖ΔB‖²_F, by ridge regression:
   ΔB = (Ŵ − B̄Ā) Āᵀ (Ā Āᵀ + λ I)⁻¹. Either way the error left is at least what no product
   with row space Ā can represent.
-- ``fedsb``   (Fed-SB, Singhal et al. 2025, on LoRA-SB): B and A are fixed and shared
-  (set once, with R's start, by LoRA-SB's gradient init from the clients' pooled gradient:
-  `app.LoRAStrategy.init_round`), only the r × r R trains: send R, Σ pᵢ B Rᵢ A = B R̄ A, exact; r² numbers per module
-  whatever the number of clients.
+- ``fedsb``   (Fed-SB, Singhal et al. 2025, on LoRA-SB): B and A are fixed and shared (set
+  once, with R's start, by LoRA-SB's gradient init from the clients' pooled gradient:
+  `app.LoRAStrategy.init_round`), only the r × r R trains: send R, Σ pᵢ B Rᵢ A = B R̄ A,
+  exact; r² numbers per module whatever the number of clients.
 """
 from __future__ import annotations
 
