@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,14 +32,15 @@ import torch
 from .lorabert_suite import EPOCHS, FRAGMENT_LENGTHS, MODELS, fragment_sets
 
 
-def one_run(folder: str, seed: int, epochs: int, splits: dict, sets: dict, out: Path) -> dict:
+def one_run(folder: str, seed: int, epochs: int, splits: dict, sets: dict) -> dict:
     from lorakit.domains.genomics.metrics import binary_metrics
     from lorakit.plugins.lorabert.experiment import run_model
 
     kw = dict(MODELS)["LoRA-BERT"]
     on_val = {**splits, "test": splits["val"]}       # run_model scores its "test" split
-    row = run_model("LoRA-BERT", on_val, out / "fits", epochs=epochs, seed=seed,
-                    pretrained=folder, extra=sets, **kw)
+    with tempfile.TemporaryDirectory() as fits:     # the adapters are not kept
+        row = run_model("LoRA-BERT", on_val, fits, epochs=epochs, seed=seed,
+                        pretrained=folder, extra=sets, **kw)
     result = {"val_mcc": row["mcc"], "val_auroc": row["auroc"], "train_s": row["train_s"],
               "trainable_params": row["trainable_params"], "total_params": row["total_params"]}
     for n in FRAGMENT_LENGTHS:
@@ -92,7 +94,7 @@ def main(argv=None) -> dict:
             if done is None or done["settings"] != settings:
                 t0 = time.time()
                 done = {"settings": settings,
-                        "result": one_run(folder, seed, epochs, splits, sets, out)}
+                        "result": one_run(folder, seed, epochs, splits, sets)}
                 path.write_text(json.dumps(done, indent=1))
                 print(f"[base selection] {name} seed {seed}: validation MCC "
                       f"{done['result']['val_mcc']:.3f} ({time.time() - t0:.0f} s)", flush=True)
