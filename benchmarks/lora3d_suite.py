@@ -31,14 +31,13 @@ excluded); < 120 s per calibration on two cores; adapter < 1 MB.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 
 import torch
 
-from lorakit.atomic import atomic_write
+from lorakit.bench import cached
 from lorakit.domains.geometry.shifts import TEST_SEEDS, VALIDATION_SEEDS, target_scene
 
 SHIFTS = ("frame_corruption", "mild_global", "geometry")
@@ -55,17 +54,6 @@ EVAL_ITERS, QUICK_EVAL_ITERS = 300, 30
 QUICK_STEPS = 3
 QUICK_MODULE = {"align_iters": 30, "round_iters": 10}   # a quick run's cheaper alignment
 MAX_CALIBRATION_S, MAX_ADAPTER_BYTES = 120.0, 1_000_000
-
-
-def cached(path: Path, compute) -> dict:
-    """The JSON a previous run left at `path`, else `compute()` written there: a stopped
-    suite resumes where it was, and runs split by --shifts on one --out add up (paths
-    carry the checkpoint's hash)."""
-    if path.is_file():
-        return json.loads(path.read_text())
-    result = compute()
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
-    return result
 
 
 def checkpoint_key(checkpoint) -> str:

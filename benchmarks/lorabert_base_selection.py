@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from lorakit.bench import cached
+
 from .lorabert_suite import EPOCHS, FRAGMENT_LENGTHS, MODELS, fragment_sets
 
 
@@ -79,7 +81,6 @@ def main(argv=None) -> dict:
     bases = dict(b.split("=", 1) for b in a.base)
     epochs = 1 if a.quick else EPOCHS
     out = Path(a.out)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
     splits = split_items("cpat_human", train_per_class=100 if a.quick else None)
     if a.quick:
         splits["val"] = cut_per_class(splits["val"], 50, seed=1)
@@ -89,16 +90,15 @@ def main(argv=None) -> dict:
         for seed in a.seeds:
             settings = {"folder": str(Path(folder).resolve()), "seed": seed, "epochs": epochs,
                         "quick": a.quick, "model": dict(MODELS)["LoRA-BERT"]}
-            path = out / "runs" / f"{name}-seed{seed}.json"
-            done = json.loads(path.read_text()) if path.is_file() else None
-            if done is None or done["settings"] != settings:
+
+            def fit(name=name, folder=folder, seed=seed) -> dict:
                 t0 = time.time()
-                done = {"settings": settings,
-                        "result": one_run(folder, seed, epochs, splits, sets)}
-                path.write_text(json.dumps(done, indent=1))
+                result = one_run(folder, seed, epochs, splits, sets)
                 print(f"[base selection] {name} seed {seed}: validation MCC "
-                      f"{done['result']['val_mcc']:.3f} ({time.time() - t0:.0f} s)", flush=True)
-            per_base.setdefault(name, []).append(done["result"])
+                      f"{result['val_mcc']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+                return result
+            per_base.setdefault(name, []).append(
+                cached(out / "runs" / f"{name}-seed{seed}.json", fit, settings))
     summary = {}
     for name, runs in per_base.items():
         summary[name] = {}

@@ -45,12 +45,14 @@ setting and are not a selection among runs.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lorakit.bench import cached
 from lorakit.domains.genomics.calibration import (
     apply_temperature,
     best_threshold,
@@ -118,41 +120,77 @@ def _score_extras(row: dict, sets: dict) -> None:
     row["brier_ts"] = brier(row["labels"], apply_temperature(row["probs"], row["temperature"]))
 
 
-def run(out_dir, threads: int = 1, quick: bool = False, epochs: int | None = None,
-        train_per_class: int | None = None, pretrained: str | None = None) -> dict:
+def amounts(quick: bool, epochs: int | None, train_per_class: int | None) -> tuple:
+    """Epochs and training transcripts per class: the given ones, else the defaults."""
+    return epochs or (1 if quick else EPOCHS), train_per_class or (150 if quick else None)
+
+
+def data(quick: bool, train_per_class: int | None) -> tuple[dict, dict]:
+    """The splits (train / val / test, cut in a quick run) and the extra sets every row is
+    scored on: validation, test and validation fragments, mouse mRNAs."""
     from lorakit.domains.genomics.mouse_data import load_mouse_mrnas
     from lorakit.plugins.lorabert.data import Transcript
-    from lorakit.plugins.lorabert.experiment import (
-        cut_per_class,
-        run_baseline,
-        run_cpc2_row,
-        run_model,
-        split_items,
-    )
+    from lorakit.plugins.lorabert.experiment import cut_per_class, split_items
+
+    splits = split_items("cpat_human", train_per_class=train_per_class)
+    if quick:
+        splits["test"] = cut_per_class(splits["test"], 200, seed=1)
+        splits["val"] = cut_per_class(splits["val"], 100, seed=1)
+    sets = {"val": splits["val"], **fragment_sets(splits["test"]),
+            **fragment_sets(splits["val"], prefix="valfrag"),
+            "mouse": [Transcript(r.id, r.seq, 1) for r in load_mouse_mrnas()]}
+    return splits, sets
+
+
+def base_id(pretrained: str | None) -> str:
+    """The SHA-256 of the base's weights: a fitted row is read back only for the same base."""
+    from lorakit.plugins.lorabert.module import BASE_DIR
+
+    weights = Path(pretrained or BASE_DIR) / "model.safetensors"
+    return hashlib.sha256(weights.read_bytes()).hexdigest()
+
+
+def deep_rows(out: Path, splits: dict, sets: dict, epochs: int, quick: bool,
+              train_per_class: int | None, pretrained: str | None,
+              only: list[str] | None = None) -> list[dict]:
+    """The rows of `MODELS` (only those whose mode is in `only`), each fitted in
+    out/runs/<mode>/ and kept there as row.json: a stopped suite resumes, and rows split
+    over several processes on one out folder (`--rows`) add up."""
+    from lorakit.plugins.lorabert.experiment import run_model
+
+    rows = []
+    for name, kw in MODELS:
+        if only and kw["mode"] not in only:
+            continue
+        folder = out / "runs" / kw["mode"]
+
+        def fit(name=name, kw=kw, folder=folder) -> dict:
+            t0 = time.time()
+            row = run_model(name, splits, folder, epochs=epochs, pretrained=pretrained,
+                            extra=sets, **kw)
+            row.pop("module")
+            print(f"[lorabert suite] {name}: MCC {row['mcc']:.3f} AUROC {row['auroc']:.3f} "
+                  f"({time.time() - t0:.0f} s with the extra sets)", flush=True)
+            return row
+        settings = {"row": name, **kw, "epochs": epochs, "quick": quick,
+                    "train_per_class": train_per_class, "base_sha256": base_id(pretrained),
+                    "fragment_seed": FRAGMENT_SEED}
+        rows.append(cached(folder / "row.json", fit, settings))
+    return rows
+
+
+def run(out_dir, threads: int = 1, quick: bool = False, epochs: int | None = None,
+        train_per_class: int | None = None, pretrained: str | None = None) -> dict:
+    from lorakit.plugins.lorabert.experiment import run_baseline, run_cpc2_row
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
     frozen = not (quick or epochs or train_per_class or pretrained)
-    epochs = epochs or (1 if quick else EPOCHS)
-    train_per_class = train_per_class or (150 if quick else None)
-    splits = split_items("cpat_human", train_per_class=train_per_class)
-    if quick:
-        splits["test"] = cut_per_class(splits["test"], 200, seed=1)
-        splits["val"] = cut_per_class(splits["val"], 100, seed=1)
+    epochs, train_per_class = amounts(quick, epochs, train_per_class)
+    splits, sets = data(quick, train_per_class)
     test = splits["test"]
-    sets = {"val": splits["val"], **fragment_sets(test),
-            **fragment_sets(splits["val"], prefix="valfrag"),
-            "mouse": [Transcript(r.id, r.seq, 1) for r in load_mouse_mrnas()]}
-    rows = []
-    for name, kw in MODELS:
-        t0 = time.time()
-        row = run_model(name, splits, out / "runs", epochs=epochs, pretrained=pretrained,
-                        extra=sets, **kw)
-        row.pop("module")
-        rows.append(row)
-        print(f"[lorabert suite] {name}: MCC {row['mcc']:.3f} AUROC {row['auroc']:.3f} "
-              f"({time.time() - t0:.0f} s with the extra sets)", flush=True)
+    rows = deep_rows(out, splits, sets, epochs, quick, train_per_class, pretrained)
     for kind in ("orf", "kmer", "length"):
         rows.append(run_baseline(kind, splits, extra=sets))
     cpc2 = run_cpc2_row(splits, extra=sets)
@@ -283,6 +321,16 @@ if __name__ == "__main__":
     p.add_argument("--train-per-class", type=int, default=None,
                    help="training transcripts per class (default: all)")
     p.add_argument("--pretrained", default=None, help="k-mer BERT folder (default: embedded)")
+    p.add_argument("--rows", nargs="+", choices=[kw["mode"] for _, kw in MODELS],
+                   help="only fit these fine-tuned rows into OUT/runs and stop (several "
+                        "processes on one --out add up; a later run without --rows reads "
+                        "them back and writes the report)")
     a = p.parse_args()
-    write_suite_run(SUITE, a, lambda: run(a.out, a.threads, a.quick, a.epochs,
-                                          a.train_per_class, a.pretrained))
+    if a.rows:
+        torch.set_num_threads(a.threads)
+        epochs, per_class = amounts(a.quick, a.epochs, a.train_per_class)
+        deep_rows(Path(a.out), *data(a.quick, per_class), epochs, a.quick, per_class,
+                  a.pretrained, only=a.rows)
+    else:
+        write_suite_run(SUITE, a, lambda: run(a.out, a.threads, a.quick, a.epochs,
+                                              a.train_per_class, a.pretrained))

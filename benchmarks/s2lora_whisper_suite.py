@@ -46,6 +46,7 @@ import matplotlib
 import torch
 
 from lorakit.atomic import atomic_write
+from lorakit.bench import cached
 from lorakit.domains.speech.asterisk import asterisk_corpus
 from lorakit.domains.speech.metrics import error_rates
 from lorakit.domains.speech.synthetic import CorpusConfig, build_adult_val, build_corpus
@@ -184,17 +185,6 @@ def write_hypotheses(folder: Path, sets: dict[str, dict]) -> None:
 def run_folder(out_dir: Path, label: str, lr: float, seed: int) -> Path:
     """Where one run keeps its adapter, hypotheses and scores."""
     return out_dir / "runs" / f"{label.split()[0]}-lr{lr:g}-seed{seed}"
-
-
-def cached(path: Path, compute) -> dict:
-    """The JSON a previous run of the suite left at `path`, else `compute()` written there:
-    a suite stopped part-way resumes where it was, and runs split by `methods` over
-    several processes (the same out_dir) add up."""
-    if path.is_file():
-        return json.loads(path.read_text())
-    result = compute()
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
-    return result
 
 
 def make_module(label: str, lr: float, seed: int, steps: int, out_dir: Path):

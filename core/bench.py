@@ -127,6 +127,24 @@ def write_results(out_dir: Path, result: dict) -> dict:
     return result
 
 
+def cached(path: Path, compute, settings: dict | None = None):
+    """The JSON a previous run of a suite left at `path`, else `compute()` written there
+    (atomically): a suite stopped part-way resumes where it was, and runs split over
+    several processes on one out folder add up. With `settings`, the file holds them
+    beside the result and is read back only when they match; else it is computed again."""
+    path = Path(path)
+    if path.is_file():
+        done = json.loads(path.read_text())
+        if settings is None:
+            return done
+        if done.get("settings") == settings:
+            return done["result"]
+    result = compute()
+    data = result if settings is None else {"settings": settings, "result": result}
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)))
+    return result
+
+
 def suite_parser(doc: str, suite: str) -> argparse.ArgumentParser:
     """The command line of `python -m lorakit.benchmarks.<module>` (the same run as
     `lorakit bench --suite <suite>`): --out, --threads, --quick; a suite adds its own."""

@@ -51,16 +51,3 @@ def test_figures_compare_s2lora_with_adalora_and_count_exact_zeros():
     assert f["s2lora_adalora_rank_spearman"] > 0.9
     assert f["s2lora_adult_real_wer_change"] == pytest.approx(0.05)
     assert f["s2lora_chosen_lr"] == 2e-3
-
-
-def test_cached_runs_are_read_back_instead_of_computed_again(tmp_path):
-    from lorakit.benchmarks.s2lora_whisper_suite import cached
-
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return {"wer": 0.25}
-    path = tmp_path / "runs" / "x" / "test.json"
-    assert cached(path, compute) == {"wer": 0.25} and path.is_file()
-    assert cached(path, compute) == {"wer": 0.25} and len(calls) == 1

@@ -49,3 +49,27 @@ def test_score_extras_gives_fragment_metrics_mouse_recall_and_calibration(synthe
     assert 0.0 <= row["brier"] <= 1.0 and 0.0 <= row["brier_ts"] <= 1.0
     assert row["temperature"] > 0
     assert set(suite.COLUMNS) - set(row) == set()
+
+
+def test_fitted_rows_are_kept_split_over_runs_and_refitted_for_another_base(tmp_path,
+                                                                            monkeypatch):
+    from lorakit.plugins.lorabert import experiment
+
+    fitted = []
+
+    def fake_run_model(name, splits, out_dir, **kw):
+        fitted.append(name)
+        return {"name": name, "mcc": 0.5, "auroc": 0.6, "probs": [0.2], "labels": [0], "extra": {},
+                "module": object()}
+    monkeypatch.setattr(experiment, "run_model", fake_run_model)
+    monkeypatch.setattr(suite, "base_id", lambda pretrained: "base-a")
+    args = (tmp_path, {}, {}, 2, False, None, None)
+    suite.deep_rows(*args, only=["lora"])
+    suite.deep_rows(*args, only=["full"])
+    rows = suite.deep_rows(*args)              # the two read back, the third fitted
+    assert fitted == ["LoRA-BERT", "full fine-tuning", "frozen encoder + head"]
+    assert [r["name"] for r in rows] == fitted and all("module" not in r for r in rows)
+    assert (tmp_path / "runs" / "lora" / "row.json").is_file()
+    monkeypatch.setattr(suite, "base_id", lambda pretrained: "base-b")
+    suite.deep_rows(*args, only=["lora"])
+    assert fitted[3:] == ["LoRA-BERT"]
