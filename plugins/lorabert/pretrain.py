@@ -32,7 +32,8 @@ Codons (k = stride) do not overlap, so they are masked one at a time.
 The loop is plain PyTorch, one file top to bottom. Every `--save-every` steps the
 folder is replaced atomically (written beside it, then renamed), so whatever exists is
 a complete transformers folder: config.json, model.safetensors, vocab.txt,
-kmer_tokenizer.json and pretrain_log.json (command, step, losses).
+kmer_tokenizer.json and pretrain_log.json (command, step, losses, and `recipe`: the
+commands that made it, first to last, with those of an --init folder before its own).
 """
 from __future__ import annotations
 
@@ -214,6 +215,16 @@ def grow_bert(model, layers: int, max_positions: int):
     return grown
 
 
+def recipe_of(folder: str | None) -> list[str]:
+    """The commands that made a folder, first to last (its pretrain_log's `recipe`, or its
+    one `command`); [] without a folder or for one made elsewhere."""
+    path = Path(folder) / "pretrain_log.json" if folder else None
+    if path is None or not path.is_file():
+        return []
+    log = json.loads(path.read_text())
+    return log.get("recipe", [log["command"]] if "command" in log else [])
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -250,7 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     command = "python -m lorakit.plugins.lorabert.pretrain " + " ".join(
         argv if argv is not None else sys.argv[1:])
-    log = {"command": command, "params": n_params, "sequences": len(train),
+    log = {"command": command, "recipe": [*recipe_of(args.init), command],
+           "params": n_params, "sequences": len(train),
            "k": tok.k, "stride": tok.stride, "frames": tok.frames, "span": span,
            "history": []}
     print(f"pretrain: {len(train)} sequences ({sum(map(len, train_ids)):,} tokens), "

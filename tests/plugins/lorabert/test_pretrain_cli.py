@@ -63,6 +63,7 @@ def test_pretrain_writes_a_folder_the_classifier_loads(tmp_path):
                   "--k", "4", "--hidden", "64", "--max-tokens", "40", "--batch-size", "4",
                   "--steps", "1", "--save-every", "1", "--log-every", "1", "--warmup", "1"])
     assert (again["k"], again["stride"], again["params"]) == (6, 3, log["params"])
+    assert again["recipe"] == [log["command"], again["command"]]    # the chain that made it
 
 
 def test_codon_pretraining_reads_three_frames_and_masks_single_codons(tmp_path):
@@ -85,11 +86,12 @@ def test_shipped_base_is_a_small_transformers_folder_with_its_recipe():
     config = json.loads((BASE_DIR / "config.json").read_text())
     assert config["model_type"] == "bert" and config["attention_probs_dropout_prob"] == 0.0
     log = json.loads((BASE_DIR / "pretrain_log.json").read_text())
-    assert "--data.cpat_train" in log["command"] and log["step"] >= 1000
+    recipe = log.get("recipe", [log["command"]])
+    assert "--data.cpat_train" in recipe[0] and log["step"] >= 1000
     # the tokenizer shipped is the one the recorded recipe trained
     tok = KmerTokenizer.from_folder(BASE_DIR)
     assert (tok.k, tok.stride, tok.frames) == (log["k"], log["stride"], log["frames"])
-    assert f"--frames {log['frames']}" in log["command"]
+    assert f"--frames {log['frames']}" in recipe[0]
     import lorakit.plugins.lorabert.pretrain as recipe
     assert "--data.cpat_train" in recipe.__doc__
 
