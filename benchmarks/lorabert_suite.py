@@ -42,6 +42,15 @@ setting and are not a selection among runs.
     transcripts per class.
     pretrained: another k-mer BERT folder than the embedded base (`python
     benchmarks/lorabert_suite.py --pretrained DIR`), to compare bases.
+
+Each fine-tuned row is kept in OUT/runs/<mode>/row.json with its settings and the SHA-256
+of the base's weights, and read back by a later run with the same ones: a stopped run
+resumes, and the three rows can be fitted by processes of their own, one per core,
+before the run that writes the report:
+
+    python -m lorakit.benchmarks.lorabert_suite --out DIR --rows lora &
+    python -m lorakit.benchmarks.lorabert_suite --out DIR --rows full head; wait
+    python -m lorakit.benchmarks.lorabert_suite --out DIR
 """
 from __future__ import annotations
 
