@@ -31,12 +31,11 @@ measured again and overwritten.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from lorakit.atomic import atomic_write
+from lorakit.bench import cached
 from lorakit.plugins.federated.aggregation import STRATEGIES, FairConfig
 from lorakit.plugins.federated.app import settings
 from lorakit.plugins.federated.run import measure, plot_accuracy
@@ -165,18 +164,12 @@ def measured(out: Path, stem: str, strategies, overrides: dict, seed: int) -> tu
     `out/runs/<stem>.json` for exactly the same settings."""
     used = {k: v for k, v in settings({**overrides, "seed": seed}).items()
             if k not in ("strategy", "history-file")}
-    used = json.loads(json.dumps({"strategies": list(strategies), **used}))   # as stored
-    path = out / "runs" / f"{stem}.json"
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("settings") == used:
-            print(f"federated suite: {path.name} done already, kept", flush=True)
-            return saved["results"], saved["figures"]
-        print(f"federated suite: {path.name} holds other settings, measuring again", flush=True)
-    results, figures = measure(strategies, seed=seed, **overrides)
-    text = json.dumps({"settings": used, "results": results, "figures": figures}, indent=1)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-    return results, figures
+
+    def compute() -> dict:
+        results, figures = measure(strategies, seed=seed, **overrides)
+        return {"results": results, "figures": figures}
+    done = cached(out / "runs" / f"{stem}.json", compute, {"strategies": list(strategies), **used})
+    return done["results"], done["figures"]
 
 
 if __name__ == "__main__":

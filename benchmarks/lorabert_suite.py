@@ -167,7 +167,7 @@ def deep_rows(out: Path, splits: dict, sets: dict, epochs: int, quick: bool,
     over several processes on one out folder (`--rows`) add up."""
     from lorakit.plugins.lorabert.experiment import run_model
 
-    rows = []
+    rows, base = [], base_id(pretrained)
     for name, kw in MODELS:
         if only and kw["mode"] not in only:
             continue
@@ -182,7 +182,7 @@ def deep_rows(out: Path, splits: dict, sets: dict, epochs: int, quick: bool,
                   f"({time.time() - t0:.0f} s with the extra sets)", flush=True)
             return row
         settings = {"row": name, **kw, "epochs": epochs, "quick": quick,
-                    "train_per_class": train_per_class, "base_sha256": base_id(pretrained),
+                    "train_per_class": train_per_class, "base_sha256": base,
                     "fragment_seed": FRAGMENT_SEED}
         rows.append(cached(folder / "row.json", fit, settings))
     return rows

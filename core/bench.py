@@ -131,14 +131,18 @@ def cached(path: Path, compute, settings: dict | None = None):
     """The JSON a previous run of a suite left at `path`, else `compute()` written there
     (atomically): a suite stopped part-way resumes where it was, and runs split over
     several processes on one out folder add up. With `settings`, the file holds them
-    beside the result and is read back only when they match; else it is computed again."""
+    beside the result and is read back only when they match (compared as stored: tuples
+    are lists); else it is computed again."""
     path = Path(path)
+    if settings is not None:
+        settings = json.loads(json.dumps(settings))
     if path.is_file():
         done = json.loads(path.read_text())
         if settings is None:
             return done
         if done.get("settings") == settings:
             return done["result"]
+        print(f"{path}: made with other settings, computing again", flush=True)
     result = compute()
     data = result if settings is None else {"settings": settings, "result": result}
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)))

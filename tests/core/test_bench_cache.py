@@ -36,3 +36,13 @@ def test_a_plain_file_is_not_taken_for_a_run_with_settings(tmp_path):
     path.write_text(json.dumps({"mcc": 0.9}))
     compute, calls = counting({"mcc": 0.7})
     assert cached(path, compute, {"seed": 0}) == {"mcc": 0.7} and len(calls) == 1
+
+
+def test_settings_are_compared_as_stored_so_a_tuple_matches_its_list(tmp_path, capsys):
+    path = tmp_path / "row.json"
+    first, _ = counting({"acc": 0.8})
+    cached(path, first, {"strategies": ("fedavg", "ffa")})
+    again, calls = counting({"acc": 0.1})
+    assert cached(path, again, {"strategies": ("fedavg", "ffa")}) == {"acc": 0.8} and not calls
+    cached(path, again, {"strategies": ("fedsb",)})
+    assert len(calls) == 1 and "made with other settings" in capsys.readouterr().out
