@@ -29,13 +29,15 @@ length (`lora_mcc_minus_orf_at_300`, `lora_auroc_minus_cpc2_at_300`, ..., with i
 `goal_fragments_met`). `lora_best_threshold_*` show whether the MCC-best threshold drifts
 from full transcripts to fragments (a diagnostic on test data: it chooses nothing).
 
-Frozen settings (2026-12-04, issue #23): the defaults of this file as committed that
-day (the rows' learning rates below, 2 epochs, the full training split, the embedded
-base, the module's defaults, seed 0, `FRAGMENT_SEED`). The final run is the first full
-run with them and no overrides (figure `frozen_settings` = 1) whose results.json is
-committed in benchmarks/results/lorabert/; test readings from before the freeze (the
-README's 2026-12-03 table and the linear-head run before it) are history: they chose no
-setting and are not a selection among runs.
+Frozen settings (2026-12-05, issue #23): the defaults of this file as committed that
+day (the rows' learning rates below, 2 epochs, the full training split, the module's
+defaults, seed 0, `FRAGMENT_SEED`) on the embedded base as shipped that day: the 4-layer,
+512-codon-window base chosen on validation by `lorabert_base_selection` (its results in
+benchmarks/results/lorabert-base-selection/). The final run is the first full run with
+them and no overrides (figure `frozen_settings` = 1) whose results.json is committed in
+benchmarks/results/lorabert/. Earlier test readings (the 2026-12-04 final run on the
+2-layer base, the README's 2026-12-03 table and the linear-head run before it) are
+history: they chose no setting and are not a selection among runs.
 
     run(out_dir, threads=1, quick=False) -> {"figures", "rows", "notes"} (+ PNG plots)
     quick: 150 training transcripts per class, 1 epoch, 200 test and 100 validation
@@ -279,7 +281,8 @@ def run(out_dir, threads: int = 1, quick: bool = False, epochs: int | None = Non
              "it changes neither AUROC nor any call at 0.5. `mcc_valthr_<n>`: MCC at the "
              "threshold that is MCC-best on validation fragments of that length. "
              "Base: "
-             + (pretrained or "the embedded k-mer BERT (plugins/lorabert/base)")
+             + (pretrained or "the embedded k-mer BERT (plugins/lorabert/base: 4 layers of width 128, "
+                               "512-codon windows)")
              + ". CPC2 uses its own shipped model"
              + (" (run)." if cpc2 else " (not installed: `make install` puts it in "
                 ".venv/tools/cpc2).")
