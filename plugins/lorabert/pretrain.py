@@ -3,25 +3,38 @@
     lorakit lorabert pretrain --data.fasta a.fa [b.fa.gz ...] --out DIR
     lorakit lorabert pretrain --data.cpat_train --out DIR   # CPAT human, training split only
 
-The shipped base in plugins/lorabert/base/ is a codon BERT (k=3, stride 3, all three
-reading frames; see lorakit.domains.genomics.kmer), made by
+Two bases ship, both codon BERTs (k=3, stride 3, all three reading frames; see
+lorakit.domains.genomics.kmer) trained on the training split of CPAT's human test set
+(`stratified_split(seed=0)`: the val 10% gives the held-out MLM loss, the test 20% is
+never seen); each transcript gives one token stream per frame, and ln 64 = 4.16 is a
+uniform guess over codons. pretrain_log.json in each folder records the command, the
+steps, the loss curve and the recipe.
+
+plugins/lorabert/base_compact/ (2 layers of width 128, 256-codon windows of ~770 nt,
+456 k parameters, 1.8 MB; ~0.18 s a step on one CPU thread), made by
 
     python -m lorakit.plugins.lorabert.pretrain --data.cpat_train \
         --out /work/lorabert_pretrain/codon128 --k 3 --stride 3 --frames 3 --hidden 128 \
         --layers 2 --heads 4 --max-tokens 256 --batch-size 16 --steps 12000 --lr 2e-3 \
         --warmup 300 --save-every 1000 --log-every 200 --threads 1 --seed 0
 
-(all 12,000 steps, 2,165 s in the background on one shared CPU thread, then copied in;
-pretrain_log.json inside the folder records the command, the steps and the loss curve:
-held-out MLM loss 3.69 at step 4,000, 3.65 at the end, where ln 64 = 4.16 is a uniform
-guess over codons) on the training split of CPAT's human test set
-(`stratified_split(seed=0)`: the val 10% gives the held-out MLM loss, the test 20% is
-never seen). Each training transcript gives one token stream per frame. 256 codons
-cover ~770 nt per window; 2 layers of width 128 (456 k parameters, 1.8 MB) keep a step
-at ~0.18 s on one CPU thread. With LoRA r=8 and 2 epochs on the same training split,
-on the validation split, it reached MCC 0.928 / AUROC 0.994, where the width-64 codon
-base of 3,500 steps reached 0.893 / 0.987 and a 2-layer 6-mer BERT (stride 3, one frame,
-0.98 M parameters) 0.69 / 0.933; the ORF/Fickett/hexamer baseline gets 0.933 / 0.994.
+(2,165 s in the background; held-out MLM loss 3.65 at the end, still falling), then copied
+in. With LoRA r=8 and 2 epochs on the training split it reached validation MCC 0.928 /
+AUROC 0.994, where a width-64 codon base of 3,500 steps reached 0.893 / 0.987 and a
+2-layer 6-mer BERT (stride 3, one frame, 0.98 M parameters) 0.69 / 0.933.
+
+plugins/lorabert/base/ (the default; 4 layers of width 128, 512-codon windows of ~1.5 kb,
+enough for a typical coding region; 893 k parameters, 3.5 MB), grown from the compact one
+(`--grow`: layers stacked, positions tiled; see `grow_bert`) by
+
+    python -m lorakit.plugins.lorabert.pretrain --data.cpat_train \
+        --init plugins/lorabert/base_compact --grow --out DIR --layers 4 --max-tokens 512 \
+        --batch-size 16 --steps 5000 --lr 1e-3 --warmup 200 --save-every 500 \
+        --log-every 100 --threads 1 --seed 0
+
+(~2.5 h on idle cycles of one core; held-out MLM loss 3.642). It was chosen over the
+compact base on validation only, three seeds each (benchmarks/lorabert_base_selection.py:
+MCC 0.937 +- 0.010 against 0.914 +- 0.010, at 3.7x the fit time).
 
 Masking follows BERT (Devlin et al. 2019, sec. 3.1: 15% of positions, 80% [MASK],
 10% random, 10% kept) but masks spans of `k // stride + 1` consecutive tokens, as

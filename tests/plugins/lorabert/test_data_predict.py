@@ -84,7 +84,9 @@ def test_predict_writes_one_tsv_row_per_transcript_in_order(tmp_path):
         assert 0.0 <= r["coding_probability"] <= 1.0
         assert r["label"] == ("coding" if r["coding_probability"] >= 0.5 else "noncoding")
         assert r["windows"] == module.windows_along(module.windows_of(seq)) and r["coverage"] == 1.0
-    assert rows[0]["orf_length"] == 2706 and rows[0]["windows"] == 5
+    # 1,168 codons in frame 0, read max_tokens codons a window
+    assert rows[0]["orf_length"] == 2706
+    assert rows[0]["windows"] == -(-(len(seqs["long_one"]) // 3) // module.max_tokens)
     assert [p.name for p in out.parent.iterdir()] == ["predictions.tsv"]  # no temp file left
 
 
@@ -96,8 +98,9 @@ def test_head_tail_predictions_report_partial_coverage(tmp_path):
     pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).predict(
         module, datamodule=TranscriptDataModule(fasta=str(fasta)))
     rows = read_predictions(out)
-    # the embedded base reads 256 codons: 255 * 3 + 3 nucleotides of 4,000
-    assert rows[0]["windows"] == 1 and rows[0]["coverage"] == pytest.approx(768 / 4000, abs=1e-4)
+    # one window of max_tokens codons: 3 * max_tokens nucleotides of 4,000
+    assert rows[0]["windows"] == 1
+    assert rows[0]["coverage"] == pytest.approx(3 * module.max_tokens / 4000, abs=1e-4)
     assert rows[1]["coverage"] == 1.0
 
 

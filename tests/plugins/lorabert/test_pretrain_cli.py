@@ -8,7 +8,7 @@ import torch
 from lorakit.domains.genomics.fasta import Record, write_fasta
 from lorakit.domains.genomics.kmer import KmerTokenizer
 from lorakit.plugins.lorabert import PLUGIN
-from lorakit.plugins.lorabert.module import BASE_DIR, LoRABertModule
+from lorakit.plugins.lorabert.module import BASE_DIR, COMPACT_DIR, LoRABertModule
 from lorakit.plugins.lorabert.pretrain import main, mask_spans
 
 
@@ -94,6 +94,12 @@ def test_shipped_base_is_a_small_transformers_folder_with_its_recipe():
     assert f"--frames {log['frames']}" in recipe[0]
     import lorakit.plugins.lorabert.pretrain as recipe
     assert "--data.cpat_train" in recipe.__doc__
+    # the default base was grown from the compact one, which ships beside it as made
+    compact = json.loads((COMPACT_DIR / "pretrain_log.json").read_text())
+    assert log["recipe"] == [compact["command"], log["recipe"][1]]
+    assert "--init plugins/lorabert/base_compact --grow" in log["recipe"][1]
+    assert json.loads((COMPACT_DIR / "config.json").read_text())["num_hidden_layers"] < \
+        config["num_hidden_layers"]
 
 
 def test_plugin_registration_points_at_real_objects():
