@@ -1,7 +1,7 @@
 """Which k-mer BERT base LoRA-BERT should ship with, chosen on validation only.
 
     python -m lorakit.benchmarks.lorabert_base_selection --out DIR \
-        --base embedded=plugins/lorabert/base --base grown=/work/lorabert_pretrain/X \
+        --base compact=plugins/lorabert/base_compact --base grown=/work/lorabert_pretrain/X \
         [--seeds 0 1 2] [--threads 1] [--quick]
 
 For each base and seed, the suite's LoRA-BERT row (`lorabert_suite.MODELS`, its epochs,
@@ -14,7 +14,8 @@ mean validation MCC on full transcripts; if the means differ by less than the la
 SD, the smaller base (the shipped one stays unless another is clearly better).
 
 Each (base, seed) run is written to `DIR/runs/<base>-seed<k>.json` when it ends and
-skipped when present with the same settings, so the selection can be continued over
+skipped when present with the same settings (the seed and the SHA-256 of the base's
+weights, not its path), so the selection can be continued over
 several sessions with the same command. `DIR/results.json` holds every run, the
 per-base means and the choice.
 """
@@ -31,7 +32,7 @@ import torch
 
 from lorakit.bench import cached
 
-from .lorabert_suite import EPOCHS, FRAGMENT_LENGTHS, MODELS, fragment_sets
+from .lorabert_suite import EPOCHS, FRAGMENT_LENGTHS, MODELS, base_id, fragment_sets
 
 
 def one_run(folder: str, seed: int, epochs: int, splits: dict, sets: dict) -> dict:
@@ -88,7 +89,8 @@ def main(argv=None) -> dict:
     per_base: dict[str, list[dict]] = {}
     for name, folder in bases.items():
         for seed in a.seeds:
-            settings = {"folder": str(Path(folder).resolve()), "seed": seed, "epochs": epochs,
+            # keyed by the weights, not the path: a base moved or another checkout reuses
+            settings = {"base_sha256": base_id(folder), "seed": seed, "epochs": epochs,
                         "quick": a.quick, "model": dict(MODELS)["LoRA-BERT"]}
 
             def fit(name=name, folder=folder, seed=seed) -> dict:

@@ -1,6 +1,5 @@
 """Timing only: the demo's sizes (400 training transcripts per class, 2 epochs, 300 scored
 per class) with each base; scored on the validation split (the test split is not read)."""
-import sys
 import tempfile
 import time
 
@@ -11,8 +10,12 @@ from lorakit.plugins.lorabert.experiment import cut_per_class, run_model, split_
 torch.set_num_threads(1)
 splits = split_items("cpat_human", train_per_class=400)
 splits["test"] = cut_per_class(splits["val"], 300, seed=1)
-for name, folder in (("embedded", None), ("grown", sys.argv[1])):
+# "embedded" in demo_sizes.txt is the compact base: it was plugins/lorabert/base then
+for name, folder in (("compact", "plugins/lorabert/base_compact"),
+                     ("grown", "plugins/lorabert/base")):
     t0 = time.time()
     with tempfile.TemporaryDirectory() as d:
-        row = run_model("LoRA-BERT", splits, d, epochs=2, mode="lora", lr=2e-3, pretrained=folder)
-    print(name, f"{time.time()-t0:.0f} s total, train {row['train_s']:.0f} s, val MCC {row['mcc']:.3f}", flush=True)
+        row = run_model("LoRA-BERT", splits, d, epochs=2, mode="lora", lr=2e-3,
+                        pretrained=folder)
+    print(name, f"{time.time()-t0:.0f} s total, train {row['train_s']:.0f} s, "
+          f"val MCC {row['mcc']:.3f}", flush=True)
