@@ -88,9 +88,10 @@ def main(argv=None) -> dict:
     sets = fragment_sets(splits["val"], prefix="valfrag")
     per_base: dict[str, list[dict]] = {}
     for name, folder in bases.items():
+        # keyed by the weights, not the path: a base moved or another checkout reuses
+        weights = base_id(folder)
         for seed in a.seeds:
-            # keyed by the weights, not the path: a base moved or another checkout reuses
-            settings = {"base_sha256": base_id(folder), "seed": seed, "epochs": epochs,
+            settings = {"base_sha256": weights, "seed": seed, "epochs": epochs,
                         "quick": a.quick, "model": dict(MODELS)["LoRA-BERT"]}
 
             def fit(name=name, folder=folder, seed=seed) -> dict:

@@ -50,8 +50,8 @@ of the base's weights, and read back by a later run with the same ones: a stoppe
 resumes, and the three rows can be fitted by processes of their own, one per core,
 before the run that writes the report:
 
-    python -m lorakit.benchmarks.lorabert_suite --out DIR --rows lora &
-    python -m lorakit.benchmarks.lorabert_suite --out DIR --rows full head; wait
+    python -m lorakit.benchmarks.lorabert_suite --out DIR --rows lora head &
+    python -m lorakit.benchmarks.lorabert_suite --out DIR --rows full; wait
     python -m lorakit.benchmarks.lorabert_suite --out DIR
 """
 from __future__ import annotations
