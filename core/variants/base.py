@@ -83,6 +83,10 @@ class Variant(nn.Module):
                                     "`lorakit adapter merge`, or merge adapters trained "
                                     "with a plain-LoRA method")
     options: ClassVar[tuple[str, ...]] = ()      # LoRAConfig fields it reads (for inspect)
+    mergeable: ClassVar[bool] = True             # ΔW folds into the base weight (merge_into)
+    #: after `init_from_gradient` the output still equals the base's (LoRA-GA's offset);
+    #: False where the init is itself a first step (LoRA-SB)
+    init_keeps_output: ClassVar[bool] = True
 
     def __init__(self, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
                  device: torch.device, shared: nn.Module | None = None) -> None:
@@ -94,6 +98,12 @@ class Variant(nn.Module):
     def scale_for(cls, config: LoRAConfig) -> float:
         """The factor on B A: alpha / r (or alpha / sqrt(r)) unless the method fixes it."""
         return float(config.scale)
+
+    @classmethod
+    def kind_refusal(cls, kind: type[LayerKind]) -> str | None:
+        """Why this method cannot adapt layers of `kind` (its `__init__` raises it, naming the
+        module), or None where it can; default: every kind."""
+        return None
 
     # --- tensors that several modules share (S2-LoRA's basis) -------------------------
     @classmethod

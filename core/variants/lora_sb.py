@@ -48,6 +48,7 @@ from .base import Variant
 
 class LoRASB(Variant):
     method = "lora_sb"
+    init_keeps_output = False    # the init is the approximated first step, not a no-op
 
     def __init__(self, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
                  device: torch.device, shared: nn.Module | None = None) -> None:

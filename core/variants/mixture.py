@@ -234,6 +234,7 @@ class Mixture(Variant):
     method = "mixture"
     peft = False
     routable = False
+    mergeable = False
     options = ("n_experts", "top_k", "router", "router_scope", "expert_method", "expert_compute",
                "expert_schedule", "experts_per_layer", "router_aux_loss", "lbc_weight",
                "lbc_delta")
@@ -247,9 +248,9 @@ class Mixture(Variant):
     def __init__(self, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
                  device: torch.device, shared: nn.Module | None = None) -> None:
         super().__init__(kind, config, dtype, device, shared)
-        if not kind.float_input or not kind.routable:
-            raise LoraKitError(f"a mixture of experts routes each token by its features: it "
-                               f"adapts Linear and Conv1D layers, not a {kind.describe()}")
+        refusal = self.kind_refusal(type(kind))
+        if refusal:
+            raise LoraKitError(f"{refusal}, not a {kind.describe()}")
         e = config.n_experts
         self.dense = config.router == "dense"
         self.top_k = e if self.dense else config.top_k
@@ -291,6 +292,13 @@ class Mixture(Variant):
     @property
     def rank(self) -> int:
         return self.lora_A.shape[1]
+
+    @classmethod
+    def kind_refusal(cls, kind):
+        if not kind.float_input or not kind.routable:
+            return ("a mixture of experts routes each token by its features: it adapts "
+                    "Linear and Conv1D layers")
+        return None
 
     @classmethod
     def shared_key(cls, kind, path, config):
