@@ -50,7 +50,7 @@ from .variants import (
                      SharedBasis,
                      Variant,
 )
-from .variants.xlora import XLoRA
+from .variants.mixture.xlora import XLoRA
 from .version import __version__
 
 __all__ = [

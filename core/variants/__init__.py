@@ -1,7 +1,14 @@
 """Adapter methods, one class each under one protocol (`base.Variant`).
 
-Adding a method: one file here with its `Variant` subclass, one line in `VARIANTS`,
-its name in `LoRAConfig.method`, and its tests.
+    base.py       the required verbs: tensors, factors / forward, delta, merge / unmerge
+    file.py       the file-tensor side: file keys, ΔW and PEFT's layout from file tensors
+    optional.py   the optional protocols: shared tensors, gradient init, loss terms,
+                  training hooks, router, prunable
+    mixture/      mixtures of LoRA experts and X-LoRA
+
+Adding a method: one file here with its `Variant` subclass and one line in `VARIANTS`
+(`LoRAConfig.method` reads the registry); `tests/core/test_method_contract.py` covers it
+on every layer kind from that line alone.
 """
 from __future__ import annotations
 
@@ -11,11 +18,22 @@ from .balora import BALoRA
 from .base import Variant, adapter_dtype
 from .dora import DoRA
 from .ffa_lora import FFALoRA
+from .file import VariantFile
 from .ggpo import GGPO
 from .lora import LoRA
 from .lora_ga import LoRAGA
 from .lora_sb import LoRASB
 from .mixture import Mixture
+from .optional import (
+    OPTIONAL,
+    GradientInit,
+    LossTerms,
+    Prunable,
+    Router,
+    SharedTensors,
+    TrainingHooks,
+    implements,
+)
 from .s2lora import S2LoRA, SharedBasis
 
 VARIANTS: dict[str, type[Variant]] = {v.method: v for v in (
@@ -29,5 +47,7 @@ def variant_named(method: str, source: str = "adapter") -> type[Variant]:
     return VARIANTS[method]
 
 
-__all__ = ["ALLoRA", "BALoRA", "DoRA", "FFALoRA", "GGPO", "LoRA", "LoRAGA", "LoRASB", "Mixture",
-           "S2LoRA", "SharedBasis", "VARIANTS", "Variant", "adapter_dtype", "variant_named"]
+__all__ = ["OPTIONAL", "VARIANTS", "ALLoRA", "BALoRA", "DoRA", "FFALoRA", "GGPO", "GradientInit",
+           "LoRA", "LoRAGA", "LoRASB", "LossTerms", "Mixture", "Prunable", "Router", "S2LoRA",
+           "SharedBasis", "SharedTensors", "TrainingHooks", "Variant", "VariantFile",
+           "adapter_dtype", "implements", "variant_named"]

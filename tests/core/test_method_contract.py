@@ -73,6 +73,22 @@ def attached(method, kind, **over):
     return model, adapters, inputs
 
 
+def owner(cls, name):
+    return next(k for k in cls.__mro__ if name in vars(k))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_implements_the_required_verbs(method):
+    """Its name, its live maths (`factors`, or `forward` for an update that is not B A) and
+    its file side (`file_keys`, and `file_factors` or `file_delta`)."""
+    from lorakit.variants import VariantFile
+    cls = lorakit.VARIANTS[method]
+    assert cls.method == method
+    assert {owner(cls, "factors"), owner(cls, "forward")} != {lorakit.Variant}
+    assert owner(cls, "file_keys") is not VariantFile
+    assert {owner(cls, "file_factors"), owner(cls, "file_delta")} != {VariantFile}
+
+
 def test_every_layer_kind_has_a_case_here():
     assert set(lorakit.KINDS) <= set(ALL), "add a tiny model of the new kind to ALL"
 

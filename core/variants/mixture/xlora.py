@@ -31,8 +31,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..atomic import atomic_write
-from ..errors import AdapterFileError, AdapterMismatchError, LoraKitError
+from ...atomic import atomic_write
+from ...errors import AdapterFileError, AdapterMismatchError, LoraKitError
 
 
 def last_hidden(outputs) -> torch.Tensor:
@@ -100,8 +100,8 @@ class XLoRA(nn.Module):
         """Load each adapter (a lorakit file, or a PEFT folder) onto `model` under its name,
         then build the head. A file made for another base is refused by name before anything
         trains, and the model is left without the adapters loaded so far."""
-        from ..inject import adapters_of, load_adapter
-        from ..peft_interop import import_peft
+        from ...inject import adapters_of, load_adapter
+        from ...peft_interop import import_peft
 
         loaded: list[str] = []
         try:
