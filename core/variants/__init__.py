@@ -12,6 +12,7 @@ on every layer kind from that line alone.
 """
 from __future__ import annotations
 
+from ..config import use_methods
 from ..errors import LoraKitError
 from .allora import ALLoRA
 from .balora import BALoRA
@@ -38,6 +39,7 @@ from .s2lora import S2LoRA, SharedBasis
 
 VARIANTS: dict[str, type[Variant]] = {v.method: v for v in (
     LoRA, S2LoRA, DoRA, FFALoRA, LoRASB, LoRAGA, ALLoRA, GGPO, BALoRA, Mixture)}
+use_methods(VARIANTS)      # LoRAConfig.method: these names, its help their summaries
 
 
 def variant_named(method: str, source: str = "adapter") -> type[Variant]:

@@ -42,6 +42,8 @@ from .lora import LoRA
 
 class ALLoRA(LoRA):
     method = "allora"
+    summary = ("LoRA without dropout or alpha/r, each factor row's gradient scaled by "
+               '1/sqrt(|row|^2 + 1/eta^2) (ALLoRA, Huang & Balestriero 2024).')
 
     def __init__(self, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
                  device: torch.device, shared: nn.Module | None = None) -> None:
@@ -49,7 +51,7 @@ class ALLoRA(LoRA):
             raise LoraKitError(f"method 'allora' is dropout-free (ALLoRA's first point); got "
                                f"dropout={config.dropout}: set dropout to 0")
         super().__init__(kind, config, dtype, device, shared)
-        self.inv_eta_sq = 1.0 / config.allora_eta ** 2
+        self.inv_eta_sq = 1.0 / config.allora.eta ** 2
 
     @classmethod
     def scale_for(cls, config: LoRAConfig) -> float:

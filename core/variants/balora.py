@@ -96,6 +96,8 @@ def svd_term(o: torch.Tensor, k: int) -> torch.Tensor:
 
 class BALoRA(LoRA):
     method = "balora"
+    summary = ("LoRA with consistency, diversity and SVD regularisers on the model's outputs "
+               '(BA-LoRA, Chang et al. 2024).')
     output_regularised = True
 
     @classmethod
@@ -111,11 +113,11 @@ class BALoRA(LoRA):
         if sequences is None and outputs.dim() > 2:
             sequences = outputs.shape[0]
         o, base = rows(outputs), rows(base_outputs).detach()
-        if config.ba_task == "nlu":
+        if config.balora.task == "nlu":
             consistency, diversity = nlu_consistency(o, base), nlu_diversity(o)
         else:
             consistency = nlg_consistency(o, base, sequences)
             diversity = nlg_diversity(o)
-        return {"consistency": config.ba_consistency * consistency,
-                "diversity": config.ba_diversity * diversity,
-                "svd": config.ba_svd * svd_term(o, config.ba_svd_k)}
+        return {"consistency": config.balora.consistency * consistency,
+                "diversity": config.balora.diversity * diversity,
+                "svd": config.balora.svd * svd_term(o, config.balora.svd_k)}

@@ -4,7 +4,8 @@ A `Variant` is one named adapter on one adapted module: it holds that adapter's
 tensors for the module. What a new method must implement (LoRA, `lora.py`, is the
 whole of it in 20 lines):
 
-    method        its name in the registry and in files (`VARIANTS`, `LoRAConfig.method`)
+    method        its name in the registry and in files (`VARIANTS`, `LoRAConfig.method`),
+                  and `summary`, its line in `LoRAConfig.method`'s help
     __init__      its tensors: trained ones as `nn.Parameter`s, fixed ones it needs (FFA-LoRA's
                   A, LoRA-SB's A and B) as persistent buffers, in the file and in checkpoints,
                   never in the optimizer; their optimizer group in `param_kinds`
@@ -59,6 +60,7 @@ class Variant(nn.Module, VariantFile, SharedTensors, GradientInit, LossTerms, Tr
     """One named adapter on one module; subclasses are the methods (LoRA, S2-LoRA, ...)."""
 
     method: ClassVar[str]
+    summary: ClassVar[str] = ""                  # one line for `LoRAConfig.method`'s help
     param_kinds: ClassVar[dict[str, str]] = {}   # tensor name -> optimizer group ("lora")
     routable: ClassVar[bool] = True              # has `factors()`: mixed-adapter batches work
     mergeable: ClassVar[bool] = True             # ΔW folds into the base weight (merge_into)

@@ -48,6 +48,8 @@ class DoRA(LoRA):
     """LoRA's A and B for the direction, plus a trained magnitude per output row."""
 
     method = "dora"
+    summary = ('a trained magnitude per output row times the direction W + BA, normalised (DoRA, '
+               'Liu et al. 2024).')
     routable = False
     peft_config = {"use_dora": True}
 

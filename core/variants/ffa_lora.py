@@ -26,6 +26,7 @@ class FFALoRA(LoRA):
     """LoRA with A a fixed buffer: same file keys, same maths, only B trains."""
 
     method = "ffa_lora"
+    summary = 'A frozen at its random init, only B trains (FFA-LoRA, Sun et al. 2024).'
 
     def __init__(self, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
                  device: torch.device, shared: nn.Module | None = None) -> None:

@@ -53,12 +53,14 @@ from .lora import LoRA
 
 class GGPO(LoRA):
     method = "ggpo"
+    summary = ('LoRA trained at weights perturbed by noise sized from weight and gradient norms '
+               '(LoRA-GGPO, Chang et al. 2025).')
     perturbs = True
 
     def __init__(self, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
                  device: torch.device, shared: nn.Module | None = None) -> None:
         super().__init__(kind, config, dtype, device, shared)
-        self.sigma, self.beta = float(config.ggpo_sigma), float(config.ggpo_beta)
+        self.sigma, self.beta = float(config.ggpo.sigma), float(config.ggpo.beta)
         self.perturbation: torch.Tensor | None = None    # ε (out × in), never saved
 
     def perturbation_std(self, weight: torch.Tensor, kind: LayerKind) -> torch.Tensor | None:

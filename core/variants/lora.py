@@ -19,6 +19,7 @@ from .base import Variant, init_down_projection
 
 class LoRA(Variant):
     method = "lora"
+    summary = 'one A, B per matrix (Hu et al. 2021).'
 
     def __init__(self, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
                  device: torch.device, shared: nn.Module | None = None) -> None:

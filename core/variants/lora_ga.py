@@ -51,6 +51,8 @@ class LoRAGA(LoRA):
     """LoRA whose init is subtracted again: ΔW = s·(B A − B₀ A₀)."""
 
     method = "lora_ga"
+    summary = ('A, B from the SVD of the full gradient (lorakit.init_from_gradients), the output '
+               'unchanged at step 0 (LoRA-GA, Wang et al. 2024).')
 
     def __init__(self, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
                  device: torch.device, shared: nn.Module | None = None) -> None:
@@ -58,7 +60,7 @@ class LoRAGA(LoRA):
         # until init_from_gradients: A₀ = A, B₀ = B = 0, a plain LoRA
         self.register_buffer("lora_A0", self.lora_A.detach().clone())
         self.register_buffer("lora_B0", self.lora_B.detach().clone())
-        self.gamma = config.init_gamma
+        self.gamma = config.lora_ga.init_gamma
 
     def factors(self):
         return (torch.cat([self.lora_A, self.lora_A0]),

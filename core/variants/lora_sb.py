@@ -48,6 +48,8 @@ from .base import Variant
 
 class LoRASB(Variant):
     method = "lora_sb"
+    summary = ('dW = B R A with A, B fixed and only the r x r R trained, set by '
+               'lorakit.init_from_gradients (LoRA-SB, Ponkshe et al. 2024).')
     init_keeps_output = False    # the init is the approximated first step, not a no-op
 
     def __init__(self, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,
@@ -61,7 +63,7 @@ class LoRASB(Variant):
         self.register_buffer("lora_A", a)
         self.register_buffer("lora_B", b)
         self.lora_R = nn.Parameter(torch.zeros(r, r, dtype=dtype, device=device))
-        self.init_lr = config.init_lr
+        self.init_lr = config.lora_sb.init_lr
 
     def factors(self):
         return self.lora_A, self.lora_B @ self.lora_R

@@ -39,6 +39,9 @@ def basis_key(in_features: int, out_features: int) -> str:
 
 class S2LoRA(Variant):
     method = "s2lora"
+    summary = ('A and B shared by all adapted matrices of one shape, each matrix keeps a '
+               'rank-coefficient vector lambda, dW_i = B diag(lambda_i) A (S2-LoRA, Liu et al. '
+               '2025).')
     param_kinds = {"lora_lambda": "lambda"}
 
     def __init__(self, kind: LayerKind, config: LoRAConfig, dtype: torch.dtype,

@@ -7,6 +7,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import lorakit
+from lorakit.config import ALLoRAOptions
 
 
 @pytest.fixture
@@ -174,6 +175,6 @@ def test_a_plain_lora_file_holds_only_the_settings_every_adapter_has(saved):
     from lorakit.config import CORE_FIELDS
     meta, _ = lorakit.read_adapter(saved)
     assert set(meta["config"]) == set(CORE_FIELDS)
-    cfg = lorakit.LoRAConfig(method="allora", allora_eta=2.0)
+    cfg = lorakit.LoRAConfig(method="allora", allora=ALLoRAOptions(eta=2.0))
     assert cfg.to_dict()["allora_eta"] == 2.0
     assert lorakit.LoRAConfig.from_dict(cfg.to_dict()) == cfg

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lorakit
+from lorakit.config import ALLoRAOptions
 from lorakit.lightning_module import AdapterModule
 
 
@@ -15,7 +16,8 @@ def linear_with_allora(eta=0.5, alpha=16.0):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 2))
     adapters = lorakit.attach(model, lorakit.LoRAConfig(rank=1, alpha=alpha, method="allora",
-                                                        allora_eta=eta, targets=["0"]))
+                                                        allora=ALLoRAOptions(eta=eta),
+                                                        targets=["0"]))
     v = adapters.variants()["0"]
     with torch.no_grad():
         v.lora_A.copy_(torch.tensor([[3.0, 4.0]]))
@@ -60,7 +62,8 @@ class TinyRegressor(AdapterModule):
         torch.manual_seed(0)
         self.model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
         self.attach_adapters(self.model, lorakit.LoRAConfig(rank=2, method=method,
-                                                            allora_eta=2.0, targets=["0", "2"]))
+                                                            allora=ALLoRAOptions(eta=2.0),
+                                                            targets=["0", "2"]))
         with torch.no_grad():
             for v in self.adapters.variants().values():
                 v.lora_B.normal_(std=0.3)

@@ -10,14 +10,15 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lorakit
+from lorakit.config import BALoRAOptions
 from lorakit.lightning_module import AdapterModule
 
 
 def handle(task="nlu", **weights):
-    cfg = dict(ba_consistency=1.0, ba_diversity=1.0, ba_svd=1.0, ba_svd_k=1)
+    cfg = dict(consistency=1.0, diversity=1.0, svd=1.0, svd_k=1)
     cfg.update(weights)
     return lorakit.attach(nn.Sequential(nn.Linear(2, 2)), lorakit.LoRAConfig(
-        method="balora", ba_task=task, targets=["0"], **cfg))
+        method="balora", balora=BALoRAOptions(task=task, **cfg), targets=["0"]))
 
 
 def test_nlu_consistency_is_the_mse_of_row_normalised_outputs():
@@ -39,7 +40,7 @@ def test_nlu_diversity_is_the_squared_off_diagonal_covariance_over_width():
 def test_svd_term_is_minus_the_top_k_share_of_the_singular_values():
     o = torch.tensor([[3.0, 0.0], [0.0, 1.0]])                  # σ = 3, 1
     assert handle().regularisers(o, o)["default/svd"].item() == pytest.approx(-0.75)
-    assert handle(ba_svd_k=2).regularisers(o, o)["default/svd"].item() == pytest.approx(-1.0)
+    assert handle(svd_k=2).regularisers(o, o)["default/svd"].item() == pytest.approx(-1.0)
 
 
 def test_nlg_terms_are_kl_to_the_base_and_negative_entropy():
@@ -57,7 +58,7 @@ def test_weights_multiply_the_terms_and_token_outputs_are_rows_picked_by_the_mas
     o = torch.tensor([[[math.log(3.0), 0.0], [5.0, -5.0]]])    # (batch 1, 2 tokens, vocab 2)
     base = torch.zeros(1, 2, 2)
     mask = torch.tensor([[True, False]])                         # the second token is padding
-    adapters = handle("nlg", ba_consistency=1e-4, ba_diversity=3e-4, ba_svd=1e-4)
+    adapters = handle("nlg", consistency=1e-4, diversity=3e-4, svd=1e-4)
     terms = adapters.regularisers(o, base, mask=mask)
     assert terms["default/consistency"].item() == pytest.approx(1e-4 * 0.5 * math.log(4 / 3))
     assert adapters.regulariser_loss(o, base, mask=mask).item() == pytest.approx(
@@ -98,7 +99,7 @@ class TinyClassifier(AdapterModule):
         torch.manual_seed(0)
         self.model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
         self.attach_adapters(self.model, lorakit.LoRAConfig(
-            rank=2, method="balora", ba_consistency=1.0, ba_diversity=1.0, ba_svd=1.0,
+            rank=2, method="balora", balora=BALoRAOptions(consistency=1.0, diversity=1.0, svd=1.0),
             targets=["0", "2"]))
         with torch.no_grad():
             for v in self.adapters.variants().values():

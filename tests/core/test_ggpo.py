@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lorakit
+from lorakit.config import GGPOOptions
 from lorakit.lightning_module import AdapterModule
 
 SIGMA, BETA, LR, SCALE = 0.3, 0.2, 0.1, 2.0
@@ -21,7 +22,8 @@ def tiny():
     with torch.no_grad():
         model[0].weight.copy_(torch.tensor([[1.0, -2.0, 0.5], [0.0, 1.0, 3.0]]))
     adapters = lorakit.attach(model, lorakit.LoRAConfig(
-        rank=1, alpha=SCALE, method="ggpo", ggpo_sigma=SIGMA, ggpo_beta=BETA, targets=["0"]))
+        rank=1, alpha=SCALE, method="ggpo", ggpo=GGPOOptions(sigma=SIGMA, beta=BETA),
+        targets=["0"]))
     v = adapters.variants()["0"]
     with torch.no_grad():
         v.lora_A.copy_(torch.tensor([[0.5, 1.0, -1.0]]))

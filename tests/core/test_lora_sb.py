@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import lorakit
+from lorakit.config import LoRASBOptions
 
 from .variant_properties import (
     ALL,
@@ -53,7 +54,7 @@ def test_init_is_the_best_rank_r_approximation_of_the_first_adam_step(tiny_bert)
     mean = [sum(g) / len(data) for g in zip(*(torch.autograd.grad(loss(reference, b), weights)
                                               for b in data))]
     model = tiny_bert()
-    adapters = lorakit.attach(model, sb(rank=4, init_lr=1e-3))
+    adapters = lorakit.attach(model, sb(rank=4, lora_sb=LoRASBOptions(init_lr=1e-3)))
     assert lorakit.init_from_gradients(model, adapters, data, loss) == 3
     assert not any(layer.base.weight.requires_grad for layer in adapters.layers.values())
     for path, g in zip(("bert.encoder.layer.0.attention.self.query",
@@ -74,8 +75,8 @@ def test_parties_gradient_sums_averaged_give_the_init_of_all_batches(tiny_bert):
     from lorakit.gradient_init import apply_gradient_init, base_gradients
     data = batches()
     whole, parts = tiny_bert(), tiny_bert()
-    whole_ad = lorakit.attach(whole, sb(rank=4, init_lr=1e-3))
-    parts_ad = lorakit.attach(parts, sb(rank=4, init_lr=1e-3))
+    whole_ad = lorakit.attach(whole, sb(rank=4, lora_sb=LoRASBOptions(init_lr=1e-3)))
+    parts_ad = lorakit.attach(parts, sb(rank=4, lora_sb=LoRASBOptions(init_lr=1e-3)))
     lorakit.init_from_gradients(whole, whole_ad, data, loss)
     (s1, n1), (s2, n2) = (base_gradients(parts, parts_ad, chunk, loss)
                           for chunk in (data[:1], data[1:]))

@@ -8,9 +8,15 @@ from torch import nn
 
 import lorakit
 from lorakit.adapter_inspect import describe
+from lorakit.config import MixtureOptions
 from lorakit.lightning_module import AdapterModule, routing_summary
 from lorakit.variants.mixture import allocation, localized_balance, switch_balance
 
+
+def moe(**kw):
+    """A mixture's config: `MixtureOptions` fields into its group, the rest as they are."""
+    options = {k: kw.pop(k) for k in list(kw) if k in MixtureOptions.__dataclass_fields__}
+    return lorakit.LoRAConfig(method="mixture", mixture=MixtureOptions(**options), **kw)
 
 def randomise_params(params, seed: int = 0, std: float = 0.2) -> None:
     """Give adapter tensors values (B starts at zero) so a test measures something."""
@@ -24,8 +30,8 @@ def linear_with_mixture(experts=4, top_k=2, rank=2, seed=0, **options):
     """One Linear(6 -> 5) with a mixture; B random so every expert's output is non-zero."""
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(6, 5))
-    adapters = lorakit.attach(model, lorakit.LoRAConfig(
-        method="mixture", n_experts=experts, top_k=top_k, rank=rank, alpha=rank,
+    adapters = lorakit.attach(model, moe(
+        n_experts=experts, top_k=top_k, rank=rank, alpha=rank,
         targets=["0"], **options))
     variant = adapters.variants()["0"]
     randomise_params([variant.lora_B], seed=seed + 1)
@@ -138,8 +144,8 @@ def test_experts_hold_no_training_hook_that_stacking_would_skip():
 def dora_mixture(experts=4, top_k=2, seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(6, 5))
-    adapters = lorakit.attach(model, lorakit.LoRAConfig(
-        method="mixture", expert_method="dora", n_experts=experts, top_k=top_k, rank=2,
+    adapters = lorakit.attach(model, moe(
+        expert_method="dora", n_experts=experts, top_k=top_k, rank=2,
         alpha=2, targets=["0"]))
     v = adapters.variants()["0"]
     randomise_params([v.lora_B], seed=seed + 1)
@@ -151,8 +157,8 @@ def dora_mixture(experts=4, top_k=2, seed=0):
 def test_dora_experts_start_at_the_base_weight_norms_and_mix_each_experts_dora_output():
     model, adapters, v = dora_mixture()
     w = model[0].base.weight
-    fresh = lorakit.attach(nn.Sequential(nn.Linear(6, 5)), lorakit.LoRAConfig(
-        method="mixture", expert_method="dora", n_experts=3, targets=["0"]))
+    fresh = lorakit.attach(nn.Sequential(nn.Linear(6, 5)), moe(
+        expert_method="dora", n_experts=3, targets=["0"]))
     start = fresh.variants()["0"]
     want_norms = torch.linalg.vector_norm(fresh.model[0].base.weight, dim=1)
     assert torch.allclose(start.lora_magnitude, want_norms.expand(3, -1))   # m = ‖W‖ each
@@ -187,8 +193,8 @@ FFN_ONLY = ["*.intermediate.dense", "bert.encoder.layer.?.output.dense"]
 
 def block_routed(tiny_bert, layers=2, **options):
     model = tiny_bert(layers=layers)
-    adapters = lorakit.attach(model, lorakit.LoRAConfig(
-        method="mixture", router_scope="block", n_experts=4, top_k=2, rank=2,
+    adapters = lorakit.attach(model, moe(
+        router_scope="block", n_experts=4, top_k=2, rank=2,
         targets=FFN_ONLY, **options))
     randomise_params([v.lora_B for v in adapters.variants().values()])
     return model, adapters
@@ -235,7 +241,7 @@ def test_the_model_starts_at_the_base_and_the_base_stays_frozen(tiny_bert):
     model = tiny_bert()
     ids = torch.randint(0, 60, (2, 6))
     before = model(ids).logits
-    adapters = lorakit.attach(model, lorakit.LoRAConfig(method="mixture", rank=2,
+    adapters = lorakit.attach(model, moe(rank=2,
                                                         targets=["*.intermediate.dense"]))
     assert torch.allclose(model(ids).logits, before, atol=1e-6)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -256,8 +262,8 @@ def test_switch_balance_loss_on_a_hand_computed_case():
 
 def test_the_handle_returns_the_weighted_balance_loss_averaged_over_modules(tiny_bert):
     model = tiny_bert()
-    adapters = lorakit.attach(model, lorakit.LoRAConfig(
-        method="mixture", rank=2, n_experts=4, top_k=2, router_aux_loss=0.05,
+    adapters = lorakit.attach(model, moe(
+        rank=2, n_experts=4, top_k=2, router_aux_loss=0.05,
         targets=["*.intermediate.dense"]))
     model(torch.randint(0, 60, (3, 5)))
     per_module = [switch_balance(v._last[0], v._last[2]) for v in adapters.variants().values()]
@@ -284,8 +290,8 @@ def test_loramoe_localized_balance_on_a_hand_computed_case():
 
 def test_row_types_reach_the_loramoe_loss_through_the_handle(tiny_bert):
     model = tiny_bert()
-    adapters = lorakit.attach(model, lorakit.LoRAConfig(
-        method="mixture", rank=2, n_experts=4, router="dense", lbc_weight=0.1, lbc_delta=0.2,
+    adapters = lorakit.attach(model, moe(
+        rank=2, n_experts=4, router="dense", lbc_weight=0.1, lbc_delta=0.2,
         targets=["*.intermediate.dense"]))
     ids = torch.randint(0, 60, (2, 5))
     types = torch.tensor([0, 1])
@@ -300,19 +306,19 @@ def test_row_types_reach_the_loramoe_loss_through_the_handle(tiny_bert):
 
 def test_mola_schedule_spreads_counts_over_depth_segments():
     paths = [f"enc.layer.{i}.{m}" for i in range(8) for m in ("up", "down")]
-    cfg = lorakit.LoRAConfig(method="mixture", expert_schedule="2,4,6,8", targets=["up"])
+    cfg = moe(expert_schedule="2,4,6,8", targets=["up"])
     counts = allocation(cfg, paths)
     assert [counts[f"enc.layer.{i}.up"] for i in range(8)] == [2, 2, 4, 4, 6, 6, 8, 8]
     assert counts["enc.layer.5.down"] == counts["enc.layer.5.up"] == 6
-    explicit = lorakit.LoRAConfig(method="mixture", experts_per_layer=[2, 3, 4, 5, 6, 7, 8, 9],
+    explicit = moe(experts_per_layer=[2, 3, 4, 5, 6, 7, 8, 9],
                                   targets=["up"])
     assert allocation(explicit, paths)["enc.layer.7.down"] == 9
 
 
 def test_mola_allocation_builds_that_many_experts_per_layer_and_saves_it(tiny_bert, tmp_path):
     model = tiny_bert(layers=4)
-    adapters = lorakit.attach(model, lorakit.LoRAConfig(
-        method="mixture", rank=2, top_k=1, expert_schedule="2,4",
+    adapters = lorakit.attach(model, moe(
+        rank=2, top_k=1, expert_schedule="2,4",
         targets=["*.intermediate.dense", "*.output.dense"]))
     per_module = {p: v.n_experts for p, v in adapters.variants().items()}
     assert per_module["bert.encoder.layer.1.intermediate.dense"] == 2
@@ -340,7 +346,7 @@ def test_bad_mixture_settings_are_refused_before_the_model_is_touched(tiny_bert,
     model = tiny_bert()
     before = [type(m) for m in model.modules()]
     with pytest.raises(lorakit.LoraKitError, match=message):
-        lorakit.attach(model, lorakit.LoRAConfig(method="mixture", targets=["*.intermediate.dense"],
+        lorakit.attach(model, moe(targets=["*.intermediate.dense"],
                                                  **options))
     assert [type(m) for m in model.modules()] == before
     assert lorakit.adapters_of(model) is None
@@ -348,8 +354,8 @@ def test_bad_mixture_settings_are_refused_before_the_model_is_touched(tiny_bert,
 
 def test_a_mixture_file_round_trips_bit_exactly_with_its_router_and_load(tiny_bert, tmp_path):
     model = tiny_bert()
-    adapters = lorakit.attach(model, lorakit.LoRAConfig(
-        method="mixture", rank=2, experts_per_layer=[2, 4], top_k=2,
+    adapters = lorakit.attach(model, moe(
+        rank=2, experts_per_layer=[2, 4], top_k=2,
         targets=["*.intermediate.dense"]))
     randomise_params(adapters.parameters())
     model.train()
@@ -370,7 +376,7 @@ def test_a_mixture_file_round_trips_bit_exactly_with_its_router_and_load(tiny_be
 
 def test_export_peft_and_merging_refuse_a_mixture_with_the_reason(tiny_bert, tmp_path):
     model = tiny_bert()
-    adapters = lorakit.attach(model, lorakit.LoRAConfig(method="mixture", rank=2,
+    adapters = lorakit.attach(model, moe(rank=2,
                                                         targets=["*.intermediate.dense"]))
     path = adapters.save(tmp_path / "moe.safetensors")
     with pytest.raises(lorakit.AdapterFileError, match="no PEFT LoRA layout: .*router"):
@@ -385,13 +391,13 @@ def test_export_peft_and_merging_refuse_a_mixture_with_the_reason(tiny_bert, tmp
 def test_a_mixture_refuses_an_embedding():
     model = nn.Sequential(nn.Embedding(10, 4))
     with pytest.raises(lorakit.LoraKitError, match="Linear and Conv1D layers, not a Embedding"):
-        lorakit.attach(model, lorakit.LoRAConfig(method="mixture", targets=["0"]))
+        lorakit.attach(model, moe(targets=["0"]))
 
 
 def test_mixlora_is_a_mixture_on_the_ffn_beside_its_own_attention_lora(tiny_bert):
     model = tiny_bert()
     ids = torch.randint(0, 60, (2, 5))
-    lorakit.attach(model, lorakit.LoRAConfig(method="mixture", rank=2, n_experts=8, top_k=2,
+    lorakit.attach(model, moe(rank=2, n_experts=8, top_k=2,
                                              targets=["*.intermediate.dense"]), name="ffn")
     adapters = lorakit.attach(model, lorakit.LoRAConfig(rank=4, targets=["*.query", "*.value"]),
                               name="attn")
@@ -407,8 +413,8 @@ def test_mixlora_is_a_mixture_on_the_ffn_beside_its_own_attention_lora(tiny_bert
 def test_inspect_shows_experts_allocation_load_and_entropy(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 5))
-    adapters = lorakit.attach(model, lorakit.LoRAConfig(
-        method="mixture", rank=2, experts_per_layer=[2, 4], top_k=1, targets=["0", "2"]))
+    adapters = lorakit.attach(model, moe(
+        rank=2, experts_per_layer=[2, 4], top_k=1, targets=["0", "2"]))
     with torch.no_grad():        # positive inputs: every token of layer 0 goes to expert 1
         v = adapters.variants()["0"]
         v.moe_router.zero_()
@@ -431,7 +437,7 @@ def test_inspect_shows_experts_allocation_load_and_entropy(tmp_path):
 def test_inspect_cli_prints_the_experts_column(tiny_bert, tmp_path, capsys):
     from lorakit.cli import main
     model = tiny_bert()
-    adapters = lorakit.attach(model, lorakit.LoRAConfig(method="mixture", rank=2, n_experts=4,
+    adapters = lorakit.attach(model, moe(rank=2, n_experts=4,
                                                         targets=["*.intermediate.dense"]))
     path = adapters.save(tmp_path / "moe.safetensors")
     assert main(["adapter", "inspect", str(path)]) == 0
@@ -444,8 +450,8 @@ class _Toy(AdapterModule):
         super().__init__()
         torch.manual_seed(0)
         self.model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
-        self.attach_adapters(self.model, lorakit.LoRAConfig(
-            method="mixture", n_experts=4, top_k=2, rank=2, targets=["0", "2"]))
+        self.attach_adapters(self.model, moe(
+            n_experts=4, top_k=2, rank=2, targets=["0", "2"]))
 
 
 def test_the_lightning_module_adds_and_logs_the_routing_losses():

@@ -24,7 +24,7 @@ EXPERTS: dict[str, type[Variant]] = {c.method: c for c in (LoRA, DoRA, FFALoRA)}
 def expert_class(method: str) -> type[Variant]:
     if method not in EXPERTS:
         raise LoraKitError(
-            f"LoRAConfig.expert_method {method!r}: a mixture's experts can be "
+            f"LoRAConfig.mixture.expert_method {method!r}: a mixture's experts can be "
             f"{', '.join(EXPERTS)}. The other methods need what stacked experts do not run: "
             "a training hook of their own (ALLoRA's gradient rescaling, GGPO's perturbed "
             "pass, BA-LoRA's output terms), a basis shared across modules (S2-LoRA), a "

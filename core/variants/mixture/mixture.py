@@ -93,6 +93,8 @@ class Mixture(Variant):
     """E LoRA experts, stacked, and a token-level router (see the module docstring)."""
 
     method = "mixture"
+    summary = ('n_experts LoRA experts of rank r per module and a token-level router (MixLoRA, '
+               'LLaVA-MoLE, LoRAMoE, MoLA; see the mixture options).')
     peft = False
     routable = False
     mergeable = False
@@ -112,16 +114,16 @@ class Mixture(Variant):
         refusal = self.kind_refusal(type(kind))
         if refusal:
             raise LoraKitError(f"{refusal}, not a {kind.describe()}")
-        e = config.n_experts
-        self.dense = config.router == "dense"
-        self.top_k = e if self.dense else config.top_k
-        self.aux_weight = 0.0 if self.dense else config.router_aux_loss
-        self.lbc_weight, self.lbc_delta = config.lbc_weight, config.lbc_delta
-        self.expert_cls = expert_class(config.expert_method)
+        e = config.mixture.n_experts
+        self.dense = config.mixture.router == "dense"
+        self.top_k = e if self.dense else config.mixture.top_k
+        self.aux_weight = 0.0 if self.dense else config.mixture.router_aux_loss
+        self.lbc_weight, self.lbc_delta = config.mixture.lbc_weight, config.mixture.lbc_delta
+        self.expert_cls = expert_class(config.mixture.expert_method)
         self.product = self.expert_cls.routable       # ΔW = B A: the stacked matmul paths
-        self.gather = config.expert_compute == "gather" and self.product   # plan() refuses
+        self.gather = config.mixture.expert_compute == "gather" and self.product   # plan() refuses
 
-        expert_config = dataclasses.replace(config, method=config.expert_method)
+        expert_config = dataclasses.replace(config, method=config.mixture.expert_method)
         experts = [self.expert_cls(kind, expert_config, dtype, device) for _ in range(e)]
         for name, tensor in experts[0].own_tensors().items():
             stacked = torch.stack([x.own_tensors()[name].detach() for x in experts])
@@ -163,24 +165,26 @@ class Mixture(Variant):
 
     @classmethod
     def shared_key(cls, kind, path, config):
-        return layer_key(path) if config.router_scope == "block" else None
+        return layer_key(path) if config.mixture.router_scope == "block" else None
 
     @classmethod
     def make_shared(cls, kind, config, dtype, device, key):
-        return BlockRouter(key, config.n_experts, kind.in_features, dtype, device)
+        return BlockRouter(key, config.mixture.n_experts, kind.in_features, dtype, device)
 
     def shared_tensors(self):
         return {} if self.block is None else {router_key(self.block.layer): self.block.weight}
 
     @classmethod
     def plan(cls, config: LoRAConfig, paths: list[str]) -> dict[str, LoRAConfig]:
-        if config.expert_compute == "gather" and not expert_class(config.expert_method).routable:
+        if config.mixture.expert_compute == "gather" and not expert_class(config.mixture.expert_method).routable:
             raise LoraKitError(f"expert_compute='gather' gathers each token's (A, B); "
-                               f"{config.expert_method} experts are not a product B A: use "
+                               f"{config.mixture.expert_method} experts are not a product B A: "
+                               "use "
                                "expert_compute='dense'")
         counts = allocation(config, paths)
-        return {p: dataclasses.replace(config, n_experts=n, experts_per_layer=[],
-                                       expert_schedule="") for p, n in counts.items()}
+        return {p: dataclasses.replace(config, mixture=dataclasses.replace(
+                    config.mixture, n_experts=n, experts_per_layer=[], expert_schedule=""))
+                for p, n in counts.items()}
 
     # --- routing ----------------------------------------------------------------------
     def route(self, rows: torch.Tensor) -> torch.Tensor:
@@ -328,8 +332,8 @@ class Mixture(Variant):
 
     @classmethod
     def keys_for(cls, config, path, kind, weight_shape):
-        experts = expert_class(config.expert_method).file_keys(path, kind, weight_shape)
-        router = (router_key(layer_key(path)) if config.router_scope == "block"
+        experts = expert_class(config.mixture.expert_method).file_keys(path, kind, weight_shape)
+        router = (router_key(layer_key(path)) if config.mixture.router_scope == "block"
                   else f"{path}.moe_router")
         return [*experts, router, *(f"{path}.{n}" for n in ("moe_load", "moe_tokens",
                                                             "moe_entropy"))]

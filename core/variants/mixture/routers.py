@@ -27,10 +27,10 @@ def parse_schedule(text: str) -> list[int]:
     try:
         values = [int(v) for v in re.split(r"[,\s]+", text.strip()) if v]
     except ValueError:
-        raise LoraKitError(f"LoRAConfig.expert_schedule {text!r}: give expert counts separated "
+        raise LoraKitError(f"LoRAConfig.mixture.expert_schedule {text!r}: give expert counts separated "
                            "by commas, e.g. '2,4,6,8'") from None
     if not values or min(values) < 1:
-        raise LoraKitError(f"LoRAConfig.expert_schedule {text!r}: every count must be >= 1")
+        raise LoraKitError(f"LoRAConfig.mixture.expert_schedule {text!r}: every count must be >= 1")
     return values
 
 
@@ -38,32 +38,32 @@ def allocation(config: LoRAConfig, paths: list[str]) -> dict[str, int]:
     """Module path -> its number of experts, from `n_experts`, `expert_schedule` or
     `experts_per_layer`; every module of one depth layer gets the same count."""
     layers = list(dict.fromkeys(layer_key(p) for p in paths))
-    if config.experts_per_layer:
-        counts = list(config.experts_per_layer)
+    if config.mixture.experts_per_layer:
+        counts = list(config.mixture.experts_per_layer)
         if len(counts) != len(layers):
             shown = ", ".join(layers[:4]) + (" ..." if len(layers) > 4 else "")
             raise LoraKitError(
-                f"LoRAConfig.experts_per_layer has {len(counts)} entries but the targets "
+                f"LoRAConfig.mixture.experts_per_layer has {len(counts)} entries but the targets "
                 f"{config.targets} adapt {len(layers)} layers ({shown}); give one count per "
                 "layer, or a depth schedule with expert_schedule='2,4,6,8'")
-    elif config.expert_schedule:
-        schedule = parse_schedule(config.expert_schedule)
+    elif config.mixture.expert_schedule:
+        schedule = parse_schedule(config.mixture.expert_schedule)
         if len(schedule) > len(layers):
             raise LoraKitError(
-                f"LoRAConfig.expert_schedule {config.expert_schedule!r} has {len(schedule)} "
+                f"LoRAConfig.mixture.expert_schedule {config.mixture.expert_schedule!r} has {len(schedule)} "
                 f"depth segments but the targets adapt only {len(layers)} layers")
         # layer i of n falls in segment floor(i · segments / n): quarters for four values
         counts = [schedule[i * len(schedule) // len(layers)] for i in range(len(layers))]
     else:
-        counts = [config.n_experts] * len(layers)
+        counts = [config.mixture.n_experts] * len(layers)
     per_layer = dict(zip(layers, counts))
     for layer, n in per_layer.items():
         if n < 1:
             raise LoraKitError(f"layer {layer!r} is given {n} experts; every layer needs >= 1")
-        if config.router == "topk" and config.top_k > n:
-            raise LoraKitError(f"LoRAConfig.top_k={config.top_k} but layer {layer!r} has only "
+        if config.mixture.router == "topk" and config.mixture.top_k > n:
+            raise LoraKitError(f"LoRAConfig.mixture.top_k={config.mixture.top_k} but layer {layer!r} has only "
                                f"{n} experts: top_k must not exceed any layer's expert count")
-        if config.lbc_weight > 0 and n % 2:
+        if config.mixture.lbc_weight > 0 and n % 2:
             raise LoraKitError(f"LoRAMoE's localized balancing splits the experts in two "
                                f"equal groups, but layer {layer!r} has {n}: use even counts")
     return {p: per_layer[layer_key(p)] for p in paths}
