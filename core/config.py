@@ -13,9 +13,10 @@ one dataclass per method, in the field named after it:
 
 The method names come from the registry (`lorakit.VARIANTS`, which hands them over with
 `use_methods`), not from a list here. The flat keys of earlier versions (`n_experts=8`,
-`allora_eta=0.5`, ...) are still read by the constructor, with a DeprecationWarning that
-names the new key, and are still what adapter files hold (`to_dict` / `from_dict`), so
-files keep their meaning for every lorakit that reads them.
+`allora_eta=0.5`, ...) are still read by the constructor and by `upgrade_flat_keys` (a
+YAML block), with a DeprecationWarning that names the new key, still read as attributes,
+and are still what adapter files hold (`to_dict` / `from_dict`), so files keep their
+meaning for every lorakit that reads them.
 """
 from __future__ import annotations
 
@@ -341,6 +342,22 @@ def _grouped(kwargs: dict, flat: dict) -> dict:
         kwargs[group] = ({**base, **values} if isinstance(base, Mapping) else
                          dataclasses.replace(base or GROUPS[group](), **values))
     return kwargs
+
+
+def upgrade_flat_keys(data: Mapping, source: str = "adapter config") -> dict:
+    """A config dict (a YAML file's `adapter:` block) with the flat keys of earlier versions
+    moved into their groups, each with a DeprecationWarning naming the new key; for glue that
+    hands YAML to jsonargparse, which knows only the grouped keys."""
+    flat = {k: v for k, v in data.items() if k in FLAT}
+    for key in flat:
+        group, name = FLAT[key]
+        warnings.warn(f"{source}: the key {key!r} is deprecated: use {group}.{name} "
+                      f"({group}: {{{name}: ...}} in YAML, --...{group}.{name} on the command "
+                      "line)", DeprecationWarning, stacklevel=2)
+    rest = {k: v for k, v in data.items() if k not in FLAT}
+    upgraded = _grouped(rest, flat)
+    return {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+            for k, v in upgraded.items()}
 
 
 def _flat_alias(key: str) -> property:

@@ -117,6 +117,23 @@ def test_jsonargparse_takes_the_nested_options_on_the_command_line_and_in_yaml()
         p.parse_args(["--adapter.method", "nope"])
 
 
+def test_an_old_yaml_block_with_flat_keys_is_upgraded_with_a_warning_per_key():
+    import yaml
+
+    from lorakit.config import upgrade_flat_keys
+    old = yaml.safe_load("method: mixture\nrank: 4\nn_experts: 4\ntop_k: 1\nallora_eta: 0.5\n")
+    with pytest.warns(DeprecationWarning) as caught:
+        block = upgrade_flat_keys(old, source="fit.yaml")
+    assert sorted(str(w.message).split(":")[1] for w in caught) == [
+        " the key 'allora_eta' is deprecated", " the key 'n_experts' is deprecated",
+        " the key 'top_k' is deprecated"]
+    assert "use mixture.n_experts" in str(caught[0].message) + str(caught[1].message)
+    p = parser()
+    config = p.instantiate(p.parse_object({"adapter": block})).adapter
+    assert config == LoRAConfig(method="mixture", rank=4,
+                                mixture=MixtureOptions(n_experts=4, top_k=1), allora={"eta": 0.5})
+
+
 def test_every_option_on_the_command_line_has_a_help_string():
     p = parser()
     fields = {f"adapter.{f.name}" for f in dataclasses.fields(LoRAConfig)
