@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import lorakit
+from lorakit.variants import GradientInit, VariantFile, implements
 
 from .test_layer_kinds import output
 from .test_routing import one_by_one
@@ -44,7 +45,7 @@ def refused():
 
 
 def has_gradient_init(cls) -> bool:
-    return cls.init_from_gradient is not lorakit.Variant.init_from_gradient
+    return implements(cls, GradientInit)
 
 
 def settings(method, **over):
@@ -81,7 +82,6 @@ def owner(cls, name):
 def test_every_method_implements_the_required_verbs(method):
     """Its name, its live maths (`factors`, or `forward` for an update that is not B A) and
     its file side (`file_keys`, and `file_factors` or `file_delta`)."""
-    from lorakit.variants import VariantFile
     cls = lorakit.VARIANTS[method]
     assert cls.method == method
     assert {owner(cls, "factors"), owner(cls, "forward")} != {lorakit.Variant}
