@@ -1,5 +1,5 @@
 """Core suite: lorakit LoRA against PEFT LoRA and full fine-tuning on one transformers BERT,
-and mixed-adapter batches (`mixed_batches.py`).
+and mixed-adapter batches (`core_mixed_batches.py`).
 
 Step time: the three contenders live in one process and are timed in turns
 (round-robin, median of rounds), so load on the machine hits them alike.
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from lorakit.benchmarks import mixed_batches
-from lorakit.benchmarks.memory import reset_peak_rss, rss_mb
+from lorakit.benchmarks.common.memory import reset_peak_rss, rss_mb
+from lorakit.benchmarks.suites import core_mixed_batches as mixed_batches
 
 SIZES = {"full": dict(hidden=256, layers=4, heads=4, seq=128, batch=16, vocab=8000),
          "quick": dict(hidden=64, layers=2, heads=2, seq=32, batch=4, vocab=500)}
@@ -129,7 +129,7 @@ def memory_child(name: str, size_name: str, steps: int) -> dict:
 def measure_memory(size_name: str, threads: int, steps: int = 3) -> dict[str, dict]:
     out = {}
     for name in CONTENDERS:
-        cmd = [sys.executable, "-m", "lorakit.benchmarks.core_suite", "--memory", name,
+        cmd = [sys.executable, "-m", "lorakit.benchmarks.suites.core", "--memory", name,
                "--size", size_name, "--threads", str(threads), "--steps", str(steps)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[name] = json.loads(proc.stdout.strip().splitlines()[-1])

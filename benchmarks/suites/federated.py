@@ -20,7 +20,7 @@ without DP minus with).
     run(out_dir, threads=1, quick=False, base="tiny") -> {"figures", "rows", "notes"}
     (+ accuracy.png, accuracy_dp.png); full: 4 clients, 5 rounds, 10 local steps, seeds
     0-2; quick: 2 clients, 2 rounds, 3 local steps, seed 0 (MiniLM: 64 sentences per
-    domain). `python -m lorakit.benchmarks.federated_suite --base minilm` for MiniLM.
+    domain). `python -m lorakit.benchmarks.suites.federated --base minilm` for MiniLM.
 
 Resumable: each sweep point and each (seed, DP off/on, strategy) measurement is written to
 `<out>/runs/` (`sweep-lr<lr>.json`, `seed<seed>-<plain|dp>-<strategy>.json`) as it

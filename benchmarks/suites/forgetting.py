@@ -12,12 +12,12 @@ Two bases, one task (movie-snippet sentiment of `lorakit.domains.text.sentiment`
 same steps for every row of a base, each row's learning rate chosen on validation alone
 from the same sweep (`validation_protocol.choose_lr`):
 
-- **MiniLM** (`sentence_classifier.py`, mean-pooled + linear head; adapters on the 12
+- **MiniLM** (`common/sentence_classifier.py`, mean-pooled + linear head; adapters on the 12
   query/value matrices): full fine-tuning, LoRA r=8, rsLoRA r=64. Forgetting = drift of
   its sentence embeddings (the encoder's mean-pooled output, what sentence-transformers
   users consume) on held-out general English, WordNet glosses: 1 − mean cosine between
   the base's and the tuned encoder's embedding of each gloss.
-- **SmolLM2-135M** (`prompt_classifier.py`: "Review: …\\nSentiment:" → " positive" /
+- **SmolLM2-135M** (`common/prompt_classifier.py`: "Review: …\\nSentiment:" → " positive" /
   " negative", prompts of at most 64 tokens; adapters on all seven projections of the 30
   layers, 210 matrices): full fine-tuning, LoRA r=8, LoRA-GA r=8, rsLoRA r=64.
   Forgetting = perplexity on held-out Jane Austen (chunks of Persuasion, the split's test
@@ -129,7 +129,7 @@ def weights_of(model, names: list[str], adapters) -> dict[str, torch.Tensor]:
 
 def sweep(name: str, lrs: list[float], train) -> tuple[float, dict, object]:
     """Each learning rate's run; the one chosen on validation, every summary, its module."""
-    from .validation_protocol import choose_lr
+    from ..common.validation_protocol import choose_lr
 
     summaries, modules = {}, {}
     for lr in lrs:
@@ -154,8 +154,8 @@ def minilm_part(budget: Budget, out: Path) -> list[dict]:
     from lorakit.domains.text.sentiment import sentiment
     from lorakit.domains.text.wordnet import wordnet
 
-    from .sentence_classifier import SentenceClassifier, encode, fit_recorded, loader
-    from .variants_suite import MAX_LENGTH, _split
+    from ..common.sentence_classifier import SentenceClassifier, encode, fit_recorded, loader
+    from .variants import MAX_LENGTH, _split
 
     base, tokenizer = minilm()
     data = sentiment()
@@ -197,7 +197,7 @@ def minilm_part(budget: Budget, out: Path) -> list[dict]:
 @torch.no_grad()
 def embeddings(module, items: list[dict]) -> torch.Tensor:
     """Sentence embeddings of `items` (in their own order) by the module's encoder."""
-    from .sentence_classifier import collate
+    from ..common.sentence_classifier import collate
 
     module.eval()
     return torch.cat([module.embed(collate(items[i:i + 64])) for i in range(0, len(items), 64)])
@@ -212,7 +212,7 @@ def smollm2_part(budget: Budget, out: Path) -> tuple[list[dict], dict]:
     from lorakit.domains.text.sentiment import sentiment
     from lorakit.domains.text.smollm2 import smollm2
 
-    from .prompt_classifier import (
+    from ..common.prompt_classifier import (
         PromptClassifier,
         answer_ids,
         encode_prompts,
@@ -220,9 +220,9 @@ def smollm2_part(budget: Budget, out: Path) -> tuple[list[dict], dict]:
         prompt_loader,
         text_chunks,
     )
-    from .sentence_classifier import accuracy, fit_recorded
-    from .validation_protocol import steps_to_reach
-    from .variants_suite import _split
+    from ..common.sentence_classifier import accuracy, fit_recorded
+    from ..common.validation_protocol import steps_to_reach
+    from .variants import _split
 
     base, tokenizer = smollm2()
     pad, answers = tokenizer.pad_token_id, answer_ids(tokenizer)
@@ -363,7 +363,7 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 
 def plot_intruders_vs_forgetting(rows: list[dict], png: Path) -> None:
-    from .variants_suite import _plt
+    from .variants import _plt
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
@@ -385,7 +385,7 @@ def plot_intruders_vs_forgetting(rows: list[dict], png: Path) -> None:
 
 
 def plot_lm_curves(curves: dict, lora_final: float, png: Path) -> None:
-    from .variants_suite import _plt
+    from .variants import _plt
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -19,7 +19,7 @@ Models", Golnari 2023):
    teacher) show that there, activations and the runtime dominate and nothing is saved.
 
     lorakit bench --suite lora-distill --out reports/bench/lora-distill --threads 2 [--quick]
-    python -m lorakit.benchmarks.lora_distill_suite --out ... (the same, through the runner)
+    python -m lorakit.benchmarks.suites.lora_distill --out ... (the same, through the runner)
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from lorakit.benchmarks.memory import reset_peak_rss, rss_mb
+from lorakit.benchmarks.common.memory import reset_peak_rss, rss_mb
 
 SUITE = "lora-distill"
 BIG = dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512),
@@ -135,7 +135,7 @@ def write_big_teacher(folder: Path) -> str:
 
 def run_worker(mode: str, size: str, steps: int, batch: int, threads: int,
                pretrained: str | None = None) -> dict:
-    cmd = [sys.executable, "-m", "lorakit.benchmarks.lora_distill_suite", "--memory-worker",
+    cmd = [sys.executable, "-m", "lorakit.benchmarks.suites.lora_distill", "--memory-worker",
            mode, "--size", size, "--steps", str(steps), "--batch", str(batch),
            "--threads", str(threads), *(["--pretrained", pretrained] if pretrained else [])]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}

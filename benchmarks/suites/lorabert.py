@@ -32,8 +32,8 @@ from full transcripts to fragments (a diagnostic on test data: it chooses nothin
 Frozen settings (2026-12-05, issue #23): the defaults of this file as committed that
 day (the rows' learning rates below, 2 epochs, the full training split, the module's
 defaults, seed 0, `FRAGMENT_SEED`) on the embedded base as shipped that day: the 4-layer,
-512-codon-window base chosen on validation by `lorabert_base_selection` (its results in
-benchmarks/results/lorabert-base-selection/). The final run is the first full run with
+512-codon-window base chosen on validation by `studies/lorabert_base_selection.py` (its
+results in benchmarks/results/lorabert-base-selection/). The final run is the first full run with
 them and no overrides (figure `frozen_settings` = 1) whose results.json is committed in
 benchmarks/results/lorabert/. Earlier test readings (the 2026-12-04 final run on the
 2-layer base, the README's 2026-12-03 table and the linear-head run before it) are
@@ -43,16 +43,16 @@ history: they chose no setting and are not a selection among runs.
     quick: 150 training transcripts per class, 1 epoch, 200 test and 100 validation
     transcripts per class.
     pretrained: another k-mer BERT folder than the embedded base (`python
-    benchmarks/lorabert_suite.py --pretrained DIR`), to compare bases.
+    benchmarks/suites/lorabert.py --pretrained DIR`), to compare bases.
 
 Each fine-tuned row is kept in OUT/runs/<mode>/row.json with its settings and the SHA-256
 of the base's weights, and read back by a later run with the same ones: a stopped run
 resumes, and the three rows can be fitted by processes of their own, one per core,
 before the run that writes the report:
 
-    python -m lorakit.benchmarks.lorabert_suite --out DIR --rows lora head &
-    python -m lorakit.benchmarks.lorabert_suite --out DIR --rows full; wait
-    python -m lorakit.benchmarks.lorabert_suite --out DIR
+    python -m lorakit.benchmarks.suites.lorabert --out DIR --rows lora head &
+    python -m lorakit.benchmarks.suites.lorabert --out DIR --rows full; wait
+    python -m lorakit.benchmarks.suites.lorabert --out DIR
 """
 from __future__ import annotations
 

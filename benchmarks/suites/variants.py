@@ -2,7 +2,7 @@
 the same protocol, in one run.
 
 Base: all-MiniLM-L6-v2 (`lorakit.domains.text.minilm`), mean-pooled, with a linear head
-(`benchmarks/sentence_classifier.py`), fitted through `AdapterModule` and
+(`benchmarks/common/sentence_classifier.py`), fitted through `AdapterModule` and
 `lightning.Trainer.fit`. Data: the four-domain human-rated sentiment sentences
 (`lorakit.domains.text.sentiment`): train on movie snippets, choose settings on the movie
 validation split, test in-domain (movie test) and out of distribution (tweets, Amazon,
@@ -15,7 +15,7 @@ trainable parameters (adapter + head) and adapter parameters, median step time,
 in-domain and OOD test accuracy (mean ± SD over seeds; OOD the mean of the three
 domains, also per domain), and steps to reach LoRA's final validation loss.
 
-Protocol (`benchmarks/validation_protocol.py`): each method runs a 4-value learning-rate
+Protocol (`benchmarks/common/validation_protocol.py`): each method runs a 4-value learning-rate
 sweep at seed 0 (factors of ~3: 3e-4, 1e-3, 3e-3, 1e-2 for the adapters, 1e-5, 3e-5, 1e-4,
 3e-4 for full fine-tuning), keeps the rate with the best final validation accuracy (ties: lower
 validation loss), and that rate runs with seeds 0, 1, 2 (seed 0 is the sweep's own run).
@@ -160,7 +160,7 @@ def load_data(budget: Budget, task: Task = SENTIMENT) -> tuple[dict, object]:
     """Tokenised train / val / per-domain test items and the tokenizer."""
     from lorakit.domains.text.minilm import minilm
 
-    from .sentence_classifier import encode
+    from ..common.sentence_classifier import encode
 
     data = task.splits()
     _, tokenizer = minilm()
@@ -181,7 +181,7 @@ def train_one(key: str, fields: dict | None, lr: float, seed: int, items: dict,
     from lorakit import LoRAConfig, init_from_gradients
     from lorakit.domains.text.minilm import minilm
 
-    from .sentence_classifier import SentenceClassifier, fit_recorded, loader
+    from ..common.sentence_classifier import SentenceClassifier, fit_recorded, loader
 
     pl.seed_everything(seed, verbose=False)
     encoder, _ = minilm()
@@ -217,7 +217,7 @@ def run_summary(module) -> dict:
 
 
 def test_accuracy(module, items: dict) -> dict[str, float]:
-    from .sentence_classifier import accuracy, loader
+    from ..common.sentence_classifier import accuracy, loader
 
     return {d: accuracy(module, loader(tests, 64)) for d, tests in items["test"].items()}
 
@@ -239,7 +239,7 @@ def run(out_dir, threads: int = 1, quick: bool = False, budget: Budget | None = 
         task: Task = SENTIMENT) -> dict:
     from lorakit.domains.text.minilm import minilm
 
-    from .validation_protocol import choose_lr, mean_sd, steps_to_reach
+    from ..common.validation_protocol import choose_lr, mean_sd, steps_to_reach
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -376,7 +376,7 @@ def paired_differences(results: dict, task: Task = SENTIMENT) -> dict[str, float
     `results` is the suite's per-method record (`runs.json`'s layout: key -> {"seeds":
     {seed: {"test": {domain: accuracy}}}}), so a finished run's intervals can be
     recomputed from its `runs.json` (`--paired`)."""
-    from .validation_protocol import mean_sd
+    from ..common.validation_protocol import mean_sd
 
     def score(record: dict, seed, ood: bool) -> float:
         test = record["seeds"][seed]["test"]
