@@ -173,10 +173,10 @@ def measured(out: Path, stem: str, strategies, overrides: dict, seed: int) -> tu
 
 
 if __name__ == "__main__":
-    from lorakit.bench import suite_parser, write_suite_run
+    from lorakit.benchmarks.common.command_line import suite_main
 
-    p = suite_parser(__doc__, SUITE)
-    p.add_argument("--base", choices=["tiny", "minilm"], default="tiny")
-    a = p.parse_args()
-    write_suite_run(SUITE if a.base == "tiny" else f"{SUITE}-{a.base}", a,
-                    lambda: run(a.out, a.threads, a.quick, base=a.base))
+    suite_main(SUITE, __doc__, run,
+               options=lambda p: p.add_argument("--base", choices=["tiny", "minilm"],
+                                                default="tiny"),
+               keywords=lambda a: {"base": a.base},
+               name=lambda a: SUITE if a.base == "tiny" else f"{SUITE}-{a.base}")

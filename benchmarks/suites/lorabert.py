@@ -325,10 +325,7 @@ def _plot_fragments(rows: list[dict], path: Path) -> None:
     save_png(fig, path)
 
 
-if __name__ == "__main__":
-    from lorakit.bench import suite_parser, write_suite_run
-
-    p = suite_parser(__doc__, SUITE)
+def _options(p) -> None:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 2)")
     p.add_argument("--train-per-class", type=int, default=None,
                    help="training transcripts per class (default: all)")
@@ -337,12 +334,22 @@ if __name__ == "__main__":
                    help="only fit these fine-tuned rows into OUT/runs and stop (several "
                         "processes on one --out add up; a later run without --rows reads "
                         "them back and writes the report)")
-    a = p.parse_args()
-    if a.rows:
-        torch.set_num_threads(a.threads)
-        epochs, per_class = amounts(a.quick, a.epochs, a.train_per_class)
-        deep_rows(Path(a.out), *data(a.quick, per_class), epochs, a.quick, per_class,
-                  a.pretrained, only=a.rows)
-    else:
-        write_suite_run(SUITE, a, lambda: run(a.out, a.threads, a.quick, a.epochs,
-                                              a.train_per_class, a.pretrained))
+
+
+def _fit_rows(a) -> bool:
+    """--rows: fit only those rows into OUT/runs, write no report."""
+    if not a.rows:
+        return False
+    torch.set_num_threads(a.threads)
+    epochs, per_class = amounts(a.quick, a.epochs, a.train_per_class)
+    deep_rows(Path(a.out), *data(a.quick, per_class), epochs, a.quick, per_class,
+              a.pretrained, only=a.rows)
+    return True
+
+
+if __name__ == "__main__":
+    from lorakit.benchmarks.common.command_line import suite_main
+
+    suite_main(SUITE, __doc__, run, options=_options, worker=_fit_rows,
+               keywords=lambda a: {"epochs": a.epochs, "train_per_class": a.train_per_class,
+                                   "pretrained": a.pretrained})

@@ -490,19 +490,29 @@ def _say(text: str) -> None:
     print(f"[variants suite] {text}", flush=True)
 
 
-if __name__ == "__main__":
-    from lorakit.bench import suite_parser, write_suite_run
-
-    p = suite_parser(__doc__, SUITE)
+def _options(p) -> None:
     p.add_argument("--task", choices=["sentiment", "wordnet"], default="sentiment")
     p.add_argument("--paired", metavar="RUNS_JSON",
                    help="print the paired differences to LoRA of a finished run's runs.json "
                         "and exit")
-    a = p.parse_args()
-    task = WORDNET if a.task == "wordnet" else SENTIMENT
-    if a.paired:
-        print(json.dumps(paired_differences(json.loads(Path(a.paired).read_text()), task),
-                         indent=1))
-        raise SystemExit(0)
-    write_suite_run(SUITE if task is SENTIMENT else f"{SUITE}-{task.name}", a,
-                    lambda: run(a.out, a.threads, a.quick, task=task))
+
+
+def _task(a) -> Task:
+    return WORDNET if a.task == "wordnet" else SENTIMENT
+
+
+def _print_paired(a) -> bool:
+    """--paired RUNS_JSON: the paired differences of a finished run, no suite run."""
+    if not a.paired:
+        return False
+    print(json.dumps(paired_differences(json.loads(Path(a.paired).read_text()), _task(a)),
+                     indent=1))
+    return True
+
+
+if __name__ == "__main__":
+    from lorakit.benchmarks.common.command_line import suite_main
+
+    suite_main(SUITE, __doc__, run, options=_options, worker=_print_paired,
+               keywords=lambda a: {"task": _task(a)},
+               name=lambda a: SUITE if _task(a) is SENTIMENT else f"{SUITE}-{_task(a).name}")
