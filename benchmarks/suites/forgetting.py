@@ -155,13 +155,14 @@ def minilm_part(budget: Budget, out: Path) -> list[dict]:
     from lorakit.domains.text.wordnet import wordnet
 
     from ..common.sentence_classifier import SentenceClassifier, encode, fit_recorded, loader
-    from .variants import MAX_LENGTH, _split
+    from ..common.subset import subset
+    from .variants import MAX_LENGTH
 
     base, tokenizer = minilm()
     data = sentiment()
     train = encode(tokenizer, data["movies"]["train"], MAX_LENGTH)
-    val = encode(tokenizer, _split(data["movies"]["val"], budget.minilm_val_n, 2), MAX_LENGTH)
-    held_out = encode(tokenizer, _split(wordnet()["test"], budget.drift_n, 4), MAX_LENGTH)
+    val = encode(tokenizer, subset(data["movies"]["val"], budget.minilm_val_n, 2), MAX_LENGTH)
+    held_out = encode(tokenizer, subset(wordnet()["test"], budget.drift_n, 4), MAX_LENGTH)
     names = [n for n in base.state_dict() if n.endswith(("query.weight", "value.weight"))]
     base_weights = {n: t.clone() for n, t in base.state_dict().items() if n in names}
     base_embeddings = embeddings(SentenceClassifier(base, None), held_out)
@@ -221,16 +222,16 @@ def smollm2_part(budget: Budget, out: Path) -> tuple[list[dict], dict]:
         text_chunks,
     )
     from ..common.sentence_classifier import accuracy, fit_recorded
+    from ..common.subset import subset
     from ..common.validation_protocol import steps_to_reach
-    from .variants import _split
 
     base, tokenizer = smollm2()
     pad, answers = tokenizer.pad_token_id, answer_ids(tokenizer)
     data = sentiment()
     length = budget.lm_max_length
     train = encode_prompts(tokenizer, data["movies"]["train"], length)
-    val = encode_prompts(tokenizer, _split(data["movies"]["val"], budget.lm_val_n, 2), length)
-    tests = {d: encode_prompts(tokenizer, _split(data[d]["test"], budget.lm_test_n, 3), length)
+    val = encode_prompts(tokenizer, subset(data["movies"]["val"], budget.lm_val_n, 2), length)
+    tests = {d: encode_prompts(tokenizer, subset(data[d]["test"], budget.lm_test_n, 3), length)
              for d in DOMAINS}
     chunks = text_chunks(tokenizer, austen()["test"], budget.austen_chunks, 128)
     ppl_before = perplexity(base, chunks)
@@ -363,9 +364,11 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 
 def plot_intruders_vs_forgetting(rows: list[dict], png: Path) -> None:
-    from .variants import _plt
+    import matplotlib
 
-    plt = _plt()
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     for ax, base, label in ((axes[0], "MiniLM", "embedding drift (1 - mean cos)"),
                             (axes[1], "SmolLM2", "Austen perplexity change (after/before - 1)")):
@@ -385,9 +388,11 @@ def plot_intruders_vs_forgetting(rows: list[dict], png: Path) -> None:
 
 
 def plot_lm_curves(curves: dict, lora_final: float, png: Path) -> None:
-    from .variants import _plt
+    import matplotlib
 
-    plt = _plt()
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, curve in curves.items():
         ax.plot([s for s, _ in curve], [v for _, v in curve], marker=".", label=name)

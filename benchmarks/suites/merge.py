@@ -102,16 +102,16 @@ def load_tasks(budget: Budget) -> dict[str, dict]:
     from lorakit.domains.text.wordnet import wordnet
 
     from ..common.sentence_classifier import encode
-    from .variants import _split
+    from ..common.subset import subset
 
     _, tokenizer = minilm()
     domains = sentiment()
     raw = {d: domains[d] for d in SENTIMENT_TASKS}
     raw["wordnet"] = wordnet()
-    return {t: {"train": encode(tokenizer, _split(raw[t]["train"], budget.train_n, 1),
+    return {t: {"train": encode(tokenizer, subset(raw[t]["train"], budget.train_n, 1),
                                 MAX_LENGTH),
-                "val": encode(tokenizer, _split(raw[t]["val"], budget.val_n, 2), MAX_LENGTH),
-                "test": encode(tokenizer, _split(raw[t]["test"], budget.test_n, 3), MAX_LENGTH)}
+                "val": encode(tokenizer, subset(raw[t]["val"], budget.val_n, 2), MAX_LENGTH),
+                "test": encode(tokenizer, subset(raw[t]["test"], budget.test_n, 3), MAX_LENGTH)}
             for t in TASKS}
 
 

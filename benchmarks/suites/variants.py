@@ -148,26 +148,19 @@ the snippets' 28, so this task runs a little faster than the sentiment one.
 """
 
 
-def _split(examples: list, n: int | None, seed: int) -> list:
-    """A fixed random subset of n examples (all when n is None or larger)."""
-    if n is None or n >= len(examples):
-        return list(examples)
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed))
-    return [examples[i] for i in order[:n].tolist()]
-
-
 def load_data(budget: Budget, task: Task = SENTIMENT) -> tuple[dict, object]:
     """Tokenised train / val / per-domain test items and the tokenizer."""
     from lorakit.domains.text.minilm import minilm
 
     from ..common.sentence_classifier import encode
+    from ..common.subset import subset
 
     data = task.splits()
     _, tokenizer = minilm()
     items = {
-        "train": encode(tokenizer, _split(data["train"], budget.train_n, 1), MAX_LENGTH),
-        "val": encode(tokenizer, _split(data["val"], budget.val_n, 2), MAX_LENGTH),
-        "test": {d: encode(tokenizer, _split(tests, budget.test_n, 3), MAX_LENGTH)
+        "train": encode(tokenizer, subset(data["train"], budget.train_n, 1), MAX_LENGTH),
+        "val": encode(tokenizer, subset(data["val"], budget.val_n, 2), MAX_LENGTH),
+        "test": {d: encode(tokenizer, subset(tests, budget.test_n, 3), MAX_LENGTH)
                  for d, tests in data["test"].items()},
     }
     return items, tokenizer
