@@ -2,8 +2,8 @@
 
 Base: all-MiniLM-L6-v2 (`lorakit.domains.text.minilm`), mean-pooled, one linear head per
 task, fitted through `AdapterModule` and `lightning.Trainer.fit`
-(`benchmarks/common/sentence_classifier.py`'s `RecordingModule` and `fit_recorded`). Tasks: the
-four sentiment domains (movies, tweets, amazon, nyt: 2 classes each) and WordNet's 45
+(`benchmarks/common/sentence_classifier.py`'s `RecordingModule` and `fit_recorded`). Tasks:
+the four sentiment domains (movies, tweets, amazon, nyt: 2 classes each) and WordNet's 45
 lexicographer classes, loaded as in the `merge` suite; a training batch mixes the five
 (every row goes through its own task's head), so one adapter serves all of them.
 
