@@ -16,12 +16,12 @@ in-domain and OOD test accuracy (mean ± SD over seeds; OOD the mean of the thre
 domains, also per domain), and steps to reach LoRA's final validation loss.
 
 Protocol (`benchmarks/common/validation_protocol.py`): each method runs a 4-value
-learning-rate sweep at seed 0 (factors of ~3: 3e-4, 1e-3, 3e-3, 1e-2 for the adapters, 1e-5,
-3e-5, 1e-4, 3e-4 for full fine-tuning), keeps the rate with the best final validation accuracy (ties: lower
-validation loss), and that rate runs with seeds 0, 1, 2 (seed 0 is the sweep's own run).
-The test splits are read only after every choice is made. LoRA-GA and LoRA-SB are set by
-`lorakit.init_from_gradients` on 4 training batches before `fit` (LoRA-SB's `init_lr` is
-the run's learning rate).
+learning-rate sweep at seed 0 (factors of ~3: 3e-4, 1e-3, 3e-3, 1e-2 for the adapters,
+1e-5, 3e-5, 1e-4, 3e-4 for full fine-tuning), keeps the rate with the best final
+validation accuracy (ties: lower validation loss), and that rate runs with seeds 0, 1, 2
+(seed 0 is the sweep's own run). The test splits are read only after every choice is made.
+LoRA-GA and LoRA-SB are set by `lorakit.init_from_gradients` on 4 training batches before
+`fit` (LoRA-SB's `init_lr` is the run's learning rate).
 
     run(out_dir, threads=1, quick=False) -> {"figures", "rows", "notes"}
     (+ accuracy_in_vs_ood.png, val_loss_curves.png, intruders.png)
