@@ -12,5 +12,5 @@ PLUGIN = Plugin(
     demo="lorakit.plugins.lora3d.demo:demo",
     extra="lora3d",
     requires=("mini_dust3r", "roma", "einops"),
-    bench_suite="lorakit.benchmarks.lora3d_suite:run",
+    bench_suite="lorakit.benchmarks.suites.lora3d:run",
 )

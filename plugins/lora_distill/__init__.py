@@ -12,6 +12,6 @@ PLUGIN = Plugin(
     demo="lorakit.plugins.lora_distill.demo:demo",
     extra="distill",
     requires=("diffusers", "sklearn",),
-    bench_suite="lorakit.benchmarks.lora_distill_suite:run",
+    bench_suite="lorakit.benchmarks.suites.lora_distill:run",
     commands={"export": "lorakit.plugins.lora_distill.diffusers_export:main"},
 )

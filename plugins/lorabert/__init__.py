@@ -12,6 +12,6 @@ PLUGIN = Plugin(
     demo="lorakit.plugins.lorabert.demo:demo",
     extra="lorabert",
     requires=("transformers", "Bio", "sklearn",),
-    bench_suite="lorakit.benchmarks.lorabert_suite:run",
+    bench_suite="lorakit.benchmarks.suites.lorabert:run",
     commands={"pretrain": "lorakit.plugins.lorabert.pretrain:main"},
 )

@@ -12,5 +12,5 @@ PLUGIN = Plugin(
     demo="lorakit.plugins.s2lora_whisper.demo:demo",
     extra="whisper",
     requires=("whisper", "soundfile", "jiwer", "scipy"),
-    bench_suite="lorakit.benchmarks.s2lora_whisper_suite:run",
+    bench_suite="lorakit.benchmarks.suites.s2lora_whisper:run",
 )

@@ -7,7 +7,7 @@ pytest.importorskip("ray")
 
 @pytest.mark.slow
 def test_federated_suite_quick(tmp_path):
-    from lorakit.benchmarks.federated_suite import run
+    from lorakit.benchmarks.suites.federated import run
     result = run(tmp_path, quick=True)
     f = result["figures"]
     assert f["ffa.mean_aggregation_error"] < 1e-6 and f["fedsb.mean_aggregation_error"] < 1e-6
@@ -37,7 +37,7 @@ def _fake_measure(calls):
 
 
 def test_the_suite_chooses_each_lr_on_validation_and_resumes(tmp_path, monkeypatch):
-    from lorakit.benchmarks import federated_suite
+    from lorakit.benchmarks.suites import federated as federated_suite
     calls = []
     monkeypatch.setattr(federated_suite, "measure", _fake_measure(calls))
     monkeypatch.setattr(federated_suite, "noise_over_signal", lambda cfg, sent: 2.0)
@@ -72,7 +72,7 @@ def test_the_suite_chooses_each_lr_on_validation_and_resumes(tmp_path, monkeypat
 
 
 def test_noise_over_signal_is_one_steps_noise_norm_over_the_clipping_bound():
-    from lorakit.benchmarks.federated_suite import DP, noise_over_signal
+    from lorakit.benchmarks.suites.federated import DP, noise_over_signal
     from lorakit.plugins.federated.privacy import DPConfig, solve_noise
     cfg = {"clients": 4, "rounds": 5, "local-steps": 10, "base": "tiny", **DP}
     q = 16 / 64                      # one synthetic domain per client: 64 examples

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from lorakit.benchmarks.forgetting_suite import ROWS, goal_figures, spearman
+from lorakit.benchmarks.suites.forgetting import ROWS, goal_figures, spearman
 
 
 def test_spearman_ranks_with_ties_and_is_nan_for_a_constant_side():
@@ -43,7 +43,7 @@ def test_every_row_has_a_base_and_the_lm_rows_hold_lora_and_lora_ga():
 
 @pytest.mark.slow
 def test_quick_forgetting_suite_runs_both_bases(tmp_path):
-    from lorakit.benchmarks.forgetting_suite import run
+    from lorakit.benchmarks.suites.forgetting import run
 
     result = run(tmp_path, threads=1, quick=True)
     assert [(r["base"], r["method"]) for r in result["rows"]] == [

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from lorakit.benchmarks.lora_distill_suite import memory_worker  # noqa: E402
+from lorakit.benchmarks.suites.lora_distill import memory_worker  # noqa: E402
 from lorakit.plugins.lora_distill.module import DistillModule  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 """The base-selection rule: the better validation mean wins only by more than the noise."""
-from lorakit.benchmarks.lorabert_base_selection import choose
+from lorakit.benchmarks.studies.lorabert_base_selection import choose
 
 
 def runs(*mccs):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lorakit.benchmarks.merge_suite import TASKS, choose, goal_figures, summary_rows
+from lorakit.benchmarks.suites.merge import TASKS, choose, goal_figures, summary_rows
 
 
 def test_choose_keeps_the_best_validation_average_and_the_first_among_ties():

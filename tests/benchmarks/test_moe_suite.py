@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import lorakit
-from lorakit.benchmarks.merge_suite import TASKS
-from lorakit.benchmarks.moe_suite import (
+from lorakit.benchmarks.suites.merge import TASKS
+from lorakit.benchmarks.suites.moe import (
     ROWS,
     MultiTaskClassifier,
     collate_tasks,

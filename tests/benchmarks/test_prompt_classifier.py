@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from lorakit.benchmarks.prompt_classifier import (
+from lorakit.benchmarks.common.prompt_classifier import (
     PromptClassifier,
     answer_ids,
     collate_left,
@@ -97,7 +97,7 @@ def test_evaluate_scores_the_two_answers_and_the_loss_is_over_the_vocabulary():
 @pytest.mark.parametrize("method", [None, "lora", "lora_ga"])
 def test_prompt_classifier_fits_and_moves_only_what_it_trains(tmp_path, method):
     from lorakit import LoRAConfig, init_from_gradients
-    from lorakit.benchmarks.sentence_classifier import fit_recorded
+    from lorakit.benchmarks.common.sentence_classifier import fit_recorded
 
     items = encode_prompts(CharTokenizer(), EXAMPLES, 40)
     config = None if method is None else LoRAConfig(method=method, rank=2,

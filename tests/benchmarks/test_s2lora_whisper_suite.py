@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from lorakit.benchmarks.s2lora_whisper_suite import (
+from lorakit.benchmarks.suites.s2lora_whisper import (
     ADA,
     MATRICES,
     S2,

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
-from lorakit.benchmarks.serving_suite import (
+from lorakit.benchmarks.suites.serving import (
     adapter_name,
     goal_figures,
     make_trace,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lorakit.benchmarks.validation_protocol import choose_lr, mean_sd, steps_to_reach
+from lorakit.benchmarks.common.validation_protocol import choose_lr, mean_sd, steps_to_reach
 
 
 def test_choose_lr_keeps_the_best_validation_accuracy():
@@ -70,7 +70,7 @@ def test_sentence_classifier_fits_through_adapter_module_and_records_its_curve(
     import lightning.pytorch as pl
 
     from lorakit import LoRAConfig, init_from_gradients
-    from lorakit.benchmarks.sentence_classifier import SentenceClassifier, accuracy, loader
+    from lorakit.benchmarks.common.sentence_classifier import SentenceClassifier, accuracy, loader
     from lorakit.lightning_module import AdapterModule
 
     config = None if method is None else LoRAConfig(method=method, rank=2)
@@ -101,7 +101,7 @@ def test_sentence_classifier_fits_through_adapter_module_and_records_its_curve(
 
 @pytest.mark.slow
 def test_quick_variants_suite_trains_every_method_on_minilm(tmp_path):
-    from lorakit.benchmarks.variants_suite import METHODS, run
+    from lorakit.benchmarks.suites.variants import METHODS, run
 
     result = run(tmp_path, threads=1, quick=True)
     assert [r["method"] for r in result["rows"]] == [name for name, _, _ in METHODS]
@@ -120,7 +120,7 @@ def _result(name, accs, curve_losses):
 
 
 def test_a_task_without_ood_domains_has_no_ood_columns_or_goals():
-    from lorakit.benchmarks.variants_suite import SENTIMENT, WORDNET, goal_figures, method_row
+    from lorakit.benchmarks.suites.variants import SENTIMENT, WORDNET, goal_figures, method_row
 
     assert WORDNET.num_labels == 45 and WORDNET.ood == () and SENTIMENT.ood
     rows = {}
@@ -139,7 +139,7 @@ def test_a_task_without_ood_domains_has_no_ood_columns_or_goals():
 
 
 def test_the_sentiment_rows_average_the_three_ood_domains():
-    from lorakit.benchmarks.variants_suite import method_row
+    from lorakit.benchmarks.suites.variants import method_row
 
     accs = [{"movies": 0.8, "tweets": 0.6, "amazon": 0.7, "nyt": 0.8}]
     row = method_row(_result("LoRA", accs, (0.6, 0.5)), 0.45, mean_sd, steps_to_reach)
@@ -149,7 +149,7 @@ def test_the_sentiment_rows_average_the_three_ood_domains():
 
 @pytest.mark.slow
 def test_quick_wordnet_variants_suite_has_45_classes_and_no_ood(tmp_path):
-    from lorakit.benchmarks.variants_suite import METHODS, run_wordnet
+    from lorakit.benchmarks.suites.variants import METHODS, run_wordnet
 
     result = run_wordnet(tmp_path, threads=1, quick=True)
     assert [r["method"] for r in result["rows"]] == [name for name, _, _ in METHODS]
@@ -160,7 +160,7 @@ def test_quick_wordnet_variants_suite_has_45_classes_and_no_ood(tmp_path):
 
 
 def test_paired_differences_pair_seeds_and_give_a_t_interval():
-    from lorakit.benchmarks.variants_suite import paired_differences
+    from lorakit.benchmarks.suites.variants import paired_differences
 
     def record(per_seed):
         return {"seeds": {str(s): {"test": {"movies": m, "tweets": o, "amazon": o, "nyt": o}}
@@ -178,7 +178,7 @@ def test_paired_differences_pair_seeds_and_give_a_t_interval():
 
 
 def test_paired_differences_read_a_running_suites_records_through_jsonable():
-    from lorakit.benchmarks.variants_suite import WORDNET, _jsonable, paired_differences
+    from lorakit.benchmarks.suites.variants import WORDNET, _jsonable, paired_differences
 
     def record(accs):   # run()'s in-memory layout: seed -> (validation summary, test)
         return {"name": "m", "lr": 1e-3, "sweep": {1e-3: {}},

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lorakit.benchmarks import lorabert_suite as suite
+from lorakit.benchmarks.suites import lorabert as suite
 from lorakit.plugins.lorabert.data import Transcript
 from lorakit.plugins.lorabert.experiment import run_baseline, split_items
 

@@ -1,6 +1,6 @@
 """What a mixture of LoRA experts costs per training step, dense vs gathered experts.
 
-    python -m lorakit.benchmarks.moe_step_cost [--rounds 3] [--steps 12] [--threads 1]
+    python -m lorakit.benchmarks.studies.moe_step_cost [--rounds 3] [--steps 12] [--threads 1]
 
 A random transformers BERT with MiniLM's shapes (6 layers, width 384, FFN 1536; batch
 16 × 64 tokens), adapters on the FFN's two matrices as in the `moe` suite, trained

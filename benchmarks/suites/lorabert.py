@@ -32,8 +32,8 @@ from full transcripts to fragments (a diagnostic on test data: it chooses nothin
 Frozen settings (2026-12-05, issue #23): the defaults of this file as committed that
 day (the rows' learning rates below, 2 epochs, the full training split, the module's
 defaults, seed 0, `FRAGMENT_SEED`) on the embedded base as shipped that day: the 4-layer,
-512-codon-window base chosen on validation by `lorabert_base_selection` (its results in
-benchmarks/results/lorabert-base-selection/). The final run is the first full run with
+512-codon-window base chosen on validation by `studies/lorabert_base_selection.py` (its
+results in benchmarks/results/lorabert-base-selection/). The final run is the first full run with
 them and no overrides (figure `frozen_settings` = 1) whose results.json is committed in
 benchmarks/results/lorabert/. Earlier test readings (the 2026-12-04 final run on the
 2-layer base, the README's 2026-12-03 table and the linear-head run before it) are
@@ -43,16 +43,16 @@ history: they chose no setting and are not a selection among runs.
     quick: 150 training transcripts per class, 1 epoch, 200 test and 100 validation
     transcripts per class.
     pretrained: another k-mer BERT folder than the embedded base (`python
-    benchmarks/lorabert_suite.py --pretrained DIR`), to compare bases.
+    benchmarks/suites/lorabert.py --pretrained DIR`), to compare bases.
 
 Each fine-tuned row is kept in OUT/runs/<mode>/row.json with its settings and the SHA-256
 of the base's weights, and read back by a later run with the same ones: a stopped run
 resumes, and the three rows can be fitted by processes of their own, one per core,
 before the run that writes the report:
 
-    python -m lorakit.benchmarks.lorabert_suite --out DIR --rows lora head &
-    python -m lorakit.benchmarks.lorabert_suite --out DIR --rows full; wait
-    python -m lorakit.benchmarks.lorabert_suite --out DIR
+    python -m lorakit.benchmarks.suites.lorabert --out DIR --rows lora head &
+    python -m lorakit.benchmarks.suites.lorabert --out DIR --rows full; wait
+    python -m lorakit.benchmarks.suites.lorabert --out DIR
 """
 from __future__ import annotations
 
@@ -325,10 +325,7 @@ def _plot_fragments(rows: list[dict], path: Path) -> None:
     save_png(fig, path)
 
 
-if __name__ == "__main__":
-    from lorakit.bench import suite_parser, write_suite_run
-
-    p = suite_parser(__doc__, SUITE)
+def _options(p) -> None:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 2)")
     p.add_argument("--train-per-class", type=int, default=None,
                    help="training transcripts per class (default: all)")
@@ -337,12 +334,22 @@ if __name__ == "__main__":
                    help="only fit these fine-tuned rows into OUT/runs and stop (several "
                         "processes on one --out add up; a later run without --rows reads "
                         "them back and writes the report)")
-    a = p.parse_args()
-    if a.rows:
-        torch.set_num_threads(a.threads)
-        epochs, per_class = amounts(a.quick, a.epochs, a.train_per_class)
-        deep_rows(Path(a.out), *data(a.quick, per_class), epochs, a.quick, per_class,
-                  a.pretrained, only=a.rows)
-    else:
-        write_suite_run(SUITE, a, lambda: run(a.out, a.threads, a.quick, a.epochs,
-                                              a.train_per_class, a.pretrained))
+
+
+def _fit_rows(a) -> bool:
+    """--rows: fit only those rows into OUT/runs, write no report."""
+    if not a.rows:
+        return False
+    torch.set_num_threads(a.threads)
+    epochs, per_class = amounts(a.quick, a.epochs, a.train_per_class)
+    deep_rows(Path(a.out), *data(a.quick, per_class), epochs, a.quick, per_class,
+              a.pretrained, only=a.rows)
+    return True
+
+
+if __name__ == "__main__":
+    from lorakit.benchmarks.common.command_line import suite_main
+
+    suite_main(SUITE, __doc__, run, options=_options, worker=_fit_rows,
+               keywords=lambda a: {"epochs": a.epochs, "train_per_class": a.train_per_class,
+                                   "pretrained": a.pretrained})

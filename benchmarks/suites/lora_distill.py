@@ -19,11 +19,10 @@ Models", Golnari 2023):
    teacher) show that there, activations and the runtime dominate and nothing is saved.
 
     lorakit bench --suite lora-distill --out reports/bench/lora-distill --threads 2 [--quick]
-    python -m lorakit.benchmarks.lora_distill_suite --out ... (the same, through the runner)
+    python -m lorakit.benchmarks.suites.lora_distill --out ... (the same, through the runner)
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from lorakit.benchmarks.memory import reset_peak_rss, rss_mb
+from lorakit.benchmarks.common.memory import reset_peak_rss, rss_mb
 
 SUITE = "lora-distill"
 BIG = dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512),
@@ -135,7 +134,7 @@ def write_big_teacher(folder: Path) -> str:
 
 def run_worker(mode: str, size: str, steps: int, batch: int, threads: int,
                pretrained: str | None = None) -> dict:
-    cmd = [sys.executable, "-m", "lorakit.benchmarks.lora_distill_suite", "--memory-worker",
+    cmd = [sys.executable, "-m", "lorakit.benchmarks.suites.lora_distill", "--memory-worker",
            mode, "--size", size, "--steps", str(steps), "--batch", str(batch),
            "--threads", str(threads), *(["--pretrained", pretrained] if pretrained else [])]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -285,26 +284,27 @@ def run(out_dir, threads: int = 2, quick: bool = False) -> dict:
     return {"figures": figures, "rows": rows, "notes": notes}
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path("bench") / SUITE)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--memory-worker", choices=("lora", "full"))
-    p.add_argument("--size", choices=("embedded", "big"), default="big")
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--batch", type=int, default=4)
+def _worker_options(p) -> None:
+    p.set_defaults(threads=2)
+    p.add_argument("--memory-worker", choices=("lora", "full"),
+                   help="worker: peak RSS of one training run, in this process")
+    p.add_argument("--size", choices=("embedded", "big"), default="big",
+                   help="worker: model size")
+    p.add_argument("--steps", type=int, default=3, help="worker: training steps")
+    p.add_argument("--batch", type=int, default=4, help="worker: batch size")
     p.add_argument("--pretrained", help="teacher folder of a memory worker (default: embedded)")
-    args = p.parse_args(argv)
-    if args.memory_worker:
-        print(json.dumps(memory_worker(args.memory_worker, args.size, args.steps, args.batch,
-                                       args.threads, args.pretrained)))
-        return
-    from lorakit.bench import run_suite
 
-    result = run_suite(SUITE, args.out, threads=args.threads, quick=args.quick)
-    print(json.dumps(result["figures"], indent=2))
+
+def _memory_worker(a) -> bool:
+    """--memory-worker MODE: one memory measurement in a fresh process, printed as JSON."""
+    if not a.memory_worker:
+        return False
+    print(json.dumps(memory_worker(a.memory_worker, a.size, a.steps, a.batch, a.threads,
+                                   a.pretrained)))
+    return True
 
 
 if __name__ == "__main__":
-    main()
+    from lorakit.benchmarks.common.command_line import suite_main
+
+    suite_main(SUITE, __doc__, run, options=_worker_options, worker=_memory_worker)

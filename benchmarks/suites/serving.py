@@ -418,7 +418,6 @@ def plot(png: Path, rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    from lorakit.bench import suite_parser, write_suite_run
+    from lorakit.benchmarks.common.command_line import suite_main
 
-    a = suite_parser(__doc__, SUITE).parse_args()
-    write_suite_run(SUITE, a, lambda: run(a.out, a.threads, a.quick))
+    suite_main(SUITE, __doc__, run)

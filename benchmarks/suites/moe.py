@@ -2,8 +2,8 @@
 
 Base: all-MiniLM-L6-v2 (`lorakit.domains.text.minilm`), mean-pooled, one linear head per
 task, fitted through `AdapterModule` and `lightning.Trainer.fit`
-(`benchmarks/sentence_classifier.py`'s `RecordingModule` and `fit_recorded`). Tasks: the
-four sentiment domains (movies, tweets, amazon, nyt: 2 classes each) and WordNet's 45
+(`benchmarks/common/sentence_classifier.py`'s `RecordingModule` and `fit_recorded`). Tasks:
+the four sentiment domains (movies, tweets, amazon, nyt: 2 classes each) and WordNet's 45
 lexicographer classes, loaded as in the `merge` suite; a training batch mixes the five
 (every row goes through its own task's head), so one adapter serves all of them.
 
@@ -51,8 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .merge_suite import LABELS, TASKS, average
-from .sentence_classifier import RecordingModule
+from ..common.sentence_classifier import RecordingModule
+from .merge import LABELS, TASKS, average
 
 SUITE = "moe"
 FFN = ["*.intermediate.dense", "encoder.layer.?.output.dense"]
@@ -165,7 +165,7 @@ def with_task(items: list[dict], index: int) -> list[dict]:
 
 
 def collate_tasks(items: list[dict]) -> dict:
-    from .sentence_classifier import collate
+    from ..common.sentence_classifier import collate
 
     return {**collate(items), "task": torch.tensor([it["task"] for it in items])}
 
@@ -188,8 +188,8 @@ def held_out_prose(n: int) -> list[dict]:
     from lorakit.domains.text.austen import austen
     from lorakit.domains.text.minilm import minilm
 
-    from .merge_suite import MAX_LENGTH
-    from .sentence_classifier import encode
+    from ..common.sentence_classifier import encode
+    from .merge import MAX_LENGTH
 
     _, tokenizer = minilm()
     paragraphs = [p for p in austen()["test"] if len(p.split()) >= 8][:n]
@@ -246,8 +246,8 @@ def routing_maps(module: MultiTaskClassifier, tasks: dict) -> dict[str, dict[str
 def fitted(module: MultiTaskClassifier, tasks: dict, budget: Budget, seed: int, steps: int,
            run_dir: Path) -> dict:
     """Fit, then the row's measurements (not the test accuracy: read after all fits)."""
-    from .memory import reset_peak_rss, rss_mb
-    from .sentence_classifier import fit_recorded
+    from ..common.memory import reset_peak_rss, rss_mb
+    from ..common.sentence_classifier import fit_recorded
 
     module.train()        # MiniLM arrives in eval mode; train it with its dropout
     gc.collect()
@@ -267,7 +267,7 @@ def swept(fit, lrs: list[float]) -> tuple[object, dict]:
     """`fit(lr) -> (module, row)` at every rate of `lrs`; the run with the best validation
     accuracy (`validation_protocol.choose_lr`) is kept, with its rate and the sweep's
     validation numbers in the row. No test split is read here."""
-    from .validation_protocol import choose_lr
+    from ..common.validation_protocol import choose_lr
 
     runs = {lr: fit(lr) for lr in lrs}
     sweep = {lr: {"val_acc": row["val_acc"], "val_loss": row["val_loss"]}
@@ -319,7 +319,7 @@ def xlora_rows(tasks: dict, prose: list[dict], budget: Budget, seed: int, out: P
     from lorakit import merge_adapters
     from lorakit.domains.text.minilm import minilm
 
-    from . import merge_suite
+    from . import merge as merge_suite
 
     single = merge_suite.Budget(steps=budget.single_steps, batch=budget.batch,
                                 lr=budget.single_lr, val_every=budget.val_every)
@@ -349,7 +349,7 @@ def xlora_rows(tasks: dict, prose: list[dict], budget: Budget, seed: int, out: P
 
 # --- the run --------------------------------------------------------------------------------
 def run(out_dir, threads: int = 1, quick: bool = False, budget: Budget | None = None) -> dict:
-    from .merge_suite import load_tasks
+    from .merge import load_tasks
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -425,7 +425,7 @@ those of a rank E·r LoRA, not of its k active experts.
 
 
 def summary_rows(per_seed: dict[int, dict]) -> list[dict]:
-    from .validation_protocol import mean_sd
+    from ..common.validation_protocol import mean_sd
 
     names = list(next(iter(per_seed.values())))
     table = []
@@ -532,7 +532,6 @@ def _say(text: str) -> None:
 
 
 if __name__ == "__main__":
-    from lorakit.bench import suite_parser, write_suite_run
+    from lorakit.benchmarks.common.command_line import suite_main
 
-    a = suite_parser(__doc__, SUITE).parse_args()
-    write_suite_run(SUITE, a, lambda: run(a.out, a.threads, a.quick))
+    suite_main(SUITE, __doc__, run)

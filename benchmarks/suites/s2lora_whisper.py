@@ -57,6 +57,7 @@ from lorakit.plugins.s2lora_whisper.module import TARGETS, WhisperAdapterModule
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+SUITE = "s2lora-whisper"
 VAL_SETS = ("child_val", "adult_val")
 TEST_SETS = ("child_test", "child_ood", "adult_test", "adult_real")
 STEPS, QUICK_STEPS = 60, 10
@@ -418,11 +419,10 @@ def plot_ranks(ranks: dict[str, dict[str, int]], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    from lorakit.bench import suite_parser, write_suite_run
+    from lorakit.benchmarks.common.command_line import suite_main
 
-    p = suite_parser(__doc__, "s2lora-whisper")
-    p.add_argument("--methods", nargs="+", choices=[m.split()[0] for m in METHODS],
-                   help="only these methods (several processes on one --out add up)")
-    a = p.parse_args()
-    write_suite_run("s2lora-whisper", a, lambda: run(a.out, a.threads, a.quick,
-                                                     methods=a.methods))
+    suite_main(SUITE, __doc__, run,
+               options=lambda p: p.add_argument(
+                   "--methods", nargs="+", choices=[m.split()[0] for m in METHODS],
+                   help="only these methods (several processes on one --out add up)"),
+               keywords=lambda a: {"methods": a.methods})

@@ -1,7 +1,7 @@
 """Benchmark suite `merge`: five single-task LoRAs on MiniLM merged into one adapter.
 
 Base: all-MiniLM-L6-v2 (`lorakit.domains.text.minilm`), mean-pooled, one linear head per
-task (`benchmarks/sentence_classifier.py`), fitted through `AdapterModule` and
+task (`benchmarks/common/sentence_classifier.py`), fitted through `AdapterModule` and
 `lightning.Trainer.fit`. Tasks: the four sentiment domains of
 `lorakit.domains.text.sentiment` (movies, tweets, amazon, nyt: 2 classes each) and
 WordNet's 45 lexicographer classes (`lorakit.domains.text.wordnet`). Each task trains
@@ -101,17 +101,17 @@ def load_tasks(budget: Budget) -> dict[str, dict]:
     from lorakit.domains.text.sentiment import sentiment
     from lorakit.domains.text.wordnet import wordnet
 
-    from .sentence_classifier import encode
-    from .variants_suite import _split
+    from ..common.sentence_classifier import encode
+    from ..common.subset import subset
 
     _, tokenizer = minilm()
     domains = sentiment()
     raw = {d: domains[d] for d in SENTIMENT_TASKS}
     raw["wordnet"] = wordnet()
-    return {t: {"train": encode(tokenizer, _split(raw[t]["train"], budget.train_n, 1),
+    return {t: {"train": encode(tokenizer, subset(raw[t]["train"], budget.train_n, 1),
                                 MAX_LENGTH),
-                "val": encode(tokenizer, _split(raw[t]["val"], budget.val_n, 2), MAX_LENGTH),
-                "test": encode(tokenizer, _split(raw[t]["test"], budget.test_n, 3), MAX_LENGTH)}
+                "val": encode(tokenizer, subset(raw[t]["val"], budget.val_n, 2), MAX_LENGTH),
+                "test": encode(tokenizer, subset(raw[t]["test"], budget.test_n, 3), MAX_LENGTH)}
             for t in TASKS}
 
 
@@ -122,7 +122,7 @@ def train_task(task: str, items: dict, budget: Budget, seed: int, out: Path):
     from lorakit import LoRAConfig
     from lorakit.domains.text.minilm import minilm
 
-    from .sentence_classifier import SentenceClassifier, fit_recorded, loader
+    from ..common.sentence_classifier import SentenceClassifier, fit_recorded, loader
 
     pl.seed_everything(seed, verbose=False)
     encoder, _ = minilm()
@@ -144,7 +144,7 @@ class Scorer:
     def __init__(self, heads: dict[str, dict], tasks: dict[str, dict]) -> None:
         from lorakit.domains.text.minilm import minilm
 
-        from .sentence_classifier import SentenceClassifier
+        from ..common.sentence_classifier import SentenceClassifier
 
         self.encoder, _ = minilm()
         self.tasks = tasks
@@ -158,7 +158,7 @@ class Scorer:
     def __call__(self, adapter, split: str, tasks=TASKS) -> dict[str, float]:
         import lorakit
 
-        from .sentence_classifier import accuracy, loader
+        from ..common.sentence_classifier import accuracy, loader
 
         handle = (lorakit.load_adapter(self.encoder, adapter, name="scored")
                   if isinstance(adapter, (str, Path)) else adapter.load(self.encoder, "scored"))
@@ -243,7 +243,7 @@ def run(out_dir, threads: int = 1, quick: bool = False, budget: Budget | None = 
 
 def summary_rows(per_seed: dict[int, dict]) -> list[dict]:
     """One table row per merge: per-task and average test accuracy, mean ± SD over seeds."""
-    from .validation_protocol import mean_sd
+    from ..common.validation_protocol import mean_sd
 
     names = list(next(iter(per_seed.values())))
     table = []
@@ -324,7 +324,6 @@ def _say(text: str) -> None:
 
 
 if __name__ == "__main__":
-    from lorakit.bench import suite_parser, write_suite_run
+    from lorakit.benchmarks.common.command_line import suite_main
 
-    a = suite_parser(__doc__, SUITE).parse_args()
-    write_suite_run(SUITE, a, lambda: run(a.out, a.threads, a.quick))
+    suite_main(SUITE, __doc__, run)

@@ -1,12 +1,12 @@
 """Which k-mer BERT base LoRA-BERT should ship with, chosen on validation only.
 
-    python -m lorakit.benchmarks.lorabert_base_selection --out DIR \
+    python -m lorakit.benchmarks.studies.lorabert_base_selection --out DIR \
         --base compact=plugins/lorabert/base_compact --base grown=/work/lorabert_pretrain/X \
         [--seeds 0 1 2] [--threads 1] [--quick]
 
-For each base and seed, the suite's LoRA-BERT row (`lorabert_suite.MODELS`, its epochs,
+For each base and seed, the suite's LoRA-BERT row (`suites.lorabert.MODELS`, its epochs,
 the full training split) is fitted and scored on the validation split and on fragments
-of it (300/600/1,200 nt, `lorabert_suite.fragment_sets`): the test split is never read.
+of it (300/600/1,200 nt, `suites.lorabert.fragment_sets`): the test split is never read.
 The validation split alone cannot separate bases a few errors apart, so each base gets
 several seeds (the seed drives the head init, LoRA init, dropout and batch order) and
 the table gives mean ± SD. The rule, fixed before any run: the base with the higher
@@ -32,7 +32,7 @@ import torch
 
 from lorakit.bench import cached
 
-from .lorabert_suite import EPOCHS, FRAGMENT_LENGTHS, MODELS, base_id, fragment_sets
+from ..suites.lorabert import EPOCHS, FRAGMENT_LENGTHS, MODELS, base_id, fragment_sets
 
 
 def one_run(folder: str, seed: int, epochs: int, splits: dict, sets: dict) -> dict:

@@ -40,6 +40,7 @@ import torch
 from lorakit.bench import cached
 from lorakit.domains.geometry.shifts import TEST_SEEDS, VALIDATION_SEEDS, target_scene
 
+SUITE = "lora3d"
 SHIFTS = ("frame_corruption", "mild_global", "geometry")
 QUICK_SHIFTS = ("frame_corruption", "geometry")
 VARIANTS = {"full": {}, "no_reweight": {"reweight_rounds": 0}, "all_points": {"all_points": True},
@@ -285,12 +286,7 @@ def run(out_dir, threads: int = 1, quick: bool = False, checkpoint=None, force: 
     return {"figures": figures, "rows": rows, "notes": "\n".join(notes)}
 
 
-SUITE = run
-
-if __name__ == "__main__":
-    from lorakit.bench import suite_parser, write_suite_run
-
-    p = suite_parser(__doc__, "lora3d")
+def _options(p) -> None:
     p.add_argument("--checkpoint", default=None, help="DUSt3R checkpoint (default: embedded)")
     p.add_argument("--force", action="store_true",
                    help="measure calibration even when the gate fails")
@@ -301,7 +297,15 @@ if __name__ == "__main__":
                    "(default: the plugin's default.yaml)")
     p.add_argument("--split", choices=("test", "validation"), default="test",
                    help="validation: the scenes on which settings are chosen")
-    a = p.parse_args()
-    write_suite_run("lora3d", a, lambda: run(
-        a.out, a.threads, a.quick, a.checkpoint, a.force, a.shifts, a.variants, a.scenes,
-        a.steps, a.split))
+
+
+def _keywords(a) -> dict:
+    return {"checkpoint": a.checkpoint, "force": a.force, "shifts": a.shifts,
+            "variants": a.variants, "n_scenes": a.scenes, "max_steps": a.steps,
+            "split": a.split}
+
+
+if __name__ == "__main__":
+    from lorakit.benchmarks.common.command_line import suite_main
+
+    suite_main(SUITE, __doc__, run, options=_options, keywords=_keywords)

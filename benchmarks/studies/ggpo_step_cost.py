@@ -1,6 +1,6 @@
 """What LoRA-GGPO's perturbed second pass costs per training step, against plain LoRA.
 
-    python -m lorakit.benchmarks.ggpo_step_cost [--rounds 5] [--steps 20] [--threads 1]
+    python -m lorakit.benchmarks.studies.ggpo_step_cost [--rounds 5] [--steps 20] [--threads 1]
 
 One transformers BERT classifier (hidden 128, 2 layers, batch 16 × 32 tokens), rank-8
 adapters on query and value, trained through `AdapterModule` and Lightning's `fit` (the

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from lorakit.benchmarks.memory import rss_mb
+from lorakit.benchmarks.common.memory import rss_mb
 
 COUNTS = (1, 8, 64)
 BATCH = 64
@@ -161,7 +161,7 @@ def idle_memory_child(size_name: str, n: int) -> dict:
 
 
 def measure_idle_memory(size_name: str, threads: int) -> dict:
-    cmd = [sys.executable, "-m", "lorakit.benchmarks.core_suite", "--idle-memory",
+    cmd = [sys.executable, "-m", "lorakit.benchmarks.suites.core", "--idle-memory",
            str(max(COUNTS)), "--size", size_name, "--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -12,12 +12,12 @@ Two bases, one task (movie-snippet sentiment of `lorakit.domains.text.sentiment`
 same steps for every row of a base, each row's learning rate chosen on validation alone
 from the same sweep (`validation_protocol.choose_lr`):
 
-- **MiniLM** (`sentence_classifier.py`, mean-pooled + linear head; adapters on the 12
+- **MiniLM** (`common/sentence_classifier.py`, mean-pooled + linear head; adapters on the 12
   query/value matrices): full fine-tuning, LoRA r=8, rsLoRA r=64. Forgetting = drift of
   its sentence embeddings (the encoder's mean-pooled output, what sentence-transformers
   users consume) on held-out general English, WordNet glosses: 1 − mean cosine between
   the base's and the tuned encoder's embedding of each gloss.
-- **SmolLM2-135M** (`prompt_classifier.py`: "Review: …\\nSentiment:" → " positive" /
+- **SmolLM2-135M** (`common/prompt_classifier.py`: "Review: …\\nSentiment:" → " positive" /
   " negative", prompts of at most 64 tokens; adapters on all seven projections of the 30
   layers, 210 matrices): full fine-tuning, LoRA r=8, LoRA-GA r=8, rsLoRA r=64.
   Forgetting = perplexity on held-out Jane Austen (chunks of Persuasion, the split's test
@@ -129,7 +129,7 @@ def weights_of(model, names: list[str], adapters) -> dict[str, torch.Tensor]:
 
 def sweep(name: str, lrs: list[float], train) -> tuple[float, dict, object]:
     """Each learning rate's run; the one chosen on validation, every summary, its module."""
-    from .validation_protocol import choose_lr
+    from ..common.validation_protocol import choose_lr
 
     summaries, modules = {}, {}
     for lr in lrs:
@@ -154,14 +154,15 @@ def minilm_part(budget: Budget, out: Path) -> list[dict]:
     from lorakit.domains.text.sentiment import sentiment
     from lorakit.domains.text.wordnet import wordnet
 
-    from .sentence_classifier import SentenceClassifier, encode, fit_recorded, loader
-    from .variants_suite import MAX_LENGTH, _split
+    from ..common.sentence_classifier import SentenceClassifier, encode, fit_recorded, loader
+    from ..common.subset import subset
+    from .variants import MAX_LENGTH
 
     base, tokenizer = minilm()
     data = sentiment()
     train = encode(tokenizer, data["movies"]["train"], MAX_LENGTH)
-    val = encode(tokenizer, _split(data["movies"]["val"], budget.minilm_val_n, 2), MAX_LENGTH)
-    held_out = encode(tokenizer, _split(wordnet()["test"], budget.drift_n, 4), MAX_LENGTH)
+    val = encode(tokenizer, subset(data["movies"]["val"], budget.minilm_val_n, 2), MAX_LENGTH)
+    held_out = encode(tokenizer, subset(wordnet()["test"], budget.drift_n, 4), MAX_LENGTH)
     names = [n for n in base.state_dict() if n.endswith(("query.weight", "value.weight"))]
     base_weights = {n: t.clone() for n, t in base.state_dict().items() if n in names}
     base_embeddings = embeddings(SentenceClassifier(base, None), held_out)
@@ -197,7 +198,7 @@ def minilm_part(budget: Budget, out: Path) -> list[dict]:
 @torch.no_grad()
 def embeddings(module, items: list[dict]) -> torch.Tensor:
     """Sentence embeddings of `items` (in their own order) by the module's encoder."""
-    from .sentence_classifier import collate
+    from ..common.sentence_classifier import collate
 
     module.eval()
     return torch.cat([module.embed(collate(items[i:i + 64])) for i in range(0, len(items), 64)])
@@ -212,7 +213,7 @@ def smollm2_part(budget: Budget, out: Path) -> tuple[list[dict], dict]:
     from lorakit.domains.text.sentiment import sentiment
     from lorakit.domains.text.smollm2 import smollm2
 
-    from .prompt_classifier import (
+    from ..common.prompt_classifier import (
         PromptClassifier,
         answer_ids,
         encode_prompts,
@@ -220,17 +221,17 @@ def smollm2_part(budget: Budget, out: Path) -> tuple[list[dict], dict]:
         prompt_loader,
         text_chunks,
     )
-    from .sentence_classifier import accuracy, fit_recorded
-    from .validation_protocol import steps_to_reach
-    from .variants_suite import _split
+    from ..common.sentence_classifier import accuracy, fit_recorded
+    from ..common.subset import subset
+    from ..common.validation_protocol import steps_to_reach
 
     base, tokenizer = smollm2()
     pad, answers = tokenizer.pad_token_id, answer_ids(tokenizer)
     data = sentiment()
     length = budget.lm_max_length
     train = encode_prompts(tokenizer, data["movies"]["train"], length)
-    val = encode_prompts(tokenizer, _split(data["movies"]["val"], budget.lm_val_n, 2), length)
-    tests = {d: encode_prompts(tokenizer, _split(data[d]["test"], budget.lm_test_n, 3), length)
+    val = encode_prompts(tokenizer, subset(data["movies"]["val"], budget.lm_val_n, 2), length)
+    tests = {d: encode_prompts(tokenizer, subset(data[d]["test"], budget.lm_test_n, 3), length)
              for d in DOMAINS}
     chunks = text_chunks(tokenizer, austen()["test"], budget.austen_chunks, 128)
     ppl_before = perplexity(base, chunks)
@@ -363,9 +364,11 @@ def spearman(x: list[float], y: list[float]) -> float:
 
 
 def plot_intruders_vs_forgetting(rows: list[dict], png: Path) -> None:
-    from .variants_suite import _plt
+    import matplotlib
 
-    plt = _plt()
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     for ax, base, label in ((axes[0], "MiniLM", "embedding drift (1 - mean cos)"),
                             (axes[1], "SmolLM2", "Austen perplexity change (after/before - 1)")):
@@ -385,9 +388,11 @@ def plot_intruders_vs_forgetting(rows: list[dict], png: Path) -> None:
 
 
 def plot_lm_curves(curves: dict, lora_final: float, png: Path) -> None:
-    from .variants_suite import _plt
+    import matplotlib
 
-    plt = _plt()
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, curve in curves.items():
         ax.plot([s for s, _ in curve], [v for _, v in curve], marker=".", label=name)
@@ -403,7 +408,6 @@ def plot_lm_curves(curves: dict, lora_final: float, png: Path) -> None:
 
 
 if __name__ == "__main__":
-    from lorakit.bench import suite_parser, write_suite_run
+    from lorakit.benchmarks.common.command_line import suite_main
 
-    a = suite_parser(__doc__, SUITE).parse_args()
-    write_suite_run(SUITE, a, lambda: run(a.out, a.threads, a.quick))
+    suite_main(SUITE, __doc__, run)

@@ -20,7 +20,7 @@ without DP minus with).
     run(out_dir, threads=1, quick=False, base="tiny") -> {"figures", "rows", "notes"}
     (+ accuracy.png, accuracy_dp.png); full: 4 clients, 5 rounds, 10 local steps, seeds
     0-2; quick: 2 clients, 2 rounds, 3 local steps, seed 0 (MiniLM: 64 sentences per
-    domain). `python -m lorakit.benchmarks.federated_suite --base minilm` for MiniLM.
+    domain). `python -m lorakit.benchmarks.suites.federated --base minilm` for MiniLM.
 
 Resumable: each sweep point and each (seed, DP off/on, strategy) measurement is written to
 `<out>/runs/` (`sweep-lr<lr>.json`, `seed<seed>-<plain|dp>-<strategy>.json`) as it
@@ -173,10 +173,10 @@ def measured(out: Path, stem: str, strategies, overrides: dict, seed: int) -> tu
 
 
 if __name__ == "__main__":
-    from lorakit.bench import suite_parser, write_suite_run
+    from lorakit.benchmarks.common.command_line import suite_main
 
-    p = suite_parser(__doc__, SUITE)
-    p.add_argument("--base", choices=["tiny", "minilm"], default="tiny")
-    a = p.parse_args()
-    write_suite_run(SUITE if a.base == "tiny" else f"{SUITE}-{a.base}", a,
-                    lambda: run(a.out, a.threads, a.quick, base=a.base))
+    suite_main(SUITE, __doc__, run,
+               options=lambda p: p.add_argument("--base", choices=["tiny", "minilm"],
+                                                default="tiny"),
+               keywords=lambda a: {"base": a.base},
+               name=lambda a: SUITE if a.base == "tiny" else f"{SUITE}-{a.base}")

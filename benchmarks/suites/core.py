@@ -1,5 +1,5 @@
 """Core suite: lorakit LoRA against PEFT LoRA and full fine-tuning on one transformers BERT,
-and mixed-adapter batches (`mixed_batches.py`).
+and mixed-adapter batches (`core_mixed_batches.py`).
 
 Step time: the three contenders live in one process and are timed in turns
 (round-robin, median of rounds), so load on the machine hits them alike.
@@ -9,7 +9,6 @@ Merged inference: a merged lorakit adapter against the bare base, in turns.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -19,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from lorakit.benchmarks import mixed_batches
-from lorakit.benchmarks.memory import reset_peak_rss, rss_mb
+from lorakit.benchmarks.common.memory import reset_peak_rss, rss_mb
+from lorakit.benchmarks.suites import core_mixed_batches as mixed_batches
 
+SUITE = "core"
 SIZES = {"full": dict(hidden=256, layers=4, heads=4, seq=128, batch=16, vocab=8000),
          "quick": dict(hidden=64, layers=2, heads=2, seq=32, batch=4, vocab=500)}
 CONTENDERS = ("lorakit", "peft", "full")
@@ -129,7 +129,7 @@ def memory_child(name: str, size_name: str, steps: int) -> dict:
 def measure_memory(size_name: str, threads: int, steps: int = 3) -> dict[str, dict]:
     out = {}
     for name in CONTENDERS:
-        cmd = [sys.executable, "-m", "lorakit.benchmarks.core_suite", "--memory", name,
+        cmd = [sys.executable, "-m", "lorakit.benchmarks.suites.core", "--memory", name,
                "--size", size_name, "--threads", str(threads), "--steps", str(steps)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -191,23 +191,29 @@ def run(out_dir: Path, threads: int = 1, quick: bool = False) -> dict:
     return {"figures": figures, "rows": rows, "notes": notes}
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="core suite worker: the memory of one contender, "
-                                            "in a fresh process")
-    work = p.add_mutually_exclusive_group(required=True)
-    work.add_argument("--memory", choices=CONTENDERS, help="peak RSS while training")
+def _worker_options(p) -> None:
+    work = p.add_mutually_exclusive_group()
+    work.add_argument("--memory", choices=CONTENDERS,
+                      help="worker: peak RSS of this contender while training, in this process")
     work.add_argument("--idle-memory", type=int, metavar="N",
-                      help="resident memory added by N idle named adapters")
-    p.add_argument("--size", choices=list(SIZES), default="full")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--steps", type=int, default=3)
-    a = p.parse_args(argv)
+                      help="worker: resident memory added by N idle named adapters")
+    p.add_argument("--size", choices=list(SIZES), default="full", help="worker: model size")
+    p.add_argument("--steps", type=int, default=3, help="worker: training steps")
+
+
+def _memory_worker(a) -> bool:
+    """--memory / --idle-memory: one memory measurement in a fresh process, printed as JSON."""
+    if not (a.memory or a.idle_memory):
+        return False
     torch.set_num_threads(a.threads)
     if a.idle_memory:
         print(json.dumps(mixed_batches.idle_memory_child(a.size, a.idle_memory)))
     else:
         print(json.dumps(memory_child(a.memory, a.size, a.steps)))
+    return True
 
 
 if __name__ == "__main__":
-    main()
+    from lorakit.benchmarks.common.command_line import suite_main
+
+    suite_main(SUITE, __doc__, run, options=_worker_options, worker=_memory_worker)

@@ -2,7 +2,7 @@
 the same protocol, in one run.
 
 Base: all-MiniLM-L6-v2 (`lorakit.domains.text.minilm`), mean-pooled, with a linear head
-(`benchmarks/sentence_classifier.py`), fitted through `AdapterModule` and
+(`benchmarks/common/sentence_classifier.py`), fitted through `AdapterModule` and
 `lightning.Trainer.fit`. Data: the four-domain human-rated sentiment sentences
 (`lorakit.domains.text.sentiment`): train on movie snippets, choose settings on the movie
 validation split, test in-domain (movie test) and out of distribution (tweets, Amazon,
@@ -15,13 +15,13 @@ trainable parameters (adapter + head) and adapter parameters, median step time,
 in-domain and OOD test accuracy (mean ± SD over seeds; OOD the mean of the three
 domains, also per domain), and steps to reach LoRA's final validation loss.
 
-Protocol (`benchmarks/validation_protocol.py`): each method runs a 4-value learning-rate
-sweep at seed 0 (factors of ~3: 3e-4, 1e-3, 3e-3, 1e-2 for the adapters, 1e-5, 3e-5, 1e-4,
-3e-4 for full fine-tuning), keeps the rate with the best final validation accuracy (ties: lower
-validation loss), and that rate runs with seeds 0, 1, 2 (seed 0 is the sweep's own run).
-The test splits are read only after every choice is made. LoRA-GA and LoRA-SB are set by
-`lorakit.init_from_gradients` on 4 training batches before `fit` (LoRA-SB's `init_lr` is
-the run's learning rate).
+Protocol (`benchmarks/common/validation_protocol.py`): each method runs a 4-value
+learning-rate sweep at seed 0 (factors of ~3: 3e-4, 1e-3, 3e-3, 1e-2 for the adapters,
+1e-5, 3e-5, 1e-4, 3e-4 for full fine-tuning), keeps the rate with the best final
+validation accuracy (ties: lower validation loss), and that rate runs with seeds 0, 1, 2
+(seed 0 is the sweep's own run). The test splits are read only after every choice is made.
+LoRA-GA and LoRA-SB are set by `lorakit.init_from_gradients` on 4 training batches before
+`fit` (LoRA-SB's `init_lr` is the run's learning rate).
 
     run(out_dir, threads=1, quick=False) -> {"figures", "rows", "notes"}
     (+ accuracy_in_vs_ood.png, val_loss_curves.png, intruders.png)
@@ -148,26 +148,19 @@ the snippets' 28, so this task runs a little faster than the sentiment one.
 """
 
 
-def _split(examples: list, n: int | None, seed: int) -> list:
-    """A fixed random subset of n examples (all when n is None or larger)."""
-    if n is None or n >= len(examples):
-        return list(examples)
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed))
-    return [examples[i] for i in order[:n].tolist()]
-
-
 def load_data(budget: Budget, task: Task = SENTIMENT) -> tuple[dict, object]:
     """Tokenised train / val / per-domain test items and the tokenizer."""
     from lorakit.domains.text.minilm import minilm
 
-    from .sentence_classifier import encode
+    from ..common.sentence_classifier import encode
+    from ..common.subset import subset
 
     data = task.splits()
     _, tokenizer = minilm()
     items = {
-        "train": encode(tokenizer, _split(data["train"], budget.train_n, 1), MAX_LENGTH),
-        "val": encode(tokenizer, _split(data["val"], budget.val_n, 2), MAX_LENGTH),
-        "test": {d: encode(tokenizer, _split(tests, budget.test_n, 3), MAX_LENGTH)
+        "train": encode(tokenizer, subset(data["train"], budget.train_n, 1), MAX_LENGTH),
+        "val": encode(tokenizer, subset(data["val"], budget.val_n, 2), MAX_LENGTH),
+        "test": {d: encode(tokenizer, subset(tests, budget.test_n, 3), MAX_LENGTH)
                  for d, tests in data["test"].items()},
     }
     return items, tokenizer
@@ -181,7 +174,7 @@ def train_one(key: str, fields: dict | None, lr: float, seed: int, items: dict,
     from lorakit import LoRAConfig, init_from_gradients
     from lorakit.domains.text.minilm import minilm
 
-    from .sentence_classifier import SentenceClassifier, fit_recorded, loader
+    from ..common.sentence_classifier import SentenceClassifier, fit_recorded, loader
 
     pl.seed_everything(seed, verbose=False)
     encoder, _ = minilm()
@@ -217,7 +210,7 @@ def run_summary(module) -> dict:
 
 
 def test_accuracy(module, items: dict) -> dict[str, float]:
-    from .sentence_classifier import accuracy, loader
+    from ..common.sentence_classifier import accuracy, loader
 
     return {d: accuracy(module, loader(tests, 64)) for d, tests in items["test"].items()}
 
@@ -239,7 +232,7 @@ def run(out_dir, threads: int = 1, quick: bool = False, budget: Budget | None = 
         task: Task = SENTIMENT) -> dict:
     from lorakit.domains.text.minilm import minilm
 
-    from .validation_protocol import choose_lr, mean_sd, steps_to_reach
+    from ..common.validation_protocol import choose_lr, mean_sd, steps_to_reach
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -376,7 +369,7 @@ def paired_differences(results: dict, task: Task = SENTIMENT) -> dict[str, float
     `results` is the suite's per-method record (`runs.json`'s layout: key -> {"seeds":
     {seed: {"test": {domain: accuracy}}}}), so a finished run's intervals can be
     recomputed from its `runs.json` (`--paired`)."""
-    from .validation_protocol import mean_sd
+    from ..common.validation_protocol import mean_sd
 
     def score(record: dict, seed, ood: bool) -> float:
         test = record["seeds"][seed]["test"]
@@ -490,19 +483,29 @@ def _say(text: str) -> None:
     print(f"[variants suite] {text}", flush=True)
 
 
-if __name__ == "__main__":
-    from lorakit.bench import suite_parser, write_suite_run
-
-    p = suite_parser(__doc__, SUITE)
+def _options(p) -> None:
     p.add_argument("--task", choices=["sentiment", "wordnet"], default="sentiment")
     p.add_argument("--paired", metavar="RUNS_JSON",
                    help="print the paired differences to LoRA of a finished run's runs.json "
                         "and exit")
-    a = p.parse_args()
-    task = WORDNET if a.task == "wordnet" else SENTIMENT
-    if a.paired:
-        print(json.dumps(paired_differences(json.loads(Path(a.paired).read_text()), task),
-                         indent=1))
-        raise SystemExit(0)
-    write_suite_run(SUITE if task is SENTIMENT else f"{SUITE}-{task.name}", a,
-                    lambda: run(a.out, a.threads, a.quick, task=task))
+
+
+def _task(a) -> Task:
+    return WORDNET if a.task == "wordnet" else SENTIMENT
+
+
+def _print_paired(a) -> bool:
+    """--paired RUNS_JSON: the paired differences of a finished run, no suite run."""
+    if not a.paired:
+        return False
+    print(json.dumps(paired_differences(json.loads(Path(a.paired).read_text()), _task(a)),
+                     indent=1))
+    return True
+
+
+if __name__ == "__main__":
+    from lorakit.benchmarks.common.command_line import suite_main
+
+    suite_main(SUITE, __doc__, run, options=_options, worker=_print_paired,
+               keywords=lambda a: {"task": _task(a)},
+               name=lambda a: SUITE if _task(a) is SENTIMENT else f"{SUITE}-{_task(a).name}")
