@@ -35,10 +35,10 @@ from pathlib import Path
 
 import torch
 
-from lorakit.bench import cached
 from lorakit.plugins.federated.aggregation import STRATEGIES, FairConfig
 from lorakit.plugins.federated.app import settings
 from lorakit.plugins.federated.run import measure, plot_accuracy
+from lorakit.reports.bench import cached
 
 SUITE = "federated"
 DP = {"dp.enabled": True, "dp.target_epsilon": 8.0, "dp.delta": 1e-5, "dp.max_grad_norm": 1.0}
@@ -173,7 +173,7 @@ def measured(out: Path, stem: str, strategies, overrides: dict, seed: int) -> tu
 
 
 if __name__ == "__main__":
-    from lorakit.bench import suite_parser, write_suite_run
+    from lorakit.reports.bench import suite_parser, write_suite_run
 
     p = suite_parser(__doc__, SUITE)
     p.add_argument("--base", choices=["tiny", "minilm"], default="tiny")

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from lorakit.bench import cached
 from lorakit.domains.geometry.shifts import TEST_SEEDS, VALIDATION_SEEDS, target_scene
+from lorakit.reports.bench import cached
 
 SHIFTS = ("frame_corruption", "mild_global", "geometry")
 QUICK_SHIFTS = ("frame_corruption", "geometry")
@@ -288,7 +288,7 @@ def run(out_dir, threads: int = 1, quick: bool = False, checkpoint=None, force: 
 SUITE = run
 
 if __name__ == "__main__":
-    from lorakit.bench import suite_parser, write_suite_run
+    from lorakit.reports.bench import suite_parser, write_suite_run
 
     p = suite_parser(__doc__, "lora3d")
     p.add_argument("--checkpoint", default=None, help="DUSt3R checkpoint (default: embedded)")

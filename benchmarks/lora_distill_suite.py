@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(memory_worker(args.memory_worker, args.size, args.steps, args.batch,
                                        args.threads, args.pretrained)))
         return
-    from lorakit.bench import run_suite
+    from lorakit.reports.bench import run_suite
 
     result = run_suite(SUITE, args.out, threads=args.threads, quick=args.quick)
     print(json.dumps(result["figures"], indent=2))

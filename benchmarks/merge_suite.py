@@ -324,7 +324,7 @@ def _say(text: str) -> None:
 
 
 if __name__ == "__main__":
-    from lorakit.bench import suite_parser, write_suite_run
+    from lorakit.reports.bench import suite_parser, write_suite_run
 
     a = suite_parser(__doc__, SUITE).parse_args()
     write_suite_run(SUITE, a, lambda: run(a.out, a.threads, a.quick))

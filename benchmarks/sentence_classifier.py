@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lorakit.config import LoRAConfig
-from lorakit.lightning_module import AdapterModule
+from lorakit.training.module import AdapterModule
 
 
 class RecordingModule(AdapterModule):

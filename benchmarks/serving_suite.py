@@ -112,7 +112,7 @@ def write_adapters(model, folder: Path, n: int, seed: int) -> int:
     from safetensors.torch import save_file
 
     import lorakit
-    from lorakit.adapter_file import payload
+    from lorakit.io.adapter_file import payload
 
     handle = lorakit.attach(model, lorakit.LoRAConfig(rank=RANK, alpha=ALPHA, targets=TARGETS),
                             name="template")
@@ -418,7 +418,7 @@ def plot(png: Path, rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    from lorakit.bench import suite_parser, write_suite_run
+    from lorakit.reports.bench import suite_parser, write_suite_run
 
     a = suite_parser(__doc__, SUITE).parse_args()
     write_suite_run(SUITE, a, lambda: run(a.out, a.threads, a.quick))

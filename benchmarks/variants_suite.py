@@ -491,7 +491,7 @@ def _say(text: str) -> None:
 
 
 if __name__ == "__main__":
-    from lorakit.bench import suite_parser, write_suite_run
+    from lorakit.reports.bench import suite_parser, write_suite_run
 
     p = suite_parser(__doc__, SUITE)
     p.add_argument("--task", choices=["sentiment", "wordnet"], default="sentiment")

@@ -47,13 +47,13 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..adapter_file import FORMAT, fingerprint_hash, layer_entries, read_adapter, saved_keys
+from ..adapters import adapters_of, attach, check_fingerprint
 from ..config import LoRAConfig
 from ..errors import AdapterFileError, AdapterMismatchError, LoraKitError
-from ..inject import adapters_of, attach, check_fingerprint
-from ..kinds import kind_named, kind_of
+from ..io.adapter_file import FORMAT, fingerprint_hash, layer_entries, read_adapter, saved_keys
+from ..io.peft import CONFIG, WEIGHTS, _read_peft, peft_method, read_peft_config
 from ..layers import LoRALayer
-from ..peft_interop import CONFIG, WEIGHTS, _read_peft, peft_method, read_peft_config
+from ..layers.kinds import kind_named, kind_of
 from ..variants import adapter_dtype, variant_named
 
 PEFT_PREFIX = "base_model.model."

@@ -48,7 +48,7 @@ from torch import nn
 
 from ..config import LoRAConfig
 from ..errors import LoraKitError
-from ..kinds import LayerKind
+from ..layers.kinds import LayerKind
 
 
 def adapter_dtype(weight: torch.Tensor) -> torch.dtype:

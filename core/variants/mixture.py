@@ -71,7 +71,7 @@ from torch import nn
 
 from ..config import LoRAConfig
 from ..errors import LoraKitError
-from ..kinds import LayerKind
+from ..layers.kinds import LayerKind
 from .base import Variant
 from .dora import DoRA
 from .ffa_lora import FFALoRA

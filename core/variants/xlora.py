@@ -100,8 +100,8 @@ class XLoRA(nn.Module):
         """Load each adapter (a lorakit file, or a PEFT folder) onto `model` under its name,
         then build the head. A file made for another base is refused by name before anything
         trains, and the model is left without the adapters loaded so far."""
-        from ..inject import adapters_of, load_adapter
-        from ..peft_interop import import_peft
+        from ..adapters import adapters_of, load_adapter
+        from ..io.peft import import_peft
 
         loaded: list[str] = []
         try:

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lorakit
-from lorakit.lightning_module import AdapterModule
+from lorakit.training.module import AdapterModule
 
 
 def handle(task="nlu", **weights):

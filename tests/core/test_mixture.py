@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import lorakit
-from lorakit.adapter_inspect import describe
-from lorakit.lightning_module import AdapterModule, routing_summary
+from lorakit.analysis.inspect import describe
+from lorakit.training.module import AdapterModule, routing_summary
 from lorakit.variants.mixture import allocation, localized_balance, switch_balance
 
 

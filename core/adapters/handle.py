@@ -21,12 +21,12 @@ from fnmatch import fnmatchcase
 import torch
 from torch import nn
 
-from .adapter_file import read_adapter, save_adapter
-from .config import LoRAConfig
-from .errors import AdapterMismatchError, LoraKitError, TargetNotFoundError
-from .kinds import KINDS, kind_of
-from .layers import LoRALayer, variant_layers
-from .variants import Variant, adapter_dtype, variant_named
+from ..config import LoRAConfig
+from ..errors import AdapterMismatchError, LoraKitError, TargetNotFoundError
+from ..io.adapter_file import read_adapter, save_adapter
+from ..layers import LoRALayer, variant_layers
+from ..layers.kinds import KINDS, kind_of
+from ..variants import Variant, adapter_dtype, variant_named
 
 DEFAULT = "default"
 _HANDLES: weakref.WeakKeyDictionary[nn.Module, Adapters] = weakref.WeakKeyDictionary()
@@ -508,9 +508,9 @@ class Adapters:
         """The proximal step of `l1_penalty`, to call after each optimizer step: every
         penalised tensor moves towards zero by `threshold` and stops at zero (S2-LoRA:
         λ ← sign(λ)·max(|λ| − τ, 0)). `threshold`: a number, or a function of the tensor
-        giving per-entry thresholds (`lorakit.proximal.adam_thresholds`, the step in Adam's
+        giving per-entry thresholds (`lorakit.training.proximal.adam_thresholds`, the step in Adam's
         metric). Leaves exact zeros, where the penalty added to the loss leaves λ jittering
-        around zero under Adam (see `lorakit.proximal`)."""
+        around zero under Adam (see `lorakit.training.proximal`)."""
         fn = threshold if callable(threshold) else (lambda _p: threshold)
         for variant in self.variants(name).values():
             variant.shrink(fn)

@@ -31,14 +31,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..adapters import DEFAULT, Adapters, attach, describe
+from ..atomic import atomic_write
+from ..config import LoRAConfig
+from ..errors import AdapterFileError, AdapterMismatchError
+from ..layers import LoRALayer
+from ..layers.kinds import kind_of
+from ..variants import VARIANTS, LoRA, Variant, variant_named
 from .adapter_file import layer_entries, payload, read_adapter, saved_keys
-from .atomic import atomic_write
-from .config import LoRAConfig
-from .errors import AdapterFileError, AdapterMismatchError
-from .inject import DEFAULT, Adapters, attach, describe
-from .kinds import kind_of
-from .layers import LoRALayer
-from .variants import VARIANTS, LoRA, Variant, variant_named
 
 PREFIX = "base_model.model."
 # PEFT inits that subtract the initial B A from the base weight (PiSSA, OLoRA, CorDA, LoRA-GA)

@@ -49,9 +49,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from .config import LoRAConfig
-from .errors import LoraKitError
-from .inject import Adapters, attach
+from ..adapters import Adapters, attach
+from ..config import LoRAConfig
+from ..errors import LoraKitError
 
 ADAPTER_KEY = "lorakit_adapters"
 ADAPTER_FILE = "adapter.safetensors"

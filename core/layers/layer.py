@@ -16,14 +16,17 @@ makes the layer the frozen base, which is how a teacher or a reference comes fre
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import LoraKitError
+from ..errors import LoraKitError
 from .kinds import LayerKind
-from .variants import Variant
-from .variants.mixture import mixed
+
+if TYPE_CHECKING:   # the variants import this package's kinds: no import back at load time
+    from ..variants import Variant
 
 
 class LoRALayer(nn.Module):
@@ -122,6 +125,8 @@ class LoRALayer(nn.Module):
     def scaled(self, x: torch.Tensor) -> torch.Tensor:
         """Σ_n s_n · scale_n · B_n A_n x with a weight per token and adapter (X-LoRA's second
         pass): the adapters' stacked factors, two matmuls, no loop over adapters."""
+        from ..variants.mixture import mixed
+
         weights, names = self.scalings
         a_stack, b_stack = self.cached_stacks(names)      # frozen adapters: stacked once
         rows = x.reshape(-1, x.shape[-1]).to(a_stack.dtype)
