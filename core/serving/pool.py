@@ -48,6 +48,7 @@ from safetensors import safe_open
 from torch import nn
 
 from ..adapters import adapters_of, attach, check_fingerprint
+from ..adapters.routing import RoutedBatch, handed
 from ..config import LoRAConfig
 from ..errors import AdapterFileError, AdapterMismatchError, LoraKitError
 from ..io.adapter_file import FORMAT, fingerprint_hash, layer_entries, read_adapter, saved_keys
@@ -488,16 +489,15 @@ class AdapterPool:
                                f"{len(self._owner)})")
         index[index < 0] = len(self._owner)
         labels = [e.name if e else "" for e in self._owner]
-        try:
-            for path, layer in self._layers.items():
-                if layer.merged:
-                    raise LoraKitError(f"module {path!r} has a merged adapter; unmerge it "
-                                       "before serving from the pool")
-                layer.routing = (index.to(layer.base.weight.device), labels, self._stacks[path])
+        batches = []
+        for path, layer in self._layers.items():
+            if layer.merged:
+                raise LoraKitError(f"module {path!r} has a merged adapter; unmerge it "
+                                   "before serving from the pool")
+            batches.append((layer, RoutedBatch(labels, index.to(layer.base.weight.device),
+                                               self._stacks[path])))
+        with handed(batches):
             yield self.model
-        finally:
-            for layer in self._layers.values():
-                layer.routing = None
 
     def close(self) -> nn.Module:
         """Drop the stacks and give the model back without the pool's layers."""

@@ -142,16 +142,15 @@ class XLoRA(nn.Module):
     @contextlib.contextmanager
     def scaled(self, scalings: torch.Tensor):
         """Every adapted layer applies its slice of `scalings` inside the block."""
-        layers = [self.adapters.layers[p] for p in self.paths]
-        try:
-            for i, layer in enumerate(layers):
-                present = [n for n in self.names if n in layer.variants]
-                keep = [self.names.index(n) for n in present]
-                layer.scalings = (scalings[..., i, keep], present)
+        from ..adapters.routing import RoutedBatch, handed
+
+        batches = []
+        for i, layer in enumerate(self.adapters.layers[p] for p in self.paths):
+            present = [n for n in self.names if n in layer.variants]
+            keep = [self.names.index(n) for n in present]
+            batches.append((layer, RoutedBatch(present, weights=scalings[..., i, keep])))
+        with handed(batches):
             yield
-        finally:
-            for layer in layers:
-                layer.scalings = None
 
     def forward(self, run: Callable[[], object]):
         """Dual pass: `run()` (the model on one batch) with the adapters off, without
