@@ -25,8 +25,9 @@ def attach(model: nn.Module, config: LoRAConfig, name: str = DEFAULT) -> Adapter
     handle = _HANDLES.get(model)
     if handle is None:
         if any(isinstance(m, LoRALayer) for m in model.modules()):
-            raise LoraKitError(f"{type(model).__name__} carries lorakit adapters attached to "
-                               "another module (its parent or a copy); attach to that one")
+            raise LoraKitError(f"{type(model).__name__} carries lorakit layers this handle does not "
+                               "own: adapters attached to another module (its parent or a copy; "
+                               "attach to that one) or an AdapterPool's (close() it first)")
         handle = Adapters(model)
         try:
             handle.add(config, name)

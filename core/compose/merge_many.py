@@ -83,7 +83,7 @@ from ..io.adapter_file import (
     read_adapter,
     saved_keys,
 )
-from ..io.peft import _write_peft, import_peft
+from ..io.peft import import_peft, write_peft
 from ..layers.kinds import KINDS
 from ..variants import variant_named
 from ..version import __version__
@@ -385,7 +385,7 @@ def peft_merge(sources: list[Source], weights: list[float], combination: str,
             meta = {**src.meta, "config": {**src.meta["config"], "modules_to_save": []}}
             tensors = {k: v for k, v in src.tensors.items()
                        if k not in saved_keys(src.meta, src.tensors)}
-            _write_peft(meta, tensors, Path(tmp) / f"in{i}", source=src.label)
+            write_peft(meta, tensors, Path(tmp) / f"in{i}", source=src.label)
             names.append(f"in{i}")
         model = peft.PeftModel.from_pretrained(stand_in_model(fingerprint, kinds),
                                                str(Path(tmp) / "in0"), adapter_name="in0")
