@@ -2,6 +2,16 @@
 
 The handle never asks which method an adapter is: every step here loops over the
 variants and calls the protocol's verbs (a method without the verb does nothing).
+
+One channel for a method's extra losses: `loss_terms(...)` returns every active
+method's named terms, `{"<adapter>/<term>": value}`, weighted already:
+
+    <adapter>/l1             S2-LoRA's l1 · Σ|λ|, when a coefficient `l1` is given
+    <adapter>/balance, /lbc  a mixture's load balance of the last forward
+    <adapter>/consistency …  BA-LoRA's terms on the outputs, when `outputs` are given
+
+`AdapterModule` (lorakit.training.module) adds and logs them after every training step,
+so a plugin's `training_step` cannot forget one.
 """
 from __future__ import annotations
 
@@ -22,6 +32,32 @@ class HooksMixin:
         terms = [t for layer in self.layers.values() for v in layer.variants.values()
                  if (t := v.penalty()) is not None]
         return torch.stack(terms).sum() if terms else torch.zeros(())
+
+    def loss_terms(self, outputs: torch.Tensor | None = None,
+                   base_outputs: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                   l1: float = 0.0) -> dict[str, torch.Tensor]:
+        """Every active method's extra losses as `{"<adapter>/<term>": value}`, to add to the
+        task loss: S2-LoRA's `l1 · Σ|λ|` over the adapter's modules (only when `l1` is not 0:
+        a run that applies the L1 as a proximal step, `shrink`, adds nothing to the loss), a
+        mixture's `routing_terms()` of the last forward, and, when `outputs` are given, the
+        `regularisers(outputs, base_outputs, mask)` (BA-LoRA). `needs_outputs` says whether
+        an active method has terms on the outputs."""
+        terms: dict[str, torch.Tensor] = {}
+        if l1:
+            for name in self._active:
+                penalties = [t for v in self.variants(name).values()
+                             if (t := v.penalty()) is not None]
+                if penalties:
+                    terms[f"{name}/l1"] = l1 * torch.stack(penalties).sum()
+        terms.update(self.routing_terms())
+        if outputs is not None:
+            terms.update(self.regularisers(outputs, base_outputs, mask))
+        return terms
+
+    @property
+    def needs_outputs(self) -> bool:
+        """Whether an active method's loss terms need the model's outputs (BA-LoRA)."""
+        return self.output_regularised
 
     @torch.no_grad()
     def shrink(self, threshold, name: str | None = None) -> None:
