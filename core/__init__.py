@@ -14,7 +14,7 @@
     lorakit.merge_adapters(["a.safetensors", "b.safetensors"], method="lego", k=8,
                            out="ab.safetensors")          # several adapters -> one
     moe = lorakit.LoRAConfig(method="mixture", n_experts=8, top_k=2, targets=["*.dense"])
-    loss = task_loss + adapters.routing_loss()               # a mixture's load balance
+    loss = task_loss + sum(adapters.loss_terms().values())  # every method's extra losses
 """
 from .adapters import Adapters, adapters_of, attach, load_adapter
 from .analysis.intruders import compare_weights, intruder_dimensions

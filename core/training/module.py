@@ -198,10 +198,12 @@ class AdapterModule(pl.LightningModule):
 
     # --- the methods' extra losses: one channel ----------------------------------------
     def __init_subclass__(cls, **kwargs) -> None:
-        """Wrap a subclass's own `training_step` so its loss gets the methods' terms."""
+        """Wrap a subclass's `training_step` (its own or a mixin's) so its loss gets the
+        methods' terms; one already wrapped higher up is left as it is."""
         super().__init_subclass__(**kwargs)
-        step = cls.__dict__.get("training_step")
-        if step is not None and not getattr(step, "_adds_loss_terms", False):
+        step = getattr(cls, "training_step", None)
+        if (step is not None and step is not pl.LightningModule.training_step
+                and not getattr(step, "_adds_loss_terms", False)):
             cls.training_step = _adding_loss_terms(step)
 
     def training_context(self, batch):
