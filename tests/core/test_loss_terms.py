@@ -88,7 +88,7 @@ def test_a_step_with_a_mixture_gets_the_balance_loss_once_and_logs_it(cls):
     assert {"moe/default/entropy", "moe/default/load_e0"} <= set(logged)
 
 
-def test_a_fit_adds_and_logs_the_balance_loss():
+def test_a_fit_adds_and_logs_the_balance_loss(tmp_path):
     class Recorded(Toy):
         def on_train_batch_end(self, outputs, batch, batch_idx):
             self.step_loss = outputs["loss"].item()
@@ -97,7 +97,8 @@ def test_a_fit_adds_and_logs_the_balance_loss():
     module = Recorded(MIXTURE)
     data = DataLoader(TensorDataset(X, Y), batch_size=6)
     trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+                         enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
     trainer.fit(module, data)
     assert module.step_loss == pytest.approx(module.task_losses[-1] + module.balance, rel=1e-6)
     assert trainer.logged_metrics["train/default/balance"].item() == pytest.approx(
