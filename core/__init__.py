@@ -14,10 +14,11 @@
     lorakit.merge_adapters(["a.safetensors", "b.safetensors"], method="lego", k=8,
                            out="ab.safetensors")          # several adapters -> one
     moe = lorakit.LoRAConfig(method="mixture", n_experts=8, top_k=2, targets=["*.dense"])
-    loss = task_loss + adapters.routing_loss()               # a mixture's load balance
+    loss = task_loss + sum(adapters.loss_terms().values())  # every method's extra losses
 """
-from .adapter_file import read_adapter, save_adapter
-from .averaging import AdapterEMA
+from .adapters import Adapters, adapters_of, attach, load_adapter
+from .analysis.intruders import compare_weights, intruder_dimensions
+from .compose.merge_many import MergedAdapter, merge_adapters
 from .config import LoRAConfig
 from .errors import (
                      AdapterFileError,
@@ -27,14 +28,13 @@ from .errors import (
                      LoraKitError,
                      TargetNotFoundError,
 )
-from .gradient_init import init_from_gradients
-from .inject import Adapters, adapters_of, attach, load_adapter
-from .intruders import compare_weights, intruder_dimensions
-from .kinds import KINDS, LayerKind
+from .io.adapter_file import read_adapter, save_adapter
+from .io.peft import export_peft, import_peft
 from .layers import LoRALayer
-from .merge_many import MergedAdapter, merge_adapters
-from .peft_interop import export_peft, import_peft
+from .layers.kinds import KINDS, LayerKind
 from .serving import AdapterPool, generate
+from .training.averaging import AdapterEMA
+from .training.gradient_init import init_from_gradients
 from .variants import (
                      GGPO,
                      VARIANTS,

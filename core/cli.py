@@ -111,7 +111,7 @@ def _pop_threads(argv: list[str]) -> int | None:
 
 # --- lorakit demo --all ------------------------------------------------------------------
 def cmd_demo(args) -> int:
-    from .report_index import write_index
+    from .reports.index import write_index
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,7 @@ def cmd_demo(args) -> int:
         entries.append({"name": name, "status": "ok", "folder": name, "figures": figures})
     if args.all or not args.names:
         print("== benchmark: core", flush=True)
-        from .bench import run_suite
+        from .reports.bench import run_suite
         result = run_suite("core", out / "core-benchmark", threads=args.threads, quick=args.quick)
         entries.append({"name": "core benchmark", "status": "ok", "folder": "core-benchmark",
                         "figures": result["figures"]})
@@ -148,7 +148,7 @@ def cmd_demo(args) -> int:
 
 # --- lorakit bench -----------------------------------------------------------------------
 def cmd_bench(args) -> int:
-    from .bench import run_suite
+    from .reports.bench import run_suite
 
     suites = bench_suites()
     names = sorted(suites) if args.suite == "all" else [args.suite]
@@ -167,8 +167,8 @@ def cmd_adapter_inspect(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .adapter_file import read_adapter
-    from .adapter_inspect import describe
+    from .analysis.inspect import describe
+    from .io.adapter_file import read_adapter
 
     meta, tensors = read_adapter(args.file)
     info = describe(meta, tensors, tol=args.tol)
@@ -202,7 +202,7 @@ def cmd_adapter_inspect(args) -> int:
 
 
 def cmd_adapter_merge(args) -> int:
-    from .merge_file import merge_into_state_file
+    from .compose.merge_file import merge_into_state_file
 
     n = merge_into_state_file(args.adapter, args.base, args.out, prefix=args.prefix)
     print(f"merged {n} matrices into {args.out}")
@@ -212,7 +212,7 @@ def cmd_adapter_merge(args) -> int:
 def cmd_adapter_merge_many(args) -> int:
     import time
 
-    from .merge_many import merge_adapters
+    from .compose.merge_many import merge_adapters
 
     start = time.perf_counter()
     merged = merge_adapters(args.adapters, method=args.method, k=args.k, weights=args.weights,
@@ -228,7 +228,7 @@ def cmd_adapter_analyze(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .intruders import analyze_adapter, plot_analysis
+    from .analysis.intruders import analyze_adapter, plot_analysis
 
     report = analyze_adapter(args.adapter, args.base, prefix=args.prefix, k=args.k,
                              threshold=args.threshold)
@@ -255,7 +255,7 @@ def cmd_adapter_analyze(args) -> int:
 
 
 def cmd_adapter_export(args) -> int:
-    from .peft_interop import export_peft
+    from .io.peft import export_peft
 
     out = export_peft(args.file, args.out_dir)
     print(f"PEFT adapter written to {out}")
@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_merge_many(asub) -> None:
-    from .merge_many import METHODS, OUTPUT_NORMS
+    from .compose.merge_many import METHODS, OUTPUT_NORMS
 
     q = asub.add_parser(
         "merge-many", help="combine SEVERAL adapters into ONE adapter file (LoRA-LEGO, "

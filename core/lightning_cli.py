@@ -11,7 +11,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-from .progress import StepProgressBar
+from .reports.progress import StepProgressBar
 
 
 class LorakitCLI(LightningCLI):

@@ -1,8 +1,8 @@
 """The command line every suite shares, `python -m lorakit.benchmarks.suites.<file>`.
 
 It is the run `lorakit bench --suite <suite>` makes: --out (default reports/<suite>),
---threads and --quick (`lorakit.bench.suite_parser`), then the suite's own flags; the
-runner (`lorakit.bench.write_suite_run`) sets the torch threads, writes results.json and
+--threads and --quick (`lorakit.reports.bench.suite_parser`), then the suite's own flags; the
+runner (`lorakit.reports.bench.write_suite_run`) sets the torch threads, writes results.json and
 report.md into --out and prints the figures. A suite's file ends with
 
     if __name__ == "__main__":
@@ -35,7 +35,7 @@ def suite_main(suite: str, doc: str, run: Callable[..., dict], argv: list[str] |
       worker in a fresh process, a partial fit, a print of a finished run's figures) and
       returns True when it did; then nothing else runs and None is returned.
     """
-    from lorakit.bench import suite_parser, write_suite_run
+    from lorakit.reports.bench import suite_parser, write_suite_run
 
     parser = suite_parser(doc, suite)
     if options is not None:

@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lorakit.config import LoRAConfig
-from lorakit.lightning_module import AdapterModule
+from lorakit.training.module import AdapterModule
 
 
 class RecordingModule(AdapterModule):
@@ -94,8 +94,8 @@ class SentenceClassifier(RecordingModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(batch)
-        loss = F.cross_entropy(logits, batch["labels"])
-        return loss + self.output_regularisers(logits, lambda: self(batch))
+        self.output_regularisers(logits, lambda: self(batch))   # AdapterModule adds them
+        return F.cross_entropy(logits, batch["labels"])
 
     def evaluate(self, batch: dict) -> tuple[torch.Tensor, int, int]:
         logits = self(batch)

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import lorakit
-from lorakit.lightning_module import AdapterModule
 from lorakit.quiet import quiet_third_party
+from lorakit.training.module import AdapterModule
 
 METHODS = ("lora", "ggpo", "allora")
 

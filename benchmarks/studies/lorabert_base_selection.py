@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from lorakit.bench import cached
+from lorakit.reports.bench import cached
 
 from ..suites.lorabert import EPOCHS, FRAGMENT_LENGTHS, MODELS, base_id, fragment_sets
 

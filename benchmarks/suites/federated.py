@@ -35,10 +35,10 @@ from pathlib import Path
 
 import torch
 
-from lorakit.bench import cached
 from lorakit.plugins.federated.aggregation import STRATEGIES, FairConfig
 from lorakit.plugins.federated.app import settings
 from lorakit.plugins.federated.run import measure, plot_accuracy
+from lorakit.reports.bench import cached
 
 SUITE = "federated"
 DP = {"dp.enabled": True, "dp.target_epsilon": 8.0, "dp.delta": 1e-5, "dp.max_grad_norm": 1.0}

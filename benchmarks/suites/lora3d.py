@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from lorakit.bench import cached
 from lorakit.domains.geometry.shifts import TEST_SEEDS, VALIDATION_SEEDS, target_scene
+from lorakit.reports.bench import cached
 
 SUITE = "lora3d"
 SHIFTS = ("frame_corruption", "mild_global", "geometry")

@@ -63,7 +63,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lorakit.bench import cached
 from lorakit.domains.genomics.calibration import (
     apply_temperature,
     best_threshold,
@@ -77,6 +76,7 @@ from lorakit.domains.genomics.metrics import (
     plot_roc,
     save_png,
 )
+from lorakit.reports.bench import cached
 
 SUITE = "lorabert"
 MODELS = (("LoRA-BERT", {"mode": "lora", "lr": 2e-3}),

@@ -97,7 +97,7 @@ QUICK = Budget(steps=6, single_steps=3, xlora_steps=4, train_n=64, val_n=16, tes
 class MultiTaskClassifier(RecordingModule):
     """Mean-pooled encoder with one adapter (a `LoRAConfig`, any method) and a linear head per
     task; each batch row carries its task, and goes through that task's head. The mixtures'
-    auxiliary losses (`routing_losses`) join the loss, with LoRAMoE's row types."""
+    auxiliary losses join the loss (AdapterModule adds them), with LoRAMoE's row types."""
 
     def __init__(self, encoder: nn.Module, config, lr: float, output_dir: str | None = None):
         super().__init__(lr=lr, output_dir=output_dir)
@@ -132,10 +132,11 @@ class MultiTaskClassifier(RecordingModule):
             return contextlib.nullcontext()
         return self.adapters.row_types((batch["task"] != WORLD).long())
 
+    def training_context(self, batch: dict):
+        return self.row_types(batch)     # the step and its routing losses see the row types
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        with self.row_types(batch):
-            loss = self.scores(batch)[0]
-            return loss + self.routing_losses()
+        return self.scores(batch)[0]     # AdapterModule adds the routing losses
 
     def evaluate(self, batch: dict) -> tuple[torch.Tensor, int, int]:
         return self.scores(batch)

@@ -13,7 +13,7 @@ lowest child_val WER + adult_val WER (the two validation sets: child voices and 
 voices, speaker-disjoint from every test set, sentences disjoint from training): good on
 children without forgetting adults. Seeds 1 and 2 then train at the chosen rate; the
 sweep's own seed-0 model is the first seed. S2-LoRA's L1 (a proximal step in Adam's
-metric, see lorakit.proximal) was fixed before the sweep on child_val alone (seed 0,
+metric, see lorakit.training.proximal) was fixed before the sweep on child_val alone (seed 0,
 lr 2e-3, 60 steps): 1e-3 and 1e-2 tied at WER 0.032 (83 % and 97 % of λ exactly zero);
 1e-3, the weaker penalty, was taken.
 
@@ -46,13 +46,13 @@ import matplotlib
 import torch
 
 from lorakit.atomic import atomic_write
-from lorakit.bench import cached
 from lorakit.domains.speech.asterisk import asterisk_corpus
 from lorakit.domains.speech.metrics import error_rates
 from lorakit.domains.speech.synthetic import CorpusConfig, build_adult_val, build_corpus
 from lorakit.domains.speech.whisper_model import transcribe
 from lorakit.plugins.s2lora_whisper.data import SpeechDataModule
 from lorakit.plugins.s2lora_whisper.module import TARGETS, WhisperAdapterModule
+from lorakit.reports.bench import cached
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -112,7 +112,7 @@ def write_adapters(model, folder: Path, n: int, seed: int) -> int:
     from safetensors.torch import save_file
 
     import lorakit
-    from lorakit.adapter_file import payload
+    from lorakit.io.adapter_file import payload
 
     handle = lorakit.attach(model, lorakit.LoRAConfig(rank=RANK, alpha=ALPHA, targets=TARGETS),
                             name="template")

@@ -8,8 +8,9 @@ r"""`AdapterPool`: thousands of adapters known by name, a bounded set resident o
                           row S is zeros: "no adapter"
 
 A batch routes row i to slot `slots[i]` through the same gather + batched-matmul
-forward `Adapters.route` uses (`LoRALayer.routed` → `LayerKind.routed`); the pool
-only owns the stacks. `Adapters.route` stacks every attached adapter anew whenever one
+forward `Adapters.route` uses (a `RoutedBatch` handed to each layer, `LoRALayer.routed`
+→ `LayerKind.routed`); the pool wraps the modules itself (`lorakit.adapters.wrap`,
+bare layers with no adapter of their own) and only owns the stacks. `Adapters.route` stacks every attached adapter anew whenever one
 of them changes, which costs the bytes of the whole resident set per load; the pool's
 slots are allocated once and a load copies one adapter's tensors into its slot.
 
@@ -47,17 +48,17 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..adapter_file import FORMAT, fingerprint_hash, layer_entries, read_adapter, saved_keys
+from ..adapters import check_fingerprint, unwrap, wrap
+from ..adapters.routing import RoutedBatch, handed
 from ..config import LoRAConfig
 from ..errors import AdapterFileError, AdapterMismatchError, LoraKitError
-from ..inject import adapters_of, attach, check_fingerprint
-from ..kinds import kind_named, kind_of
+from ..io.adapter_file import FORMAT, fingerprint_hash, layer_entries, read_adapter, saved_keys
+from ..io.peft import CONFIG, WEIGHTS, peft_method, read_peft, read_peft_config
 from ..layers import LoRALayer
-from ..peft_interop import CONFIG, WEIGHTS, _read_peft, peft_method, read_peft_config
+from ..layers.kinds import kind_named, kind_of
 from ..variants import adapter_dtype, variant_named
 
 PEFT_PREFIX = "base_model.model."
-CARRIER = "_pool"
 _PEFT_FACTORS = {"lora_A.weight": "lora_B.weight", "lora_embedding_A": "lora_embedding_B"}
 
 
@@ -127,7 +128,7 @@ class AdapterPool:
 
     def __init__(self, model: nn.Module, folder_or_files, max_resident_bytes: int | None = None,
                  ) -> None:
-        if adapters_of(model) is not None:
+        if any(isinstance(m, LoRALayer) for m in model.modules()):
             raise LoraKitError("AdapterPool needs a model without lorakit adapters (it owns the "
                                "adapted layers); detach() them, or load them into the pool")
         self.model = model
@@ -140,7 +141,6 @@ class AdapterPool:
         self._owner: list[PoolEntry | None] = []     # slot -> entry
         self._clock = itertools.count()
         self._used: dict[int, int] = {}              # slot -> last use
-        self._carriers = 0
         self.rank = 0
         self.loads = 0
         # the HTTP thread lists adapters while the engine's thread loads them
@@ -307,13 +307,11 @@ class AdapterPool:
         """Wrap every module some servable adapter adapts, and size the stacks."""
         wanted = {p for e in self.entries.values() if not e.error for p in e.layers}
         new = sorted(wanted - set(self._layers))
+        for path in new:     # bare LoRALayers: the pool's stacks do the work
+            self._layers[path] = wrap(self.model, path)
         if new:
-            name = CARRIER if not self._carriers else f"{CARRIER}{self._carriers}"
-            # a rank-1 LoRA with B = 0 wraps the modules; the pool's stacks do the work
-            handle = attach(self.model, LoRAConfig(rank=1, alpha=1.0, targets=new), name=name)
-            handle.set_active(None)
-            self._carriers += 1
-            self._layers = dict(handle.layers)
+            order = {p: i for i, (p, _) in enumerate(self.model.named_modules())}
+            self._layers = dict(sorted(self._layers.items(), key=lambda kv: order[kv[0]]))
         rank = max([e.rank for e in self.entries.values() if not e.error] + [self.rank, 1])
         self._resize(rank, self._slot_count(rank, wanted))
 
@@ -468,7 +466,7 @@ class AdapterPool:
         return cls.scale_for(config), factors
 
     def _peft_factors(self, entry: PoolEntry):
-        pc, stripped = _read_peft(entry.source)
+        pc, stripped = read_peft(entry.source)
         factors = {}
         for path, (kind_name, _) in entry.layers.items():
             a_suffix = next(s for s in _PEFT_FACTORS if f"{path}.{s}" in stripped)
@@ -488,22 +486,20 @@ class AdapterPool:
                                f"{len(self._owner)})")
         index[index < 0] = len(self._owner)
         labels = [e.name if e else "" for e in self._owner]
-        try:
-            for path, layer in self._layers.items():
-                if layer.merged:
-                    raise LoraKitError(f"module {path!r} has a merged adapter; unmerge it "
-                                       "before serving from the pool")
-                layer.routing = (index.to(layer.base.weight.device), labels, self._stacks[path])
+        batches = []
+        for path, layer in self._layers.items():
+            if layer.merged:
+                raise LoraKitError(f"module {path!r} has a merged adapter; unmerge it "
+                                   "before serving from the pool")
+            batches.append((layer, RoutedBatch(labels, index.to(layer.base.weight.device),
+                                               self._stacks[path])))
+        with handed(batches):
             yield self.model
-        finally:
-            for layer in self._layers.values():
-                layer.routing = None
 
     def close(self) -> nn.Module:
         """Drop the stacks and give the model back without the pool's layers."""
-        handle = adapters_of(self.model)
-        if handle is not None:
-            handle.detach()
+        for path in self._layers:
+            unwrap(self.model, path)
         self._layers, self._stacks, self._owner = {}, {}, []
         for entry in self.entries.values():
             entry.slot, entry.pins = None, 0

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..config import LoRAConfig
-from ..kinds import LayerKind
+from ..layers.kinds import LayerKind
 from .file import VariantFile
 from .optional import GradientInit, LossTerms, Prunable, Router, SharedTensors, TrainingHooks
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..config import LoRAConfig
 from ..errors import LoraKitError
-from ..kinds import LayerKind
+from ..layers.kinds import LayerKind
 from .lora import LoRA
 
 PEFT_MAGNITUDE = "lora_magnitude_vector"

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config import LoRAConfig
-from ..kinds import LayerKind
+from ..layers.kinds import LayerKind
 from .lora import LoRA
 
 

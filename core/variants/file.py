@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 
 from ..config import LoRAConfig
-from ..kinds import LayerKind
+from ..layers.kinds import LayerKind
 
 
 class VariantFile:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..config import LoRAConfig
-from ..kinds import LayerKind
+from ..layers.kinds import LayerKind
 from .base import Variant, init_down_projection
 
 

@@ -41,8 +41,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from lorakit import LoRAConfig
 from lorakit.atomic import atomic_write
 from lorakit.errors import LoraKitError
-from lorakit.gradient_init import apply_gradient_init, base_gradients, gradient_variants
-from lorakit.lightning_module import AdapterModule
+from lorakit.training.gradient_init import apply_gradient_init, base_gradients, gradient_variants
+from lorakit.training.module import AdapterModule
 
 from .aggregation import (
     METHOD,

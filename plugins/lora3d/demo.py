@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from lorakit.demo_report import Headline, write_demo_report
 from lorakit.domains.geometry.shifts import target_scene
 from lorakit.domains.geometry.transforms import similarity
-from lorakit.lightning_module import ADAPTER_FILE
+from lorakit.reports.demo import Headline, write_demo_report
+from lorakit.training.module import ADAPTER_FILE
 
 from .evaluate import score_scene
 from .fit import fit_scene

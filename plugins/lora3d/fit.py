@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 import yaml
 
-from lorakit.progress import StepProgressBar
+from lorakit.reports.progress import StepProgressBar
 
 from .data import SceneDataModule, SceneTruth
 from .module import SelfCalibrationModule

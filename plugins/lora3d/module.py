@@ -27,7 +27,7 @@ import torch
 from lorakit import load_adapter
 from lorakit.config import LoRAConfig
 from lorakit.errors import LoraKitError
-from lorakit.lightning_module import AdapterModule
+from lorakit.training.module import AdapterModule
 
 from .align import robust_alignment
 from .inference import make_pairs, pairwise_inference, predict_pairs

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lorakit.demo_report import Headline, write_demo_report
+from lorakit.reports.demo import Headline, write_demo_report
 
 from .evaluate import quality_rows, quality_table, sampling_times, timing_rows
 

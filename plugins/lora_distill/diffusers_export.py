@@ -37,10 +37,10 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from lorakit.adapter_file import read_adapter
 from lorakit.atomic import atomic_write
 from lorakit.errors import AdapterFileError
-from lorakit.peft_interop import PREFIX, export_peft
+from lorakit.io.adapter_file import read_adapter
+from lorakit.io.peft import PREFIX, export_peft
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY

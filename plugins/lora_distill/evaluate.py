@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from lorakit.bench import markdown_table
 from lorakit.domains.imaging.quality import DigitScorer
+from lorakit.reports.bench import markdown_table
 
 
 def fixed_noise(n: int, shape, seed: int = 1234) -> torch.Tensor:

@@ -35,14 +35,14 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lorakit import load_adapter, read_adapter
+from lorakit.adapters import matches
 from lorakit.config import LoRAConfig
 from lorakit.domains.imaging.guided_unet import COND_PROJ, GuidedUNet, load_unet, unet_folder
 from lorakit.domains.imaging.sampling import add_noise, ddim_sample, load_scheduler
 from lorakit.domains.imaging.teacher import DEFAULT_DIR as EMBEDDED_TEACHER
 from lorakit.domains.imaging.teacher import SCHEDULER_CONFIG
 from lorakit.errors import LoraKitError
-from lorakit.inject import matches
-from lorakit.lightning_module import AdapterModule
+from lorakit.training.module import AdapterModule
 
 # attention projections and the paths that carry time, class and guidance conditioning
 DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "*.to_out.0", "time_emb_proj",

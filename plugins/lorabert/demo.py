@@ -4,7 +4,7 @@ Fetches CPAT's human test set (cached), splits it stratified (seed 0), fine-tune
 compact embedded k-mer BERT (plugins/lorabert/base_compact: 2 layers, 256-codon windows)
 with LoRA on part of the training split, fits the baselines on the
 same transcripts, and scores everything on the held-out test split: results.json,
-report.md / report.html (lorakit.demo_report), roc.png and LoRA-BERT's predictions.tsv in
+report.md / report.html (lorakit.reports.demo), roc.png and LoRA-BERT's predictions.tsv in
 `out_dir`; returns the headline figures.
 
 The compact base, not the default one (4 layers, 512-codon windows, chosen on validation
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from lorakit.demo_report import Headline, write_demo_report
 from lorakit.domains.genomics.metrics import markdown_table, plot_roc
+from lorakit.reports.demo import Headline, write_demo_report
 
 COLUMNS = ["name", "accuracy", "sensitivity", "specificity", "precision", "f1", "mcc",
            "auroc", "trainable_params", "train_s"]

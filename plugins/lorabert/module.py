@@ -45,7 +45,7 @@ from lorakit.domains.genomics.kmer import Window
 from lorakit.domains.genomics.kmer_bert import load_classifier, load_tokenizer
 from lorakit.domains.genomics.metrics import binary_metrics
 from lorakit.errors import LoraKitError
-from lorakit.lightning_module import AdapterModule
+from lorakit.training.module import AdapterModule
 
 from .predict_tsv import PredictionRow, write_predictions
 

@@ -6,7 +6,7 @@ with the settings of `default.yaml`, then writes into `out_dir`:
 
     report.md / report.html   WER and CER before and after on child_test, child_ood and
     results.json              adult_test; trainable parameters; sparsity of λ (written
-                              by lorakit.demo_report, the shape of every suite and demo)
+                              by lorakit.reports.demo, the shape of every suite and demo)
     loss_curve.png            training loss (cross-entropy + L1) per step
     lambda_heatmap.png        |λ| of every adapted matrix (rows) and rank (columns)
     adapter.safetensors       the adapter itself
@@ -20,7 +20,7 @@ import matplotlib
 import torch
 import yaml
 
-from lorakit.demo_report import Headline, write_demo_report
+from lorakit.reports.demo import Headline, write_demo_report
 
 from .data import SpeechDataModule
 from .module import WhisperAdapterModule

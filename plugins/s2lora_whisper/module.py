@@ -43,8 +43,8 @@ from lorakit.domains.speech.whisper_model import (
     transcribe,
 )
 from lorakit.errors import LoraKitError
-from lorakit.lightning_module import AdapterModule
-from lorakit.proximal import adam_thresholds
+from lorakit.training.module import AdapterModule
+from lorakit.training.proximal import adam_thresholds
 
 from .base import embedded_base
 from .teacher_forcing import cross_entropy, transcription_tokenizer
@@ -71,7 +71,7 @@ class WhisperAdapterModule(AdapterModule):
         targets: glob patterns of the Linear layers to adapt.
         l1: coefficient of the L1 penalty l1·Σ|λ| on S2-LoRA's λ (ignored by the other
             methods), applied as a proximal step in Adam's metric after each optimizer step
-            (`lorakit.proximal`): ranks whose gradient is small against their λ reach
+            (`lorakit.training.proximal`): ranks whose gradient is small against their λ reach
             exactly zero.
         adapter: a lorakit adapter file to start from (its method and rank win).
         language: transcription language for multilingual checkpoints.
@@ -144,7 +144,7 @@ class WhisperAdapterModule(AdapterModule):
 
     def shrink_lambda(self) -> None:
         """S2-LoRA's proximal L1 step, after the optimizer step, in Adam's metric
-        (`lorakit.proximal`): λ moves lr·l1/(√v̂ + ε) towards zero and stops at zero."""
+        (`lorakit.training.proximal`): λ moves lr·l1/(√v̂ + ε) towards zero and stops at zero."""
         if self.adapters is None or self.adapters.config.method != "s2lora" or not self.l1:
             return
         self.adapters.shrink(adam_thresholds(self.trainer.optimizers[0], self.l1))

@@ -43,7 +43,7 @@ def test_goal_figures_compare_lego_with_the_best_peft_merge_at_its_rank_and_conc
 
 @pytest.mark.slow
 def test_quick_merge_suite_runs_end_to_end_on_minilm(tmp_path):
-    from lorakit.bench import run_suite
+    from lorakit.reports.bench import run_suite
 
     result = run_suite("merge", tmp_path, threads=1, quick=True)
     saved = json.loads((tmp_path / "results.json").read_text())

@@ -93,7 +93,7 @@ def test_summary_and_goal_figures_from_hand_made_runs():
 
 @pytest.mark.slow
 def test_quick_moe_suite_runs_end_to_end_on_minilm(tmp_path):
-    from lorakit.bench import run_suite
+    from lorakit.reports.bench import run_suite
 
     result = run_suite("moe", tmp_path, threads=1, quick=True)
     saved = json.loads((tmp_path / "results.json").read_text())

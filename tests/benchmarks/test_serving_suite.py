@@ -88,7 +88,7 @@ def test_written_adapters_are_rank_8_lorakit_files_the_pool_serves(tmp_path):
 
 @pytest.mark.slow
 def test_quick_suite_writes_results_report_and_plot(tmp_path):
-    from lorakit.bench import run_suite
+    from lorakit.reports.bench import run_suite
 
     result = run_suite("serving", tmp_path, quick=True)
     saved = json.loads((tmp_path / "results.json").read_text())

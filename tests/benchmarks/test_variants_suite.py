@@ -71,7 +71,7 @@ def test_sentence_classifier_fits_through_adapter_module_and_records_its_curve(
 
     from lorakit import LoRAConfig, init_from_gradients
     from lorakit.benchmarks.common.sentence_classifier import SentenceClassifier, accuracy, loader
-    from lorakit.lightning_module import AdapterModule
+    from lorakit.training.module import AdapterModule
 
     config = None if method is None else LoRAConfig(method=method, rank=2)
     module = SentenceClassifier(tiny_encoder(), config, lr=1e-2, output_dir=str(tmp_path))

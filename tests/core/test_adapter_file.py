@@ -92,7 +92,7 @@ def test_a_crash_while_saving_leaves_no_partial_file_and_keeps_the_old_one(saved
             f.write(b"half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("lorakit.adapter_file.save_file", crash)
+    monkeypatch.setattr("lorakit.io.adapter_file.save_file", crash)
     with pytest.raises(KeyboardInterrupt):
         adapters.save(saved)
     assert saved.read_bytes() == old

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lorakit
 from lorakit.config import ALLoRAOptions
-from lorakit.lightning_module import AdapterModule
+from lorakit.training.module import AdapterModule
 
 
 def linear_with_allora(eta=0.5, alpha=16.0):

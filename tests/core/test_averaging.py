@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lorakit
-from lorakit.averaging import AdapterEMA
+from lorakit.training.averaging import AdapterEMA
 
 from .test_lightning import TinyClassifier, loader, trainer
 

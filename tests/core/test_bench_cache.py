@@ -1,8 +1,8 @@
-"""`lorakit.bench.cached`: a suite's runs are read back instead of computed again, and a
+"""`lorakit.reports.bench.cached`: a suite's runs are read back instead of computed again, and a
 run made with other settings is computed again."""
 import json
 
-from lorakit.bench import cached
+from lorakit.reports.bench import cached
 
 
 def counting(result):

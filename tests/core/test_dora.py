@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import lorakit
-from lorakit.merge_file import merge_into_state_file
+from lorakit.compose.merge_file import merge_into_state_file
 
 from .test_layer_kinds import output
 from .variant_properties import ALL, check_merge_and_unmerge, check_save_and_load, mlp
@@ -126,7 +126,7 @@ def test_a_peft_dora_adapter_imports_as_lorakit_dora_with_equal_outputs(case, tm
     make, targets, inputs = ALL[case]
     x = inputs()
     names = [n for n, m in make().named_modules()
-             if n and any(lorakit.inject.matches(n, t) for t in targets)]
+             if n and any(lorakit.adapters.matches(n, t) for t in targets)]
     peft_model = peft.get_peft_model(make(), peft.LoraConfig(
         r=3, lora_alpha=7, target_modules=names, use_dora=True, init_lora_weights=False))
     with torch.no_grad():   # a magnitude away from ‖W‖, as after training

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lorakit
 from lorakit.config import GGPOOptions
-from lorakit.lightning_module import AdapterModule
+from lorakit.training.module import AdapterModule
 
 SIGMA, BETA, LR, SCALE = 0.3, 0.2, 0.1, 2.0
 

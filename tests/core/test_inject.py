@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import lorakit
-from lorakit.proximal import adam_thresholds
+from lorakit.training.proximal import adam_thresholds
 
 
 def test_glob_patterns_select_query_and_value_of_a_bert(tiny_bert):

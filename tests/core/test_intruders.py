@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 import lorakit
+from lorakit.analysis.intruders import analyze_adapter, effective_rank, matrix_report
 from lorakit.cli import main
-from lorakit.intruders import analyze_adapter, effective_rank, matrix_report
 
 
 def lorakit_cli(capsys, *args):

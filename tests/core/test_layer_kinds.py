@@ -145,7 +145,7 @@ def test_peft_adapter_imports_into_lorakit_with_equal_outputs(case, tmp_path):
     make, targets, inputs = CASES[case]
     x = inputs()
     names = [n for n, m in make().named_modules()
-             if any(lorakit.inject.matches(n, t) for t in targets) and n]
+             if any(lorakit.adapters.matches(n, t) for t in targets) and n]
     peft_model = peft.get_peft_model(make(), peft.LoraConfig(r=3, lora_alpha=7,
                                                              target_modules=names,
                                                              init_lora_weights=False))

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import lorakit
-from lorakit.lightning_module import AdapterModule
+from lorakit.training.module import AdapterModule
 
 
 class TinyClassifier(AdapterModule):

@@ -72,7 +72,7 @@ def test_parties_gradient_sums_averaged_give_the_init_of_all_batches(tiny_bert):
     """The federated split of the init (Fed-SB's init round): each party's
     `base_gradients` sum, pooled over the parties' batch counts, is the mean over all
     batches, and `apply_gradient_init` of it sets the adapter `init_from_gradients` does."""
-    from lorakit.gradient_init import apply_gradient_init, base_gradients
+    from lorakit.training.gradient_init import apply_gradient_init, base_gradients
     data = batches()
     whole, parts = tiny_bert(), tiny_bert()
     whole_ad = lorakit.attach(whole, sb(rank=4, lora_sb=LoRASBOptions(init_lr=1e-3)))
@@ -90,7 +90,7 @@ def test_parties_gradient_sums_averaged_give_the_init_of_all_batches(tiny_bert):
 
 
 def test_clip_bounds_each_batchs_gradient_over_all_modules_together(tiny_bert):
-    from lorakit.gradient_init import base_gradients
+    from lorakit.training.gradient_init import base_gradients
     model = tiny_bert()
     adapters = lorakit.attach(model, sb(rank=2))
     data = batches()

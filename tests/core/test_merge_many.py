@@ -6,15 +6,15 @@ import pytest
 import torch
 
 import lorakit
-from lorakit.adapter_file import layer_entries, read_adapter
 from lorakit.cli import main
-from lorakit.merge_many import (
+from lorakit.compose.merge_many import (
     PEFT_METHODS,
     concat_factors,
     lego_factors,
     lowrank_norm,
     merge_adapters,
 )
+from lorakit.io.adapter_file import layer_entries, read_adapter
 from lorakit.variants import variant_named
 
 QV = ["*.query", "*.value"]

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 import lorakit
-from lorakit.adapter_inspect import describe
+from lorakit.analysis.inspect import describe
 from lorakit.config import MixtureOptions
-from lorakit.lightning_module import AdapterModule, routing_summary
+from lorakit.training.module import AdapterModule, routing_summary
 from lorakit.variants.mixture import allocation, localized_balance, switch_balance
 
 

@@ -3,7 +3,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lorakit.progress import StepProgressBar
+from lorakit.reports.progress import StepProgressBar
 
 
 class Line(pl.LightningModule):

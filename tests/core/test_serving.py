@@ -263,3 +263,22 @@ def test_a_missing_adapter_folder_is_an_error_not_an_empty_pool(setup, tmp_path)
     base, _ = setup
     with pytest.raises(lorakit.AdapterFileError, match="does not exist"):
         AdapterPool(copy.deepcopy(base), tmp_path / "typo")
+
+
+def test_the_pool_wraps_modules_without_a_handle_and_close_gives_the_base_back(setup):
+    base, folder = setup
+    model = copy.deepcopy(base)
+    pool = AdapterPool(model, folder)
+    generate(model, pool, [Request(PROMPTS[0], "a", max_new_tokens=2)])
+    layers = [m for m in model.modules() if isinstance(m, lorakit.LoRALayer)]
+    # every module some servable adapter adapts, wrapped bare: no adapter of the pool's own
+    assert {p for p, m in model.named_modules() if isinstance(m, lorakit.LoRALayer)} == {
+        f"model.layers.{i}.{m}" for i in range(2)
+        for m in ("self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj")}
+    assert all(len(layer.variants) == 0 for layer in layers)
+    assert lorakit.adapters_of(model) is None
+    with pytest.raises(lorakit.LoraKitError, match="without lorakit adapters"):
+        AdapterPool(model, folder)
+    pool.close()
+    assert not any(isinstance(m, lorakit.LoRALayer) for m in model.modules())
+    assert dict(model.named_parameters()).keys() == dict(base.named_parameters()).keys()

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import lorakit
-from lorakit.merge_file import merge_into_state_file
+from lorakit.compose.merge_file import merge_into_state_file
 
 METHODS = ["allora", "ggpo", "balora"]
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import LoraKitError
-from ...kinds import LayerKind
+from ...layers.kinds import LayerKind
 from ..base import Variant
 from ..dora import DoRA
 from ..ffa_lora import FFALoRA

@@ -100,8 +100,8 @@ class XLoRA(nn.Module):
         """Load each adapter (a lorakit file, or a PEFT folder) onto `model` under its name,
         then build the head. A file made for another base is refused by name before anything
         trains, and the model is left without the adapters loaded so far."""
-        from ...inject import adapters_of, load_adapter
-        from ...peft_interop import import_peft
+        from ...adapters import adapters_of, load_adapter
+        from ...io.peft import import_peft
 
         loaded: list[str] = []
         try:
@@ -142,16 +142,15 @@ class XLoRA(nn.Module):
     @contextlib.contextmanager
     def scaled(self, scalings: torch.Tensor):
         """Every adapted layer applies its slice of `scalings` inside the block."""
-        layers = [self.adapters.layers[p] for p in self.paths]
-        try:
-            for i, layer in enumerate(layers):
-                present = [n for n in self.names if n in layer.variants]
-                keep = [self.names.index(n) for n in present]
-                layer.scalings = (scalings[..., i, keep], present)
+        from ...adapters.routing import RoutedBatch, handed
+
+        batches = []
+        for i, layer in enumerate(self.adapters.layers[p] for p in self.paths):
+            present = [n for n in self.names if n in layer.variants]
+            keep = [self.names.index(n) for n in present]
+            batches.append((layer, RoutedBatch(present, weights=scalings[..., i, keep])))
+        with handed(batches):
             yield
-        finally:
-            for layer in layers:
-                layer.scalings = None
 
     def forward(self, run: Callable[[], object]):
         """Dual pass: `run()` (the model on one batch) with the adapters off, without

@@ -6,8 +6,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import lorakit
-from lorakit.lightning_module import AdapterModule
 from lorakit.registry import Plugin
+from lorakit.training.module import AdapterModule
 
 
 class ToyModule(AdapterModule):
@@ -59,7 +59,7 @@ def demo(out_dir: Path, threads: int = 1) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lorakit.demo_report import Headline, write_demo_report
+    from lorakit.reports.demo import Headline, write_demo_report
 
     fig, ax = plt.subplots(figsize=(2, 2))
     ax.plot([0, 1], [1, 0])

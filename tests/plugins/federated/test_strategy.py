@@ -118,8 +118,8 @@ def _offline(strategy):
 
 
 def test_fedsb_init_round_sets_b_a_r_from_the_mean_of_the_good_clients_gradients(caplog):
-    from lorakit.gradient_init import apply_gradient_init
     from lorakit.plugins.federated.app import ClientModule, local_gradient
+    from lorakit.training.gradient_init import apply_gradient_init
     cfg = settings({"strategy": "fedsb", "clients": 2})
     state, base = initial(cfg)
     good = [local_gradient(cfg, state, c, 2) for c in range(2)]

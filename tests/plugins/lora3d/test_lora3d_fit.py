@@ -40,7 +40,7 @@ def full(micro, tmp_path_factory):
 
 
 def test_fit_scene_trains_the_adapters_with_the_default_yaml_trainer(micro, full):
-    from lorakit.adapter_file import read_adapter
+    from lorakit.io.adapter_file import read_adapter
     from lorakit.plugins.lora3d.fit import default_config
     from lorakit.plugins.lora3d.inference import pairwise_inference
     from lorakit.plugins.lora3d.model import load_checkpoint

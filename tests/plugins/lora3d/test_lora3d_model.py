@@ -100,8 +100,8 @@ def test_fit_saves_an_adapter_and_predict_writes_ply_poses_and_preview(tmp_path)
 
     import lightning.pytorch as pl
 
-    from lorakit.adapter_file import read_adapter
     from lorakit.domains.geometry.images import write_folder
+    from lorakit.io.adapter_file import read_adapter
     from lorakit.plugins.lora3d.data import SceneDataModule
     from lorakit.plugins.lora3d.model import save_checkpoint
     from lorakit.plugins.lora3d.module import SelfCalibrationModule

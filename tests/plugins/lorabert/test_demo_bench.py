@@ -22,7 +22,7 @@ def test_demo_reports_lora_bert_and_the_baselines(tmp_path):
 
 @pytest.mark.timeout(1800)
 def test_quick_benchmark_gives_rows_figures_and_the_roc_plot(tmp_path):
-    from lorakit.bench import run_suite
+    from lorakit.reports.bench import run_suite
     res = run_suite("lorabert", tmp_path, threads=1, quick=True)
     names = [r["name"] for r in res["rows"]]
     assert names[:6] == ["LoRA-BERT", "full fine-tuning", "frozen encoder + head",

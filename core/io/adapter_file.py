@@ -16,7 +16,7 @@
               <path>.lora_A0, .lora_B0 (the init) with lora_A, lora_B   LoRA-GA
               <path>.<name>                                          modules_to_save
 
-A's `in` and B's `out` are those of ΔW as a matrix (`lorakit.kinds`): a Linear's
+A's `in` and B's `out` are those of ΔW as a matrix (`lorakit.layers.kinds`): a Linear's
 in/out features, a Conv2d's in·k·k and out channels, an Embedding's table size and
 width. Format 1 (lorakit 0.1) had no `kinds` and no `name`: every module was a Linear.
 A file of a newer format than this lorakit reads is refused, naming both.
@@ -35,12 +35,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .atomic import atomic_write
-from .config import LoRAConfig
-from .errors import AdapterFileError, LoraKitError
-from .kinds import kind_named
-from .variants import variant_named
-from .version import __version__
+from ..atomic import atomic_write
+from ..config import LoRAConfig
+from ..errors import AdapterFileError, LoraKitError
+from ..layers.kinds import kind_named
+from ..variants import variant_named
+from ..version import __version__
 
 FORMAT = 2
 

@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .adapter_file import layer_entries, read_adapter
-from .config import LoRAConfig
-from .errors import AdapterFileError, AdapterMismatchError, LoraKitError
-from .variants import variant_named
+from ..config import LoRAConfig
+from ..errors import AdapterFileError, AdapterMismatchError, LoraKitError
+from ..io.adapter_file import layer_entries, read_adapter
+from ..variants import variant_named
 
 K = 10            # the top singular vectors that are checked (the paper's k)
 THRESHOLD = 0.5   # ε: below this max |cos| with every base singular vector, an intruder

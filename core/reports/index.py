@@ -3,7 +3,7 @@
 Per plugin: whether its demo ran, its headline table (rounded numbers with units, the
 baseline measured beside them, the paper's claim or the issue's goal), its plots
 inline and a link to its full report as HTML. Everything comes from the plugin's own
-results.json (`lorakit.demo_report`); a folder without one (a third-party demo that
+results.json (`lorakit.reports.demo`); a folder without one (a third-party demo that
 writes only report.md) shows the figures its demo returned.
 
     out/index.md     the page as Markdown
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from .bench import figure_rows, headline_rows, markdown_table, plots
-from .report_html import write_markdown_and_html
+from .html import write_markdown_and_html
 
 INTRO = ("Each demo ran its plugin's embedded default end to end on this machine. The "
          "headline numbers come from the demo's results.json; the baseline beside each "

@@ -23,7 +23,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import torch
 
-from .errors import LoraKitError
+from ..errors import LoraKitError
 
 
 class AdapterEMA(pl.Callback):

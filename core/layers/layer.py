@@ -13,17 +13,23 @@ dtype) still happens, and attributes code reads off the base (`weight`,
 `layer.variants[name]`; the layer only sums them, merges them into the base weight
 and, in a mixed-adapter batch, gathers each row's own factors. `enabled = False`
 makes the layer the frozen base, which is how a teacher or a reference comes free.
+A routed batch (`lorakit.adapters.routing.RoutedBatch`: each row its own adapter, or
+each token its own adapter weights) is handed in through `route_batch`.
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import LoraKitError
+from ..errors import LoraKitError
 from .kinds import LayerKind
-from .variants import Variant
-from .variants.mixture import mixed
+
+if TYPE_CHECKING:   # the variants import this package's kinds: no import back at load time
+    from ..adapters.routing import RoutedBatch
+    from ..variants import Variant
 
 
 class LoRALayer(nn.Module):
@@ -38,11 +44,8 @@ class LoRALayer(nn.Module):
         self.active: dict[str, float] = {}    # name -> weight
         self.merged: dict[str, float] = {}    # name -> weight folded into base.weight
         self.enabled = True
-        # during `Adapters.route`: (row -> adapter index, adapter names, cached stacks or None)
-        self.routing: tuple[torch.Tensor, list[str], tuple | None] | None = None
+        self._batch: RoutedBatch | None = None     # see `route_batch`
         self._stack_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
-        # during an X-LoRA pass: (per-token weights (..., n) matching x's rows, adapter names)
-        self.scalings: tuple[torch.Tensor, list[str]] | None = None
 
     def __getattr__(self, name: str):
         try:
@@ -57,10 +60,9 @@ class LoRALayer(nn.Module):
         y = self.base(x)
         if not self.enabled:
             return y
-        if self.routing is not None:
-            return y + self.routed(x).to(y.dtype)
-        if self.scalings is not None:
-            return y + self.scaled(x).to(y.dtype)
+        if self._batch is not None:
+            out = self.routed(x, self._batch) if self._batch.by_row else self.scaled(x, self._batch)
+            return y + out.to(y.dtype)
         for name, weight in self.active.items():
             if name not in self.merged:
                 y = y.add(self.variants[name](x, self.kind, self.base).to(y.dtype),
@@ -68,6 +70,16 @@ class LoRALayer(nn.Module):
         return y
 
     # --- mixed-adapter batches ----------------------------------------------------------
+    def route_batch(self, batch: RoutedBatch | None) -> None:
+        """Forwards from now on follow `batch` (one adapter per row, or per-token adapter
+        weights) instead of the active set; None goes back to the active set."""
+        self._batch = batch
+
+    @property
+    def routing(self) -> RoutedBatch | None:
+        """The routed batch this layer was handed, or None."""
+        return self._batch
+
     def stacks(self, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """A (n+1, r, in) and scale·B (n+1, out, r) of adapters `names` padded to the largest
         rank; a row of zeros for an adapter this layer lacks, and one more for 'no adapter'."""
@@ -104,8 +116,8 @@ class LoRALayer(nn.Module):
             self._stack_cache = (key, self.stacks(names))
         return self._stack_cache[1]
 
-    def routed(self, x: torch.Tensor) -> torch.Tensor:
-        index, names, stacks = self.routing
+    def routed(self, x: torch.Tensor, batch: RoutedBatch) -> torch.Tensor:
+        index, names, stacks = batch.index, batch.names, batch.stacks
         if x.shape[0] != index.shape[0]:
             raise LoraKitError(f"routed forward: the batch has {x.shape[0]} rows but "
                                f"{index.shape[0]} adapter ids were given")
@@ -119,10 +131,12 @@ class LoRALayer(nn.Module):
             return self.kind.up(self.kind.down(x, a_stack[first]), b_stack[first])
         return self.kind.routed(x, a_stack, b_stack, index)
 
-    def scaled(self, x: torch.Tensor) -> torch.Tensor:
+    def scaled(self, x: torch.Tensor, batch: RoutedBatch) -> torch.Tensor:
         """Σ_n s_n · scale_n · B_n A_n x with a weight per token and adapter (X-LoRA's second
         pass): the adapters' stacked factors, two matmuls, no loop over adapters."""
-        weights, names = self.scalings
+        from ..variants.mixture import mixed
+
+        weights, names = batch.weights, batch.names
         a_stack, b_stack = self.cached_stacks(names)      # frozen adapters: stacked once
         rows = x.reshape(-1, x.shape[-1]).to(a_stack.dtype)
         if weights.numel() != rows.shape[0] * len(names):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import LoraKitError
+from ..errors import LoraKitError
 
 
 def _conv1d_class():

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from .adapter_file import layer_entries
-from .config import CORE_FIELDS, LoRAConfig
-from .variants import variant_named
+from ..config import CORE_FIELDS, LoRAConfig
+from ..io.adapter_file import layer_entries
+from ..variants import variant_named
 
 
 def describe(meta: dict, tensors: dict[str, torch.Tensor], tol: float = 1e-3) -> dict:

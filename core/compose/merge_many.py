@@ -71,7 +71,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .adapter_file import (
+from ..adapters import Adapters, attach, check_fingerprint
+from ..atomic import atomic_write
+from ..config import LoRAConfig
+from ..errors import AdapterMismatchError, LoraKitError
+from ..io.adapter_file import (
     FORMAT,
     fingerprint_hash,
     layer_entries,
@@ -79,14 +83,10 @@ from .adapter_file import (
     read_adapter,
     saved_keys,
 )
-from .atomic import atomic_write
-from .config import LoRAConfig
-from .errors import AdapterMismatchError, LoraKitError
-from .inject import Adapters, attach, check_fingerprint
-from .kinds import KINDS
-from .peft_interop import _write_peft, import_peft
-from .variants import variant_named
-from .version import __version__
+from ..io.peft import import_peft, write_peft
+from ..layers.kinds import KINDS
+from ..variants import variant_named
+from ..version import __version__
 
 PEFT_METHODS = ("linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties",
                 "dare_linear_svd", "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
@@ -385,7 +385,7 @@ def peft_merge(sources: list[Source], weights: list[float], combination: str,
             meta = {**src.meta, "config": {**src.meta["config"], "modules_to_save": []}}
             tensors = {k: v for k, v in src.tensors.items()
                        if k not in saved_keys(src.meta, src.tensors)}
-            _write_peft(meta, tensors, Path(tmp) / f"in{i}", source=src.label)
+            write_peft(meta, tensors, Path(tmp) / f"in{i}", source=src.label)
             names.append(f"in{i}")
         model = peft.PeftModel.from_pretrained(stand_in_model(fingerprint, kinds),
                                                str(Path(tmp) / "in0"), adapter_name="in0")

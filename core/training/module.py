@@ -18,10 +18,16 @@ then gives it, without further code:
   before each optimizer step (`on_before_optimizer_step` → `adapters.before_optimizer_step()`,
   ALLoRA), a perturbed second forward/backward per step when an active method asks for
   one (`optimizer_step` runs Lightning's closure twice around `adapters.perturbed()`,
-  LoRA-GGPO), and `output_regularisers(outputs, run_base)` for methods with loss terms on
-  the outputs (BA-LoRA), the base outputs from the same model with adapters disabled;
-  and `routing_losses()` for mixtures of experts (load balance), logged with each router's
-  per-expert load and entropy;
+  LoRA-GGPO);
+- the methods' extra losses through one channel (`adapters.loss_terms`), added to the
+  loss `training_step` returns and logged as `train/<adapter>/<term>`, in one place: every
+  subclass's `training_step` is wrapped (`__init_subclass__`), so none can forget a term.
+  A mixture's load balance needs nothing from the subclass (logged with each router's
+  per-expert load and entropy, `moe/<adapter>/...`); S2-LoRA's L1 joins the loss when
+  `l1_loss` is not 0; terms on the outputs (BA-LoRA) need the outputs, which the step
+  hands in with `output_regularisers(outputs, run_base)` (a step that does not, while such
+  a method is active, is an error). `training_context(batch)` is the context the step and
+  its terms run in (LoRAMoE's row types);
 - nothing that breaks DDP/FSDP or mixed precision: it is a plain LightningModule.
 
 Why the perturbed pass lives in `optimizer_step` and not in a manual-optimization loop:
@@ -39,8 +45,11 @@ has one, `trainer.log_dir`; else `default_root_dir` itself).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import random
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -49,9 +58,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from .config import LoRAConfig
-from .errors import LoraKitError
-from .inject import Adapters, attach
+from ..adapters import Adapters, attach
+from ..config import LoRAConfig
+from ..errors import LoraKitError
 
 ADAPTER_KEY = "lorakit_adapters"
 ADAPTER_FILE = "adapter.safetensors"
@@ -72,6 +81,23 @@ def routing_summary(stats: dict[str, dict]) -> dict[str, float]:
     return out
 
 
+def _adding_loss_terms(step):
+    """`step` (a subclass's training_step), run in `training_context(batch)`, its loss plus
+    the methods' terms; a subclass's `super().training_step(...)` adds nothing twice."""
+    @functools.wraps(step)
+    def training_step(self, *args, **kwargs):
+        if getattr(self, "_in_training_step", False):
+            return step(self, *args, **kwargs)
+        self._in_training_step, self._output_terms = True, None
+        try:
+            with self.training_context(args[0] if args else kwargs.get("batch")):
+                return self.add_loss_terms(step(self, *args, **kwargs))
+        finally:
+            self._in_training_step = False
+    training_step._adds_loss_terms = True
+    return training_step
+
+
 class AdapterModule(pl.LightningModule):
     """Base for adapter training: adapter-only optimizer, checkpoints and resume.
 
@@ -81,11 +107,17 @@ class AdapterModule(pl.LightningModule):
         optimizer: "adamw", "adam" or "sgd".
         output_dir: where the adapter and the run's other files are written; None: the
             run's folder under --trainer.default_root_dir (trainer.log_dir).
+        l1_loss: coefficient of S2-LoRA's L1 term l1_loss·Σ|λ| added to the training loss
+            (0: none, as when the L1 is applied as a proximal step, `adapters.shrink`).
     """
 
     def __init__(self, lr: float = 1e-3, weight_decay: float = 0.0,
-                 optimizer: str = "adamw", output_dir: str | None = None) -> None:
+                 optimizer: str = "adamw", output_dir: str | None = None,
+                 l1_loss: float = 0.0) -> None:
         super().__init__()
+        self.l1_loss = l1_loss
+        self._output_terms: dict[str, torch.Tensor] | None = None
+        self._in_training_step = False
         if optimizer not in ("adamw", "adam", "sgd"):
             raise LoraKitError(f"optimizer must be 'adamw', 'adam' or 'sgd', got {optimizer!r}")
         self.lr = lr
@@ -164,38 +196,83 @@ class AdapterModule(pl.LightningModule):
             return loss
         optimizer.step(closure=clean_then_perturbed)
 
+    # --- the methods' extra losses: one channel ----------------------------------------
+    def __init_subclass__(cls, **kwargs) -> None:
+        """Wrap a subclass's `training_step` (its own or a mixin's) so its loss gets the
+        methods' terms; one already wrapped higher up is left as it is."""
+        super().__init_subclass__(**kwargs)
+        step = getattr(cls, "training_step", None)
+        if (step is not None and step is not pl.LightningModule.training_step
+                and not getattr(step, "_adds_loss_terms", False)):
+            cls.training_step = _adding_loss_terms(step)
+
+    def training_context(self, batch):
+        """The context a training step and its loss terms run in (a mixture's row types,
+        `adapters.row_types`, which LoRAMoE's balance reads); none by default."""
+        return contextlib.nullcontext()
+
     def output_regularisers(self, outputs: torch.Tensor, run_base,
                             mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The active methods' loss terms on `outputs` (BA-LoRA), each logged as `reg/<name>`.
+        """Hand this step's outputs to the methods with loss terms on them (BA-LoRA): the
+        terms join the step's loss after `training_step` returns (do not add them yourself)
+        and are logged as `train/<adapter>/<term>`; returns their sum, to look at.
 
         `run_base()` recomputes the outputs for the same batch; it runs under
         `with adapters.disabled():` and without gradients, so the base is this very model
         with its adapters off (no copy). Zero, and `run_base` never called, without such
         methods."""
-        if self.adapters is None or not self.adapters.output_regularised:
+        if self.adapters is None or not self.adapters.needs_outputs:
             return outputs.new_zeros(())
         with torch.no_grad(), self.adapters.disabled():
             base_outputs = run_base()
         terms = self.adapters.regularisers(outputs, base_outputs, mask)
+        self._output_terms = terms
+        return torch.stack(list(terms.values())).sum()
+
+    def add_loss_terms(self, out):
+        """`out` (a training step's loss, or a dict with "loss") plus every active method's
+        terms (`adapters.loss_terms`), each logged as `train/<adapter>/<term>`. Called once
+        per step by the wrapped `training_step`; manual optimization gets `out` back as is."""
+        output_terms, self._output_terms = self._output_terms, None
+        if self.adapters is None or not self.adapters.names or not self.automatic_optimization:
+            return out
+        loss = out.get("loss") if isinstance(out, Mapping) else out
+        if loss is None:
+            return out
+        if self.adapters.needs_outputs and output_terms is None:
+            raise LoraKitError(
+                f"{type(self).__name__}.training_step: an active adapter's method (BA-LoRA) has "
+                "loss terms on the model's outputs, and the step never handed them in: call "
+                "self.output_regularisers(outputs, run_base) in training_step")
+        terms = self.adapters.loss_terms(l1=self.l1_loss)
+        terms.update(output_terms or {})
+        if not terms:
+            return out
         if self._trainer is not None:
             for name, value in terms.items():
-                self.log(f"reg/{name}", value.detach())
-        return torch.stack(list(terms.values())).sum()
+                self.log(f"train/{name}", value.detach())
+            self._log_routing_stats()
+        total = loss + torch.stack([v.to(loss.device) for v in terms.values()]).sum()
+        return {**out, "loss": total} if isinstance(out, Mapping) else total
+
+    def _log_routing_stats(self) -> None:
+        for name in self.adapters.active:
+            for key, value in routing_summary(self.adapters.routing_stats(name)).items():
+                self.log(f"moe/{name}/{key}", value)
 
     def routing_losses(self) -> torch.Tensor:
         """The mixtures' auxiliary losses of the last forward (load balance, LoRAMoE's
         localized balancing), each logged as `moe/<adapter>/<term>`, with the router's
         entropy and per-expert load (`moe/<adapter>/entropy`, `moe/<adapter>/load_e<i>`,
-        means over modules); add it to the loss in `training_step`. Zero without mixtures."""
+        means over modules), to look at: the training step's loss gets them already
+        (`add_loss_terms`). Zero without mixtures."""
         if self.adapters is None:
             return torch.zeros(())
         terms = self.adapters.routing_terms()
         if self._trainer is not None:
             for name, value in terms.items():
                 self.log(f"moe/{name}", value.detach())
-            for name in self.adapters.active:
-                for key, value in routing_summary(self.adapters.routing_stats(name)).items():
-                    self.log(f"moe/{name}/{key}", value)
+            self._log_routing_stats()
         return torch.stack(list(terms.values())).sum() if terms else torch.zeros(())
 
     # --- the adapter file at the end of fit ------------------------------------------

@@ -12,11 +12,11 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .adapter_file import layer_entries, read_adapter, saved_keys
-from .atomic import atomic_write
-from .config import LoRAConfig
-from .errors import AdapterFileError, AdapterMismatchError
-from .variants import variant_named
+from ..atomic import atomic_write
+from ..config import LoRAConfig
+from ..errors import AdapterFileError, AdapterMismatchError
+from ..io.adapter_file import layer_entries, read_adapter, saved_keys
+from ..variants import variant_named
 
 
 def merge_into_state_file(adapter, base, out, prefix: str = "") -> int:

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import LoraKitError
-from .inject import Adapters
-from .variants import Variant
+from ..adapters import Adapters
+from ..errors import LoraKitError
+from ..variants import Variant
 
 
 def init_from_gradients(model: nn.Module, adapters: Adapters, batches: Iterable[Any],

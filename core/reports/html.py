@@ -1,6 +1,6 @@
 """Reports as HTML pages: what a browser shows as a document, not as plain text.
 
-A report is written once, as Markdown (`lorakit.bench.write_report`, the demo index);
+A report is written once, as Markdown (`lorakit.reports.bench.write_report`, the demo index);
 the HTML page beside it is that same text rendered by markdown-it (CommonMark plus
 tables; installed with rich, which lorakit already needs), so the two never say
 different things. Tables become HTML tables and `![plot](plot.png)` an inline image.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from .atomic import atomic_write
+from ..atomic import atomic_write
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto;

@@ -1,7 +1,7 @@
 """A demo's report: the benchmark suites' result shape, plus the headline a newcomer reads.
 
 `lorakit <plugin> demo` ends with `write_demo_report`, which writes through the bench
-writer (`lorakit.bench.write_results`, atomic):
+writer (`lorakit.reports.bench.write_results`, atomic):
 
     out_dir/results.json   {"suite", "machine", "figures", "rows", "notes",
                             "title", "headline", "units", "tables", "plots"}

@@ -9,7 +9,7 @@ plots into `out_dir`. The runner adds `suite` and `machine` and writes
     out_dir/report.md      the table, the figures and the plots
     out_dir/report.html    the same report for a browser
 
-A demo (`lorakit.demo_report`) writes the same shape through `write_results`, with a
+A demo (`lorakit.reports.demo`) writes the same shape through `write_results`, with a
 few optional keys the report shows when present: `title`, `headline` (the numbers
 that come first, each with its unit and the claim or goal it answers), `units`
 (figure -> unit), `tables` (heading -> rows) and `plots` (PNG paths under out_dir).
@@ -23,11 +23,11 @@ import os
 import platform
 from pathlib import Path
 
-from .atomic import atomic_write
-from .errors import LoraKitError
-from .quiet import quiet_third_party
-from .registry import bench_suites, resolve
-from .report_html import write_markdown_and_html
+from ..atomic import atomic_write
+from ..errors import LoraKitError
+from ..quiet import quiet_third_party
+from ..registry import bench_suites, resolve
+from .html import write_markdown_and_html
 
 
 def machine() -> dict:

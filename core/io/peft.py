@@ -31,14 +31,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..adapters import DEFAULT, Adapters, attach, describe
+from ..atomic import atomic_write
+from ..config import LoRAConfig
+from ..errors import AdapterFileError, AdapterMismatchError
+from ..layers import LoRALayer
+from ..layers.kinds import kind_of
+from ..variants import VARIANTS, LoRA, Variant, variant_named
 from .adapter_file import layer_entries, payload, read_adapter, saved_keys
-from .atomic import atomic_write
-from .config import LoRAConfig
-from .errors import AdapterFileError, AdapterMismatchError
-from .inject import DEFAULT, Adapters, attach, describe
-from .kinds import kind_of
-from .layers import LoRALayer
-from .variants import VARIANTS, LoRA, Variant, variant_named
 
 PREFIX = "base_model.model."
 # PEFT inits that subtract the initial B A from the base weight (PiSSA, OLoRA, CorDA, LoRA-GA)
@@ -46,8 +46,10 @@ MUTATED_INITS = ("pissa", "olora", "corda", "lora_ga")
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
-def _write_peft(meta: dict, tensors: dict[str, torch.Tensor], out_dir: Path,
+def write_peft(meta: dict, tensors: dict[str, torch.Tensor], out_dir: Path,
                 source: str) -> Path:
+    """Write an adapter file's metadata and tensors as a PEFT folder (`adapter_config.json`
+    + `adapter_model.safetensors`); refuses a method PEFT has no layout for."""
     config = LoRAConfig.from_dict(meta["config"])
     method = variant_named(config.method)
     if not method.peft:
@@ -102,10 +104,10 @@ def export_peft(source, out_dir) -> Path:
         for name in source.names:
             meta, tensors = payload(source, name)
             folder = out_dir if name == DEFAULT else out_dir / name
-            _write_peft(meta, tensors, folder, source=f"adapter {name!r}")
+            write_peft(meta, tensors, folder, source=f"adapter {name!r}")
         return out_dir
     meta, tensors = read_adapter(source)
-    return _write_peft(meta, tensors, out_dir, source=str(source))
+    return write_peft(meta, tensors, out_dir, source=str(source))
 
 
 def peft_folders(peft_dir: Path, name: str | None) -> list[tuple[Path, str]]:
@@ -152,7 +154,10 @@ def read_peft_config(peft_dir: Path) -> dict:
     return pc
 
 
-def _read_peft(peft_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_peft(peft_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A PEFT adapter folder's `adapter_config.json` and its tensors, keyed by module path
+    (`<path>.lora_A.weight`, PEFT's `base_model.model.` prefix removed). Refuses a pickled
+    `adapter_model.bin`, a corrupt file and an init that changed the base weights."""
     config_path, weights = peft_dir / CONFIG, peft_dir / WEIGHTS
     if not weights.is_file():
         pickled = peft_dir / "adapter_model.bin"
@@ -186,7 +191,7 @@ def peft_method(pc: dict) -> type[Variant]:
 
 
 def _import_one(peft_dir: Path, model: torch.nn.Module, name: str) -> Adapters:
-    pc, stripped = _read_peft(peft_dir)
+    pc, stripped = read_peft(peft_dir)
     method = peft_method(pc)
     suffixes = {"lora_A.weight": "lora_B.weight", "lora_embedding_A": "lora_embedding_B"}
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -1,0 +1,2 @@
+"""Looking into adapter files: `inspect.py` (what a file holds), `intruders.py` (intruder
+dimensions)."""

@@ -1,0 +1,1 @@
+"""Adapters on disk: lorakit's own file (`adapter_file.py`) and PEFT's layout (`peft.py`)."""
