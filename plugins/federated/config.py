@@ -162,7 +162,8 @@ class FederatedConfig(Mapping):
         known = [key for key, *_ in options(cls)]
         for key in given:
             if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
+                close = ([k for k in known if k.startswith(key)]
+                         or difflib.get_close_matches(key, known, n=1))
                 hint = (f"did you mean {close[0]!r}?" if close
                         else "`lorakit federated run --help` lists them")
                 raise RunConfigError(f"federated: unknown run-config key {key!r}; {hint}")

@@ -61,6 +61,8 @@ def measure(strategies=STRATEGIES, engine: str = "simulation", workdir: Path | N
     its correction)."""
     results = {}
     clients = settings(overrides).clients
+    for name in strategies:          # every run's settings checked before an engine starts
+        settings({**overrides, "strategy": name})
     with engine_runner(engine, clients, workdir) as run:
         for name in strategies:
             start = time.perf_counter()
@@ -167,8 +169,8 @@ def main(argv=None) -> int:
     for key, kind, choices, text in options():
         if key not in ("strategy", "history-file"):
             value = defaults[key]
-            ap.add_argument(f"--{key}", type=TYPES[kind], default=value, choices=choices,
-                            help=f"{text} (default: {value})")
+            ap.add_argument(f"--{key}", dest=key, type=TYPES[kind], default=value,
+                            choices=choices, help=f"{text} (default: {value})")
     args = vars(ap.parse_args(argv))
     out, names, engine = args.pop("out"), args.pop("strategies").split(","), args.pop("engine")
     run_all(out, names, engine, **args)

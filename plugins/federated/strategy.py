@@ -31,10 +31,12 @@ log = logging.getLogger("lorakit.federated")
 
 
 def one_line(reason: str) -> str:
-    """The message of a Flower error reason (`<class 'X'>:<'message'>`), its last line."""
+    """The message of a Flower error reason (`<class 'X'>:<'message'>`; the simulation
+    engine's says `Exception ClientAppException occurred. Message: ...`), its last line."""
     found = re.search(r":<'(.*)'>\s*$", reason, re.S)
     lines = [line.strip() for line in (found.group(1) if found else reason).splitlines()]
-    return next((line for line in reversed(lines) if line), reason)
+    last = next((line for line in reversed(lines) if line), reason)
+    return re.sub(r"^Exception \w+ occurred\. Message: ", "", last)
 
 
 def reasons(rejected: list[dict], failed: list[dict]) -> str:

@@ -25,7 +25,7 @@ def test_app_bundle_is_a_flower_app_with_the_run_settings(tmp_path):
     cfg = settings({"strategy": "ffa", "dp.enabled": True, "dp.delta": 1e-6})
     app = write_app(tmp_path / "app", {**cfg, "history-file": str(tmp_path / "h.json")})
     config, _ = load_and_validate(app / "pyproject.toml")
-    assert config["tool"]["flwr"]["app"]["components"]["clientapp"].endswith(":client_app")
+    assert config["tool"]["flwr"]["app"]["components"]["clientapp"].endswith("client_app:app")
     run_config = get_fused_config_from_dir(app, {})
     assert set(run_config) == set(FederatedConfig())
     assert run_config["strategy"] == "ffa" and run_config["dp.enabled"] is True

@@ -25,3 +25,15 @@ def test_a_setting_with_fixed_values_refuses_another_naming_them(flag, capsys):
     with pytest.raises(SystemExit):
         main([flag, "nonsense"])
     assert "invalid choice: 'nonsense'" in capsys.readouterr().err
+
+
+def test_every_flag_reaches_the_run_settings_under_its_run_config_key(monkeypatch):
+    from lorakit.plugins.federated import run
+    seen = {}
+    monkeypatch.setattr(run, "run_all", lambda out, names, engine, **kw: seen.update(kw))
+    main(["--local-steps", "3", "--min-clients", "1", "--dp.enabled", "true",
+          "--fair-lambda", "0.5", "--eval-split", "val", "--out", "unused"])
+    assert set(seen) == set(FederatedConfig()) - {"strategy", "history-file"}
+    cfg = run.settings(seen)
+    assert (cfg.local_steps, cfg.min_clients, cfg.dp.enabled, cfg.fair.lam, cfg.eval_split) == (
+        3, 1, True, 0.5, "val")
