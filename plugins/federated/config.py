@@ -13,7 +13,7 @@ The per-client DP-SGD settings (`DPConfig`, `dp.*` keys, privacy.py) and LoRA-FA
 server correction (`FairConfig`, `fair-*` keys, aggregation.py) are dataclasses of their
 own, nested here; `lorakit federated fit` takes `DPConfig` as `--model.dp.*`.
 
-Pure Python: importing it costs no torch or Flower.
+It imports neither torch nor Flower (`run --help` reads it alone).
 """
 from __future__ import annotations
 
