@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from lorakit.plugins.federated.aggregation import STRATEGIES, FairConfig
-from lorakit.plugins.federated.app import settings
+from lorakit.plugins.federated.config import settings
 from lorakit.plugins.federated.run import measure, plot_accuracy
 from lorakit.reports.bench import cached
 
@@ -125,8 +125,8 @@ def noise_over_signal(overrides: dict, sent_bytes: float) -> float:
     gradient is (Σ clipped gᵢ + N(0, σ²C² I_d)) / (q·n), whose signal part has norm ≤ C
     and whose noise has norm ≈ σ·C·√d / (q·n), d the trainable numbers (every trainable
     tensor is sent: d = bytes / 4). Above 1 the noise outweighs any gradient."""
-    from lorakit.plugins.federated.app import dp_plan
     from lorakit.plugins.federated.data import client_loader
+    from lorakit.plugins.federated.privacy import dp_plan
     cfg = settings(overrides)
     n = client_loader(cfg, 0, int(cfg["clients"]))[1]
     q, sigma = dp_plan(cfg, n)

@@ -6,7 +6,7 @@ from lorakit.registry import Plugin
 PLUGIN = Plugin(
     name="federated",
     summary="federated LoRA on Flower: FedAvg-LoRA, FFA-LoRA, LoRA-FAIR, Fed-SB",
-    module="lorakit.plugins.federated.app:ClientModule",
+    module="lorakit.plugins.federated.module:ClientModule",
     datamodule="lorakit.plugins.federated.data:ClientData",
     default_config=str(Path(__file__).with_name("default.yaml")),
     demo="lorakit.plugins.federated.run:demo",

@@ -33,7 +33,7 @@ weights pᵢ (their example counts, normalised) the *ideal* global update of a m
   with row space Ā can represent.
 - ``fedsb``   (Fed-SB, Singhal et al. 2025, on LoRA-SB): B and A are fixed and shared (set
   once, with R's start, by LoRA-SB's gradient init from the clients' pooled gradient:
-  `app.LoRAStrategy.init_round`), only the r × r R trains: send R, Σ pᵢ B Rᵢ A = B R̄ A,
+  `strategy.LoRAStrategy.init_round`), only the r × r R trains: send R, Σ pᵢ B Rᵢ A = B R̄ A,
   exact; r² numbers per module whatever the number of clients.
 """
 from __future__ import annotations
@@ -42,9 +42,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-STRATEGIES = ("fedavg", "ffa", "fair", "fedsb")
-FAIR_SOLVERS = ("sgd", "closed_form")
-FAIR_SIMILARITIES = ("cosine", "column_cosine")
+from .config import STRATEGIES, FairConfig, check_choice
 
 # which factor keys a client sends under each strategy
 SENT = {"fedavg": ("lora_A", "lora_B"), "fair": ("lora_A", "lora_B"),
@@ -54,8 +52,7 @@ METHOD = {"fedavg": "lora", "fair": "lora", "ffa": "ffa_lora", "fedsb": "lora_sb
 
 
 def check_strategy(strategy: str) -> str:
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown federated strategy {strategy!r}; choose one of {STRATEGIES}")
+    check_choice("strategy", strategy, STRATEGIES)
     return strategy
 
 
@@ -102,34 +99,6 @@ def weighted_mean(tensors: list[torch.Tensor], p: torch.Tensor) -> torch.Tensor:
 
 def _modules(keys) -> list[str]:
     return sorted({k.rsplit(".", 1)[0] for k in keys if k.endswith((".lora_A", ".lora_B"))})
-
-
-@dataclass(frozen=True)
-class FairConfig:
-    """LoRA-FAIR's server-side correction (Bian et al., ICCV 2025, Eq. 8)."""
-
-    solver: str = field(default="sgd", metadata={
-        "help": "sgd: the paper's gradient steps on 1 − similarity + λ‖ΔB‖²; closed_form: "
-                "the Frobenius (ridge) version of the problem, solved exactly"})
-    similarity: str = field(default="cosine", metadata={
-        "help": "cosine: of the whole matrices; column_cosine: mean over matching columns"})
-    steps: int = field(default=1000, metadata={"help": "SGD steps per round"})
-    lr: float = field(default=0.01, metadata={"help": "SGD step size"})
-    lam: float = field(default=0.01, metadata={"help": "λ, the weight of ‖ΔB‖²_F"})
-
-    def __post_init__(self) -> None:
-        if self.solver not in FAIR_SOLVERS:
-            raise ValueError(f"unknown LoRA-FAIR solver {self.solver!r}; choose one of "
-                             f"{FAIR_SOLVERS}")
-        if self.similarity not in FAIR_SIMILARITIES:
-            raise ValueError(f"unknown LoRA-FAIR similarity {self.similarity!r}; choose one "
-                             f"of {FAIR_SIMILARITIES}")
-
-    @classmethod
-    def from_settings(cls, cfg: dict) -> FairConfig:
-        """From a flat run config (`fair-solver`, `fair-similarity`, `fair-steps`, ...)."""
-        return cls(str(cfg["fair-solver"]), str(cfg["fair-similarity"]),
-                   int(cfg["fair-steps"]), float(cfg["fair-lr"]), float(cfg["fair-lambda"]))
 
 
 def similarity(measure: str, a: torch.Tensor, target: torch.Tensor):

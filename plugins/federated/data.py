@@ -21,6 +21,8 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
+from .config import FederatedConfig
+
 DOMAINS = 4
 SENTIMENT_DOMAINS = ("movies", "tweets", "amazon", "nyt")
 MAX_TOKENS = 48      # movie snippets average 28 MiniLM tokens; a few tweets run longer
@@ -83,34 +85,29 @@ def sentiment_tensors(split: str, per_domain: int, seed: int = 0):
     return ids, torch.tensor(labels), torch.tensor(domains)
 
 
-def train_set(cfg: dict):
-    if cfg["base"] == "minilm":
-        return sentiment_tensors("train", int(cfg["train-per-domain"]), int(cfg["seed"]))
-    return synthetic(seed=int(cfg["seed"]))
+def train_set(cfg: FederatedConfig):
+    if cfg.base == "minilm":
+        return sentiment_tensors("train", cfg.train_per_domain, cfg.seed)
+    return synthetic(seed=cfg.seed)
 
 
-def client_loader(cfg: dict, partition: int, partitions: int) -> tuple[DataLoader, int]:
+def client_loader(cfg: FederatedConfig, partition: int, partitions: int) -> tuple[DataLoader, int]:
+    """Client `partition`'s shuffled batches of its share of the training set, and its size."""
     ids, labels, domains = train_set(cfg)
-    parts = dirichlet_split(labels, domains, partitions, float(cfg["dirichlet"]), int(cfg["seed"]))
+    parts = dirichlet_split(labels, domains, partitions, cfg.dirichlet, cfg.seed)
     idx = torch.tensor(parts[partition], dtype=torch.long)
     data = TensorDataset(ids[idx], labels[idx])
-    g = torch.Generator().manual_seed(int(cfg["seed"]) + partition)
-    return DataLoader(data, batch_size=int(cfg["batch-size"]), shuffle=True, generator=g), len(idx)
+    g = torch.Generator().manual_seed(cfg.seed + partition)
+    return DataLoader(data, batch_size=cfg.batch_size, shuffle=True, generator=g), len(idx)
 
 
-EVAL_SPLITS = ("test", "val")
-
-
-def held_out(cfg: dict, n: int = 128):
+def held_out(cfg: FederatedConfig, n: int = 128):
     """Held-out examples from the same four domains, of the run's `eval-split`: the
     sentiment test (or validation) splits, `test-per-domain` sentences each; for the tiny
     base, another generator seed per split."""
-    split = cfg.get("eval-split", "test")
-    if split not in EVAL_SPLITS:
-        raise ValueError(f"federated: unknown eval-split {split!r}; choose one of {EVAL_SPLITS}")
-    if cfg["base"] == "minilm":
-        return sentiment_tensors(split, int(cfg["test-per-domain"]), 0)
-    return synthetic(n, seed=int(cfg["seed"]) + (10_000 if split == "test" else 20_000))
+    if cfg.base == "minilm":
+        return sentiment_tensors(cfg.eval_split, cfg.test_per_domain, 0)
+    return synthetic(n, seed=cfg.seed + (10_000 if cfg.eval_split == "test" else 20_000))
 
 
 class ClientData(LightningDataModule):
@@ -123,8 +120,8 @@ class ClientData(LightningDataModule):
                  batch_size: int = 16, seed: int = 0, base: str = "tiny",
                  train_per_domain: int = 256) -> None:
         super().__init__()
-        self.cfg = {"dirichlet": dirichlet, "batch-size": batch_size, "seed": seed,
-                    "base": base, "train-per-domain": train_per_domain}
+        self.cfg = FederatedConfig(dirichlet=dirichlet, batch_size=batch_size, seed=seed,
+                                   base=base, train_per_domain=train_per_domain)
         self.partition, self.partitions = partition, partitions
 
     def train_dataloader(self) -> DataLoader:
@@ -132,5 +129,5 @@ class ClientData(LightningDataModule):
         module = self.trainer.lightning_module if self.trainer is not None else None
         if getattr(getattr(module, "dp", None), "enabled", False):
             from .privacy import poisson_loader
-            loader = poisson_loader(loader, int(self.cfg["seed"]) + self.partition + 1)
+            loader = poisson_loader(loader, self.cfg.seed + self.partition + 1)
         return loader

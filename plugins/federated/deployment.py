@@ -12,10 +12,11 @@ which starts the app processes; `flower-superexec` is looked up on PATH, so the 
 folder goes first on the children's PATH. `FLWR_HOME` points at a folder of the run's own
 (the Flower config naming the `loopback` connection, the installed app bundle), so nothing
 is written to ~/.flwr. The app bundle is a folder with a generated pyproject.toml whose
-components are `lorakit.plugins.federated.app:server_app` / `:client_app` (importable from
+components are `lorakit.plugins.federated.server_app:app` / `client_app:app` (importable from
 the installed lorakit, so the SuperLink's `uv sync` of app dependencies is switched off)
 and whose `[tool.flwr.app.config]` holds this run's settings. The ServerApp writes the
-per-round record to `history-file`, which is how the result comes back.
+per-round record to `history-file`, which is how the result comes back (and the one-line
+message of a lorakit error that stopped it).
 
 Stopping: every process started here is a session leader; `stop` snapshots each one's
 descendants (the superexecs and app processes, which live in their own sessions), sends
@@ -34,9 +35,9 @@ from pathlib import Path
 
 import psutil
 
-from lorakit.errors import LoraKitError
+from .errors import RunError
 
-APP = "lorakit.plugins.federated.app"
+PACKAGE = "lorakit.plugins.federated"
 
 
 def free_port() -> int:
@@ -54,7 +55,7 @@ def _toml_value(value) -> str:
     return json.dumps(str(value))      # a TOML basic string is a JSON string
 
 
-def write_app(folder: Path, cfg: dict) -> Path:
+def write_app(folder: Path, cfg) -> Path:
     """The Flower app bundle folder: a pyproject.toml naming lorakit's apps, with `cfg` as
     its run config (dotted keys like `dp.delta` are TOML's own nesting)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,8 +63,8 @@ def write_app(folder: Path, cfg: dict) -> Path:
              '', '[project]', 'name = "lorakit-federated"', 'version = "1.0.0"',
              'description = "lorakit federated LoRA on Flower"', 'license = "Apache-2.0"',
              'dependencies = []', '', '[tool.flwr.app]', 'publisher = "lorakit"', '',
-             '[tool.flwr.app.components]', f'serverapp = "{APP}:server_app"',
-             f'clientapp = "{APP}:client_app"', '', '[tool.flwr.app.config]']
+             '[tool.flwr.app.components]', f'serverapp = "{PACKAGE}.server_app:app"',
+             f'clientapp = "{PACKAGE}.client_app:app"', '', '[tool.flwr.app.config]']
     lines += [f'{key} = {_toml_value(value)}' for key, value in cfg.items()]
     (folder / "pyproject.toml").write_text("\n".join(lines) + "\n")
     return folder
@@ -126,13 +127,13 @@ class Loopback:
         while time.monotonic() < deadline:
             for proc in (self.link, *self.nodes):
                 if proc.poll() is not None:
-                    raise LoraKitError(f"federated: {proc.args[0]} exited with {proc.returncode} "
+                    raise RunError(f"federated: {proc.args[0]} exited with {proc.returncode} "
                                        f"while starting; see {self.logs}")
             text = (self.logs / "superlink.log").read_text(errors="replace")
             if text.count("Activated node_id") >= self.clients:
                 return
             time.sleep(0.5)
-        raise LoraKitError(f"federated: {self.clients} SuperNodes did not all connect to the "
+        raise RunError(f"federated: {self.clients} SuperNodes did not all connect to the "
                            f"SuperLink within {self.start_timeout:.0f} s; see {self.logs}")
 
     def kill_node(self, index: int) -> None:
@@ -155,7 +156,7 @@ class Loopback:
         self.stop()
 
     # --- runs ---------------------------------------------------------------------------
-    def submit(self, cfg: dict, name: str = "run") -> Path:
+    def submit(self, cfg, name: str = "run") -> Path:
         """Submit the app with run config `cfg` (`flwr run`); the path its history goes to."""
         history = self.workdir / f"{name}.history.json"
         history.unlink(missing_ok=True)
@@ -164,7 +165,10 @@ class Loopback:
                              env=self.env, capture_output=True, text=True, cwd=self.workdir,
                              timeout=self.start_timeout)
         if out.returncode != 0 or '"success": true' not in out.stdout:
-            raise LoraKitError(f"federated: `flwr run` failed:\n{out.stdout}\n{out.stderr}")
+            log = self.logs / f"flwr-run-{name}.log"
+            log.write_text(f"{out.stdout}\n{out.stderr}")
+            raise RunError(f"federated: `flwr run` of {name!r} failed: {_said(out)}; the "
+                           f"whole output is in {log}")
         return history
 
     def wait(self, history: Path, timeout: float, on_round=None) -> list[dict]:
@@ -173,22 +177,35 @@ class Loopback:
         deadline, seen = time.monotonic() + timeout, 0
         while time.monotonic() < deadline:
             if self.link.poll() is not None:
-                raise LoraKitError(f"federated: the SuperLink exited; see {self.logs}")
+                raise RunError(f"federated: the SuperLink exited; see {self.logs}")
             record = _read(history)
             if record is not None:
                 if on_round is not None and len(record["history"]) > seen:
                     seen = len(record["history"])
                     on_round(record["history"])
+                if record.get("error"):
+                    raise RunError(f"{record['error']} (the ServerApp stopped; its log: "
+                                   f"`FLWR_HOME={self.home} flwr log <run id> loopback`)")
                 if record["done"]:
                     return record["history"]
             time.sleep(0.5)
-        raise LoraKitError(f"federated: the run did not finish within {timeout:.0f} s; "
+        raise RunError(f"federated: the run did not finish within {timeout:.0f} s; "
                            f"see {self.logs} and `FLWR_HOME={self.home} flwr log <run id> "
                            "loopback`")
 
-    def run(self, cfg: dict, name: str = "run", timeout: float = 1800.0,
+    def run(self, cfg, name: str = "run", timeout: float = 1800.0,
             on_round=None) -> list[dict]:
         return self.wait(self.submit(cfg, name), timeout, on_round)
+
+
+def _said(out: subprocess.CompletedProcess) -> str:
+    """The one line `flwr run --format json` gives as its error, else its last line."""
+    try:
+        message = json.loads(out.stdout).get("error-message")
+    except (json.JSONDecodeError, AttributeError):
+        message = None
+    lines = [line.strip() for line in f"{out.stdout}\n{out.stderr}".splitlines() if line.strip()]
+    return " ".join(str(message or (lines[-1] if lines else f"exit {out.returncode}")).split())
 
 
 def _read(path: Path) -> dict | None:
@@ -234,7 +251,7 @@ def _kill_tree(roots: list[subprocess.Popen], sig: signal.Signals, grace: float 
             pass
 
 
-def run_deployment(cfg: dict, workdir: Path, timeout: float = 1800.0) -> list[dict]:
+def run_deployment(cfg, workdir: Path, timeout: float = 1800.0) -> list[dict]:
     """One run of the app on a fresh loopback federation of `cfg["clients"]` SuperNodes."""
     with Loopback(int(cfg["clients"]), workdir) as fed:
         return fed.run(cfg, name=str(cfg["strategy"]), timeout=timeout)

@@ -16,39 +16,22 @@ currently support"). So the per-sample gradients come from `torch.func`
 module; Opacus still provides the Poisson-sampling data loader (`DPDataLoader`) and the
 privacy accountant (`RDPAccountant`, Mironov 2017; subsampled Gaussian, Mironov et al. 2019),
 so ε is Opacus's number for the (σ, q, steps) actually used.
+
+A federated client plans its whole run's σ once (`dp_plan`: Fed-SB's init steps and every
+round's local steps at q = batch / n) and switches to DP-SGD each round (`make_private`);
+the settings are `DPConfig` (config.py, run-config keys `dp.*`).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-
-@dataclass
-class DPConfig:
-    """Per-client differential privacy (DP-SGD on the client's local steps)."""
-
-    enabled: bool = field(default=False, metadata={"help": "train each client with DP-SGD"})
-    noise_multiplier: float = field(
-        default=1.0, metadata={"help": "σ: the noise std over the clipping bound C"})
-    max_grad_norm: float = field(
-        default=1.0, metadata={"help": "C: each sample's gradient is clipped to this L2 norm"})
-    delta: float = field(default=1e-5, metadata={"help": "δ of the reported (ε, δ)"})
-    target_epsilon: float = field(
-        default=0.0, metadata={"help": "> 0: solve σ so the whole run spends this ε "
-                                       "(overrides noise_multiplier; federated: all "
-                                       "rounds' local steps; fit: the trainer's steps)"})
-
-    @classmethod
-    def from_settings(cls, cfg: dict) -> DPConfig:
-        """From a flat run config (`dp.enabled`, `dp.noise_multiplier`, ...)."""
-        return cls(bool(cfg["dp.enabled"]), float(cfg["dp.noise_multiplier"]),
-                   float(cfg["dp.max_grad_norm"]), float(cfg["dp.delta"]),
-                   float(cfg["dp.target_epsilon"]))
+from .config import DPConfig, FederatedConfig
+from .errors import ClientError
 
 
 def per_sample_gradients(module: nn.Module, loss: Callable, inputs: torch.Tensor,
@@ -116,3 +99,36 @@ def poisson_loader(loader, seed: int):
     DPDataLoader), the sampling the privacy accountant assumes, seeded."""
     from opacus.data_loader import DPDataLoader
     return DPDataLoader.from_data_loader(loader, generator=torch.Generator().manual_seed(seed))
+
+
+def dp_plan(cfg: FederatedConfig, n: int, partition: int | None = None) -> tuple[float, float]:
+    """(q, σ) of a client holding `n` examples: Poisson rate q = batch / n, and σ from
+    `dp.noise_multiplier` or solved for `dp.target_epsilon` over the whole run (Fed-SB's
+    init steps and every round's local steps)."""
+    if n == 0:
+        who = "a client" if partition is None else f"client {partition}"
+        raise ClientError(f"federated: {who} holds no training examples, so DP-SGD has no "
+                          "sampling rate; use fewer clients or a larger dirichlet alpha")
+    q = min(1.0, cfg.batch_size / n)
+    steps = cfg.init_steps + cfg.local_steps * cfg.rounds
+    return q, solve_noise(cfg.dp, q, steps)
+
+
+def make_private(module: nn.Module, loader, n: int, cfg: FederatedConfig, partition: int,
+                 server_round: int):
+    """Switch a client to DP-SGD for this round: Poisson sampling at q = batch / n (Opacus's
+    DPDataLoader, what the accountant assumes), σ from `dp.noise_multiplier` or solved for
+    `dp.target_epsilon` over the whole run, and ε spent after this round for δ, counting
+    every round so far and Fed-SB's init steps (round 0; an upper bound when a client sat
+    out a round).
+    The noise and sampling generators are seeded from (seed, partition, round): independent
+    draws per client and round, reproducible runs; keep the seed secret when the noise must
+    also hide the data from someone who knows the run's settings."""
+    q, sigma = dp_plan(cfg, n, partition)
+    steps_so_far = cfg.init_steps + cfg.local_steps * server_round
+    seed = (cfg.seed * 1_000_003 + partition) * 10_007 + server_round
+    module.noise_multiplier, module.expected_batch = sigma, q * n
+    module.noise_generator = torch.Generator().manual_seed(seed)
+    loader = poisson_loader(loader, seed + 1)
+    return loader, {"epsilon": epsilon(sigma, q, steps_so_far, module.dp.delta),
+                    "noise-multiplier": sigma}

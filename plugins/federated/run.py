@@ -15,13 +15,27 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .aggregation import FAIR_SIMILARITIES, FAIR_SOLVERS, STRATEGIES
-from .app import BASES, DEFAULTS, FEDSB_INITS, HELP, settings, simulate
-from .data import EVAL_SPLITS
+from .config import STRATEGIES, FederatedConfig, options, settings
+from .errors import RunError
 
 ENGINES = ("simulation", "deployment")
-CHOICES = {"base": BASES, "fedsb-init": FEDSB_INITS, "eval-split": EVAL_SPLITS,
-           "fair-solver": FAIR_SOLVERS, "fair-similarity": FAIR_SIMILARITIES}
+
+
+def simulate(overrides: dict) -> list[dict]:
+    """Run on Flower's simulation engine (Ray backend), one CPU per virtual client."""
+    from flwr.simulation import run_simulation
+
+    from .client_app import make_client_app
+    from .server_app import make_server_app
+    cfg = settings(overrides)
+    record: dict = {}
+    server, client = make_server_app(dict(cfg), record), make_client_app(dict(cfg))
+    run_simulation(server_app=server, client_app=client, num_supernodes=cfg.clients,
+                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    if "error" in record or "history" not in record:
+        raise RunError(record.get("error") or "federated: the simulation ended without the "
+                       "ServerApp's record; its log above says why")
+    return record["history"]
 
 
 @contextmanager
@@ -32,7 +46,7 @@ def engine_runner(engine: str, clients: int, workdir: Path | None = None):
         yield simulate
         return
     if engine != "deployment":
-        raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+        raise RunError(f"federated: unknown engine {engine!r}; choose one of {ENGINES}")
     from .deployment import Loopback
     with Loopback(clients, Path(workdir or tempfile.mkdtemp(prefix="lorakit-flwr-"))) as fed:
         yield lambda overrides: fed.run(settings(overrides), name=overrides["strategy"])
@@ -46,11 +60,14 @@ def measure(strategies=STRATEGIES, engine: str = "simulation", workdir: Path | N
     LoRA-FAIR's mean similarity of the aggregate to the ideal update before and after
     its correction)."""
     results = {}
-    clients = int(settings(overrides)["clients"])
+    clients = settings(overrides).clients
+    for name in strategies:          # every run's settings checked before an engine starts
+        settings({**overrides, "strategy": name})
     with engine_runner(engine, clients, workdir) as run:
         for name in strategies:
             start = time.perf_counter()
             history = run({**overrides, "strategy": name})
+            check_history(name, history)
             results[name] = {"history": history, "wall_s": time.perf_counter() - start}
             print(f"federated {name}: " + ", ".join(
                 f"round {r['round']} acc {r.get('accuracy', float('nan')):.3f}"
@@ -74,12 +91,22 @@ def measure(strategies=STRATEGIES, engine: str = "simulation", workdir: Path | N
     return results, figures
 
 
+def check_history(name: str, history: list[dict]) -> None:
+    """Refuse a run with a training round that aggregated nothing (every reply failed or
+    was rejected), naming the round and each client's reason."""
+    from .strategy import reasons
+    for row in history[1:]:
+        if "error" not in row:
+            raise RunError(f"federated {name}: round {row['round']} had no usable client "
+                           f"update ({reasons(row.get('rejected', []), row.get('failed', []))})")
+
+
 def run_all(out_dir: Path, strategies=STRATEGIES, engine: str = "simulation",
             **overrides) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results, figures = measure(strategies, engine, out / "deployment", **overrides)
-    used = {k: v for k, v in {**DEFAULTS, **overrides}.items() if k != "strategy"}
+    used = {k: v for k, v in {**FederatedConfig(), **overrides}.items() if k != "strategy"}
     summary = {"engine": engine, "settings": used, "figures": figures, "runs": results}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     plot_accuracy(results, out / "accuracy.png")
@@ -124,6 +151,9 @@ def _flag(text: str) -> bool:
     return text.lower() in ("1", "true", "yes")
 
 
+TYPES = {"bool": _flag, "int": int, "float": float, "str": str}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="lorakit federated run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,11 +165,12 @@ def main(argv=None) -> int:
                          "loopback)")
     ap.add_argument("--out", type=Path, default=Path("federated_run"),
                     help="folder for results.json, report.md and accuracy.png")
-    for key, value in DEFAULTS.items():
+    defaults = FederatedConfig()
+    for key, kind, choices, text in options():
         if key not in ("strategy", "history-file"):
-            kind = _flag if isinstance(value, bool) else type(value)
-            ap.add_argument(f"--{key}", type=kind, default=value, choices=CHOICES.get(key),
-                            help=f"{HELP[key]} (default: {value})")
+            value = defaults[key]
+            ap.add_argument(f"--{key}", dest=key, type=TYPES[kind], default=value,
+                            choices=choices, help=f"{text} (default: {value})")
     args = vars(ap.parse_args(argv))
     out, names, engine = args.pop("out"), args.pop("strategies").split(","), args.pop("engine")
     run_all(out, names, engine, **args)

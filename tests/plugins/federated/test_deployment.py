@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from lorakit.plugins.federated.app import DEFAULTS, settings  # noqa: E402
+from lorakit.plugins.federated.config import FederatedConfig, settings  # noqa: E402
 from lorakit.plugins.federated.deployment import Loopback, write_app  # noqa: E402
 
 
@@ -25,11 +25,11 @@ def test_app_bundle_is_a_flower_app_with_the_run_settings(tmp_path):
     cfg = settings({"strategy": "ffa", "dp.enabled": True, "dp.delta": 1e-6})
     app = write_app(tmp_path / "app", {**cfg, "history-file": str(tmp_path / "h.json")})
     config, _ = load_and_validate(app / "pyproject.toml")
-    assert config["tool"]["flwr"]["app"]["components"]["clientapp"].endswith(":client_app")
+    assert config["tool"]["flwr"]["app"]["components"]["clientapp"].endswith("client_app:app")
     run_config = get_fused_config_from_dir(app, {})
-    assert set(run_config) == set(DEFAULTS)
+    assert set(run_config) == set(FederatedConfig())
     assert run_config["strategy"] == "ffa" and run_config["dp.enabled"] is True
-    assert run_config["dp.delta"] == 1e-6 and run_config["local-steps"] == DEFAULTS["local-steps"]
+    assert run_config["dp.delta"] == 1e-6 and run_config["local-steps"] == FederatedConfig()["local-steps"]
 
 
 def test_loopback_starts_its_nodes_and_leaves_no_process_behind(tmp_path):

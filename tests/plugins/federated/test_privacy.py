@@ -9,8 +9,10 @@ from torch.utils.data import DataLoader, TensorDataset
 pytest.importorskip("opacus")
 pytest.importorskip("transformers")
 
-from lorakit.plugins.federated.app import ClientModule, initial, local_train, settings  # noqa: E402
+from lorakit.plugins.federated.client_app import local_train  # noqa: E402
+from lorakit.plugins.federated.config import settings  # noqa: E402
 from lorakit.plugins.federated.data import ClientData, synthetic  # noqa: E402
+from lorakit.plugins.federated.module import ClientModule  # noqa: E402
 from lorakit.plugins.federated.privacy import (  # noqa: E402
     DPConfig,
     epsilon,
@@ -18,6 +20,7 @@ from lorakit.plugins.federated.privacy import (  # noqa: E402
     per_sample_gradients,
     privatize,
 )
+from lorakit.plugins.federated.server_app import initial  # noqa: E402
 
 
 def test_clipping_bounds_each_samples_contribution():

@@ -4,7 +4,7 @@ import pytest
 pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
-from lorakit.plugins.federated.app import simulate  # noqa: E402
+from lorakit.plugins.federated.run import simulate  # noqa: E402
 
 
 @pytest.mark.slow

@@ -11,8 +11,11 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict  # noqa: E402
 
 from lorakit.errors import LoraKitError  # noqa: E402
 from lorakit.plugins.federated.aggregation import FairConfig, sent_keys  # noqa: E402
-from lorakit.plugins.federated.app import LoRAStrategy, initial, local_train, settings  # noqa: E402
+from lorakit.plugins.federated.client_app import local_train  # noqa: E402
+from lorakit.plugins.federated.config import settings  # noqa: E402
 from lorakit.plugins.federated.data import dirichlet_split  # noqa: E402
+from lorakit.plugins.federated.server_app import initial  # noqa: E402
+from lorakit.plugins.federated.strategy import LoRAStrategy  # noqa: E402
 
 
 class _Reply:
@@ -97,7 +100,7 @@ class _Grid:
         return [1, 2, *self.bad]
 
     def send_and_receive(self, messages, timeout=None):
-        from lorakit.plugins.federated.app import local_gradient
+        from lorakit.plugins.federated.client_app import local_gradient
         replies = []
         for msg in messages:
             node = msg.metadata.dst_node_id
@@ -118,8 +121,9 @@ def _offline(strategy):
 
 
 def test_fedsb_init_round_sets_b_a_r_from_the_mean_of_the_good_clients_gradients(caplog):
-    from lorakit.plugins.federated.app import ClientModule, local_gradient
     from lorakit.training.gradient_init import apply_gradient_init
+    from lorakit.plugins.federated.client_app import local_gradient
+    from lorakit.plugins.federated.module import ClientModule
     cfg = settings({"strategy": "fedsb", "clients": 2})
     state, base = initial(cfg)
     good = [local_gradient(cfg, state, c, 2) for c in range(2)]
@@ -147,7 +151,7 @@ def test_fedsb_init_round_sets_b_a_r_from_the_mean_of_the_good_clients_gradients
 
 
 def test_under_dp_the_init_batches_are_dp_sgd_steps_counted_in_epsilon():
-    from lorakit.plugins.federated.app import local_gradient
+    from lorakit.plugins.federated.client_app import local_gradient
     from lorakit.plugins.federated.privacy import epsilon
     cfg = settings({"strategy": "fedsb", "clients": 2, "dp.enabled": True,
                     "dp.target_epsilon": 8.0, "init-batches": 3})
@@ -163,22 +167,20 @@ def test_under_dp_the_init_batches_are_dp_sgd_steps_counted_in_epsilon():
 
 
 def test_unknown_fedsb_init_and_eval_split_are_refused_naming_the_choices():
-    from lorakit.plugins.federated.app import accuracy, init_steps
+    # refused when the settings are read, before any client or engine starts
     with pytest.raises(ValueError, match=r"unknown fedsb-init 'svd'.*'gradient', 'random'"):
-        init_steps(settings({"strategy": "fedsb", "fedsb-init": "svd"}))
-    cfg = settings({"eval-split": "train"})
-    state, _ = initial(cfg)
+        settings({"strategy": "fedsb", "fedsb-init": "svd"})
     with pytest.raises(ValueError, match=r"unknown eval-split 'train'.*'test', 'val'"):
-        accuracy(cfg, state)
+        settings({"eval-split": "train"})
 
 
 def test_a_client_without_examples_cannot_send_an_init_gradient(monkeypatch):
     from torch.utils.data import DataLoader, TensorDataset
 
-    from lorakit.plugins.federated import app
+    from lorakit.plugins.federated import client_app
     empty = DataLoader(TensorDataset(torch.zeros(0, 12, dtype=torch.long),
                                      torch.zeros(0, dtype=torch.long)))
-    monkeypatch.setattr(app, "client_loader", lambda cfg, part, parts: (empty, 0))
+    monkeypatch.setattr(client_app, "client_loader", lambda cfg, part, parts: (empty, 0))
     cfg = settings({"strategy": "fedsb"})
     with pytest.raises(LoraKitError, match="client 1 holds no training examples"):
-        app.local_gradient(cfg, initial(cfg)[0], 1, 2)
+        client_app.local_gradient(cfg, initial(cfg)[0], 1, 2)
