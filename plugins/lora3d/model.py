@@ -24,7 +24,7 @@ from torch import nn
 from lorakit.errors import LoraKitError
 
 INF = float("inf")
-EMBEDDED = Path(__file__).with_name("tiny_dust3r.pth")
+EMBEDDED = Path(__file__).with_name("assets") / "tiny_dust3r.pth"
 
 #: the embedded default: 64 px, patch 8, RoPE, linear head, 4 encoder + 4 decoder blocks
 TINY_ARGS: dict = dict(

@@ -1,15 +1,19 @@
 """lora3d's one training loop: fit_scene (the module through pl.Trainer) and its ablations."""
+import dataclasses
+
 import pytest
 import torch
 
 from lorakit.domains.geometry import scenes
 from lorakit.errors import LoraKitError
+from lorakit.plugins.lora3d.module import ADAPTER
 
 from .helpers import MICRO
 
 pytest.importorskip("mini_dust3r.model", reason="lora3d extra not installed")
 
-FAST = dict(rank=2, align_iters=10, round_iters=5, reweight_rounds=1, backend="native")
+FAST = dict(adapter=dataclasses.replace(ADAPTER, rank=2), align_iters=10, round_iters=5,
+            reweight_rounds=1, backend="native")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +105,8 @@ def test_a_training_step_lowers_the_loss_on_its_labels(micro):
     from lorakit.plugins.lora3d.module import SelfCalibrationModule
 
     checkpoint, views = micro
-    module = SelfCalibrationModule(checkpoint=checkpoint, **{**FAST, "rank": 4})
+    module = SelfCalibrationModule(checkpoint=checkpoint,
+                                   **{**FAST, "adapter": dataclasses.replace(ADAPTER, rank=4)})
     edges = make_pairs(3)
     module.make_labels(views.images, edges)
     opt = torch.optim.Adam(module.adapters.parameters(), lr=1e-2)

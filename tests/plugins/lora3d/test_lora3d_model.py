@@ -1,5 +1,6 @@
 """lora3d with a micro DUSt3R: checkpoints, merge, Lightning, errors."""
 import argparse
+from dataclasses import replace
 
 import pytest
 import torch
@@ -104,14 +105,14 @@ def test_fit_saves_an_adapter_and_predict_writes_ply_poses_and_preview(tmp_path)
     from lorakit.domains.geometry.images import write_folder
     from lorakit.plugins.lora3d.data import SceneDataModule
     from lorakit.plugins.lora3d.model import save_checkpoint
-    from lorakit.plugins.lora3d.module import SelfCalibrationModule
+    from lorakit.plugins.lora3d.module import ADAPTER, SelfCalibrationModule
     from lorakit.plugins.lora3d.outputs import read_ply
 
     save_checkpoint(micro_model(), MICRO, tmp_path / "micro.pth")
     views = scenes.make_target_scene(4, n_views=3, size=16)
     write_folder(views.images, tmp_path / "photos")
-    kw = dict(checkpoint=str(tmp_path / "micro.pth"), rank=2, align_iters=10, round_iters=5,
-              reweight_rounds=1, backend="native", output_dir=str(tmp_path / "out"))
+    kw = dict(checkpoint=str(tmp_path / "micro.pth"), adapter=replace(ADAPTER, rank=2),
+              align_iters=10, round_iters=5, reweight_rounds=1, backend="native", output_dir=str(tmp_path / "out"))
     module = SelfCalibrationModule(**kw)
     data = SceneDataModule(images=str(tmp_path / "photos"), size=16, batch_pairs=2)
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -123,7 +124,8 @@ def test_fit_saves_an_adapter_and_predict_writes_ply_poses_and_preview(tmp_path)
     assert len(tensors) == 2 * len(module.adapters.layers) == 2 * 20   # micro: 4 + 16 Linear
     assert 0 < module.stats["pseudo_label_fraction"] <= 1
 
-    predictor = SelfCalibrationModule(adapter=str(tmp_path / "out" / "adapter.safetensors"), **kw)
+    predictor = SelfCalibrationModule(adapter_file=str(tmp_path / "out" / "adapter.safetensors"),
+                                      **kw)
     out = trainer.predict(predictor, SceneDataModule(images=str(tmp_path / "photos"), size=16))
     assert out[0]["ply"].endswith("cloud.ply")
     pts, cols = read_ply(tmp_path / "out" / "cloud.ply")
