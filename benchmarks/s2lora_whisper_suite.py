@@ -304,7 +304,7 @@ def run(out_dir: Path, threads: int = 1, quick: bool = False,
     data, val, tests = loaders(quick, out_dir)
 
     def zero_shot() -> dict:
-        base = WhisperAdapterModule(method="s2lora")
+        base = WhisperAdapterModule()
         with base.base_model() as model:
             sets = transcripts(model, tests, base.max_tokens, base.mel)
         write_hypotheses(out_dir / "runs" / "base", sets)
