@@ -31,14 +31,20 @@ from lorakit.lightning_module import AdapterModule
 from lorakit.plugins.adapter_args import hparams_dict, plugin_adapter
 
 from .align import robust_alignment
+from .embedded import EMBEDDED, load_base
 from .inference import make_pairs, pairwise_inference, predict_pairs
 from .loss import confidence_loss, regression_errors
-from .model import EMBEDDED, LORA_TARGETS, load_checkpoint
 from .outputs import preview, write_ply, write_poses
 from .pairs import CalibrationTargets, PairPredictions
 from .reweight import PseudoLabels, image_confidence, oracle_labels, pseudo_labels
 
 LABEL_SOURCES = ("pseudo", "oracle")
+#: the 80 nn.Linear of the tiny model's transformer blocks (heads and embeddings excluded)
+LORA_TARGETS = ["enc_blocks.*.attn.qkv", "enc_blocks.*.attn.proj", "enc_blocks.*.mlp.fc1",
+                "enc_blocks.*.mlp.fc2", "dec_blocks*.attn.qkv", "dec_blocks*.attn.proj",
+                "dec_blocks*.cross_attn.projq", "dec_blocks*.cross_attn.projk",
+                "dec_blocks*.cross_attn.projv", "dec_blocks*.cross_attn.proj",
+                "dec_blocks*.mlp.fc1", "dec_blocks*.mlp.fc2"]
 #: LoRA r=8, alpha 16 on the transformer blocks' nn.Linear (heads and embeddings frozen)
 ADAPTER = LoRAConfig(rank=8, alpha=16.0, targets=list(LORA_TARGETS))
 NO_GRADIENT_INIT = ("its A and B come from lorakit.init_from_gradients on a few batches of "
@@ -112,7 +118,7 @@ class SelfCalibrationModule(AdapterModule):
         self.hparams.adapter = hparams_dict(adapter)
         self.checkpoint = checkpoint
         self.label_source = labels
-        self.model, self.model_args = load_checkpoint(checkpoint)
+        self.model, self.model_args = load_base(checkpoint)
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.attach_adapters(self.model, adapter)

@@ -26,6 +26,13 @@ from pathlib import Path
 
 import torch
 
+from lorakit.domains.geometry.dust3r import (
+    TINY_ARGS,
+    build_model,
+    count_parameters,
+    read_checkpoint,
+    save_checkpoint,
+)
 from lorakit.domains.geometry.scenes import HELD_OUT_SEEDS, random_scene_views, view_angle_deg
 from lorakit.plugins.lora3d.inference import model_view, to_input
 from lorakit.plugins.lora3d.loss import (
@@ -34,13 +41,6 @@ from lorakit.plugins.lora3d.loss import (
     correspondence_loss,
     pair_targets,
     patch_correspondences,
-)
-from lorakit.plugins.lora3d.model import (
-    TINY_ARGS,
-    build_model,
-    count_parameters,
-    read_checkpoint,
-    save_checkpoint,
 )
 
 

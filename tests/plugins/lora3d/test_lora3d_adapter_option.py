@@ -21,8 +21,7 @@ def cli(*args):
 
 
 def test_the_default_adapter_is_lora_r8_on_the_80_transformer_linears():
-    from lorakit.plugins.lora3d.model import LORA_TARGETS
-    from lorakit.plugins.lora3d.module import ADAPTER
+    from lorakit.plugins.lora3d.module import ADAPTER, LORA_TARGETS
     assert (ADAPTER.method, ADAPTER.rank, ADAPTER.alpha) == ("lora", 8, 16.0)
     assert ADAPTER.targets == LORA_TARGETS
     m = cli().model   # default.yaml spells the same adapter out
@@ -30,7 +29,7 @@ def test_the_default_adapter_is_lora_r8_on_the_80_transformer_linears():
 
 
 def test_the_command_line_picks_any_method_by_model_adapter_keys():
-    from lorakit.plugins.lora3d.model import LORA_TARGETS
+    from lorakit.plugins.lora3d.module import LORA_TARGETS
     config = cli("--model.adapter.method", "dora", "--model.adapter.rank", "4").model \
         .adapters.config
     assert (config.method, config.rank, config.alpha, config.targets) == (

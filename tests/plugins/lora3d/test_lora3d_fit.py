@@ -19,7 +19,7 @@ FAST = dict(adapter=dataclasses.replace(ADAPTER, rank=2), align_iters=10, round_
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     """A random micro DUSt3R checkpoint and a 3-view target scene of its size."""
-    from lorakit.plugins.lora3d.model import build_model, save_checkpoint
+    from lorakit.domains.geometry.dust3r import build_model, save_checkpoint
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("micro") / "micro.pth"
     save_checkpoint(build_model(MICRO), MICRO, path)
@@ -45,9 +45,9 @@ def full(micro, tmp_path_factory):
 
 def test_fit_scene_trains_the_adapters_with_the_default_yaml_trainer(micro, full):
     from lorakit.adapter_file import read_adapter
+    from lorakit.domains.geometry.dust3r import load_checkpoint
     from lorakit.plugins.lora3d.fit import default_config
     from lorakit.plugins.lora3d.inference import pairwise_inference
-    from lorakit.plugins.lora3d.model import load_checkpoint
     from lorakit.plugins.lora3d.pairs import PairPredictions
 
     out = full.output_folder()
