@@ -34,8 +34,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lorakit import LoRAConfig, load_adapter
 from lorakit.atomic import atomic_write
+from lorakit.domains.speech.adult_base import embedded_base
 from lorakit.domains.speech.metrics import error_rates
 from lorakit.domains.speech.pretrained import tiny_en_checkpoint
+from lorakit.domains.speech.teacher_forcing import cross_entropy, transcription_tokenizer
 from lorakit.domains.speech.whisper_model import (
     SAMPLE_RATE,
     context_samples,
@@ -48,9 +50,6 @@ from lorakit.errors import LoraKitError
 from lorakit.lightning_module import AdapterModule
 from lorakit.plugins.adapter_args import hparams_dict, plugin_adapter
 from lorakit.proximal import adam_thresholds
-
-from .base import embedded_base
-from .teacher_forcing import cross_entropy, transcription_tokenizer
 
 TARGETS = ["*.query", "*.key", "*.value", "*.out", "*.mlp.0", "*.mlp.2"]
 #: S2-LoRA r=8, alpha 16 on every attention and MLP Linear (Liu et al. 2025's setting)
@@ -69,7 +68,7 @@ class WhisperAdapterModule(AdapterModule):
     Args:
         checkpoint: an openai-whisper `.pt` (what `whisper.load_model` reads); None for
             the embedded base: tiny.en taught the short context on adult voices
-            (`lorakit.plugins.s2lora_whisper.base`, built and cached on first use), or
+            (`lorakit.domains.speech.adult_base`, built and cached on first use), or
             tiny.en itself when n_audio_ctx is None.
         n_audio_ctx: encoder positions to keep (50 per second); 150 is 3 s. None keeps
             the checkpoint's own context (1500 = 30 s).

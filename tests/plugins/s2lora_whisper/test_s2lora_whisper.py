@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from lorakit import load_adapter
+from lorakit.domains.speech.adult_base import BaseRecipe, base_path, build_base, embedded_base
 from lorakit.domains.speech.metrics import error_rates
 from lorakit.domains.speech.pretrained import tiny_en_checkpoint
 from lorakit.domains.speech.synthetic import AdultSetConfig, CorpusConfig, build_corpus
 from lorakit.domains.speech.whisper_model import load_whisper, transcribe
 from lorakit.errors import CheckpointError, DataError
-from lorakit.plugins.s2lora_whisper.base import BaseRecipe, base_path, build_base, embedded_base
 from lorakit.plugins.s2lora_whisper.data import SpeechDataModule
 from lorakit.plugins.s2lora_whisper.module import ADAPTER, WhisperAdapterModule
 
