@@ -21,6 +21,12 @@ import warnings
 from lorakit.config import LoRAConfig
 from lorakit.errors import LoraKitError
 
+#: what every plugin whose loop runs no gradient-based initialisation refuses, and why
+NO_GRADIENT_INIT = {method: (
+    "its A and B come from lorakit.init_from_gradients on a few batches of full gradients, "
+    "which this plugin's loop does not run; without it the adapter is not the method")
+    for method in ("lora_sb", "lora_ga")}
+
 
 def plugin_adapter(plugin: str, adapter: LoRAConfig, *,
                    deprecated: dict[str, tuple[str, object]] | None = None,

@@ -28,7 +28,7 @@ from lorakit import load_adapter
 from lorakit.config import LoRAConfig
 from lorakit.errors import LoraKitError
 from lorakit.lightning_module import AdapterModule
-from lorakit.plugins.adapter_args import hparams_dict, plugin_adapter
+from lorakit.plugins.adapter_args import NO_GRADIENT_INIT, hparams_dict, plugin_adapter
 
 from .align import robust_alignment
 from .embedded import EMBEDDED, load_base
@@ -47,10 +47,6 @@ LORA_TARGETS = ["enc_blocks.*.attn.qkv", "enc_blocks.*.attn.proj", "enc_blocks.*
                 "dec_blocks*.mlp.fc1", "dec_blocks*.mlp.fc2"]
 #: LoRA r=8, alpha 16 on the transformer blocks' nn.Linear (heads and embeddings frozen)
 ADAPTER = LoRAConfig(rank=8, alpha=16.0, targets=list(LORA_TARGETS))
-NO_GRADIENT_INIT = ("its A and B come from lorakit.init_from_gradients on a few batches of "
-                    "full gradients, which this plugin's loop does not run; without it the "
-                    "adapter is not the method")
-REFUSE = {"lora_sb": NO_GRADIENT_INIT, "lora_ga": NO_GRADIENT_INIT}
 
 
 def regression_loss(pred, gt, valid) -> torch.Tensor:
@@ -111,7 +107,7 @@ class SelfCalibrationModule(AdapterModule):
             raise LoraKitError(f"labels must be 'pseudo' or 'oracle', got {labels!r}")
         if reweight_rounds < 0:
             raise LoraKitError(f"reweight_rounds must be >= 0, got {reweight_rounds}")
-        adapter = plugin_adapter("lora3d", adapter, refuse=REFUSE, deprecated={
+        adapter = plugin_adapter("lora3d", adapter, refuse=NO_GRADIENT_INIT, deprecated={
             "rank": ("rank", rank), "alpha": ("alpha", alpha), "targets": ("targets", targets)})
         # the deprecated flat keys live on in `adapter`
         self.save_hyperparameters(ignore=["rank", "alpha", "targets"])

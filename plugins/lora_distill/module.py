@@ -44,7 +44,7 @@ from lorakit.domains.imaging.teacher import SCHEDULER_CONFIG
 from lorakit.errors import LoraKitError
 from lorakit.inject import matches
 from lorakit.lightning_module import AdapterModule
-from lorakit.plugins.adapter_args import hparams_dict, plugin_adapter
+from lorakit.plugins.adapter_args import NO_GRADIENT_INIT, hparams_dict, plugin_adapter
 
 # attention projections and the paths that carry time, class and guidance conditioning
 DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "*.to_out.0", "time_emb_proj",
@@ -55,10 +55,6 @@ DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "*.to_out.0", "time_emb_proj",
 #: trained in full
 ADAPTER = LoRAConfig(rank=8, alpha=8.0, targets=list(DEFAULT_TARGETS),
                      modules_to_save=[COND_PROJ])
-NO_GRADIENT_INIT = ("its A and B come from lorakit.init_from_gradients on a few batches of "
-                    "full gradients, which this plugin's loop does not run; without it the "
-                    "adapter is not the method")
-REFUSE = {"lora_sb": NO_GRADIENT_INIT, "lora_ga": NO_GRADIENT_INIT}
 NO_DIFFUSERS_LAYOUT = ("fit also writes the student in diffusers' LoRA layout (diffusers_lora/, "
                        "from the PEFT export), and a mixture of experts has none: PEFT's "
                        "layout holds one B·A per module")
@@ -124,7 +120,7 @@ class DistillModule(AdapterModule):
             warnings.warn("lora-distill: model.lora is deprecated; use model.adapter "
                           "(--model.adapter.rank ...)", DeprecationWarning, stacklevel=2)
             adapter = lora
-        adapter = plugin_adapter("lora-distill", adapter, refuse=REFUSE)
+        adapter = plugin_adapter("lora-distill", adapter, refuse=NO_GRADIENT_INIT)
         # the deprecated key lives on in `adapter`
         self.save_hyperparameters(ignore=["lora"])
         self.pretrained = str(pretrained) if pretrained is not None else str(EMBEDDED_TEACHER)

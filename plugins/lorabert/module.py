@@ -46,7 +46,7 @@ from lorakit.domains.genomics.kmer_bert import load_classifier, load_tokenizer
 from lorakit.domains.genomics.metrics import binary_metrics
 from lorakit.errors import LoraKitError
 from lorakit.lightning_module import AdapterModule
-from lorakit.plugins.adapter_args import hparams_dict, plugin_adapter
+from lorakit.plugins.adapter_args import NO_GRADIENT_INIT, hparams_dict, plugin_adapter
 
 from .predict_tsv import PredictionRow, write_predictions
 
@@ -62,11 +62,6 @@ HEAD = ["classifier"]
 # LoRA on W_q and W_v (Hu et al. 2021, sec. 7.1), the head trained in full
 ADAPTER = LoRAConfig(rank=8, alpha=16.0, dropout=0.0, targets=["*.query", "*.value"],
                      modules_to_save=HEAD)
-# lorabert's loop runs no gradient-based initialisation
-NO_GRADIENT_INIT = ("its A and B come from lorakit.init_from_gradients on a few batches of "
-                    "full gradients, which this plugin's loop does not run; without it the "
-                    "adapter is not the method")
-REFUSE = {"lora_sb": NO_GRADIENT_INIT, "lora_ga": NO_GRADIENT_INIT}
 
 
 class LoRABertModule(AdapterModule):
@@ -128,7 +123,7 @@ class LoRABertModule(AdapterModule):
                  targets: list[str] | None = None) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer,
                          output_dir=output_dir)
-        adapter = plugin_adapter("lorabert", adapter, refuse=REFUSE, deprecated={
+        adapter = plugin_adapter("lorabert", adapter, refuse=NO_GRADIENT_INIT, deprecated={
             "rank": ("rank", rank), "alpha": ("alpha", alpha),
             "lora_dropout": ("dropout", lora_dropout), "targets": ("targets", targets)})
         if missing := [m for m in HEAD if m not in adapter.modules_to_save]:

@@ -48,7 +48,7 @@ from lorakit.domains.speech.whisper_model import (
 )
 from lorakit.errors import LoraKitError
 from lorakit.lightning_module import AdapterModule
-from lorakit.plugins.adapter_args import hparams_dict, plugin_adapter
+from lorakit.plugins.adapter_args import NO_GRADIENT_INIT, hparams_dict, plugin_adapter
 from lorakit.proximal import adam_thresholds
 
 TARGETS = ["*.query", "*.key", "*.value", "*.out", "*.mlp.0", "*.mlp.2"]
@@ -56,10 +56,6 @@ TARGETS = ["*.query", "*.key", "*.value", "*.out", "*.mlp.0", "*.mlp.2"]
 ADAPTER = LoRAConfig(method="s2lora", rank=8, alpha=16.0, dropout=0.0, targets=list(TARGETS))
 Mode = Literal["adapter", "bitfit", "full"]
 METHODS = ("s2lora", "lora", "bitfit", "full")   # the values of the deprecated model.method
-NO_GRADIENT_INIT = ("its A and B come from lorakit.init_from_gradients on a few batches of "
-                    "full gradients, which this plugin's loop does not run; without it the "
-                    "adapter is not the method")
-REFUSE = {"lora_sb": NO_GRADIENT_INIT, "lora_ga": NO_GRADIENT_INIT}
 
 
 class WhisperAdapterModule(AdapterModule):
@@ -123,7 +119,7 @@ class WhisperAdapterModule(AdapterModule):
                           f"model.mode {method} (--model.mode {method})", DeprecationWarning,
                           stacklevel=2)
             mode, method = method, None
-        adapter = plugin_adapter("s2lora-whisper", adapter, refuse=REFUSE, deprecated={
+        adapter = plugin_adapter("s2lora-whisper", adapter, refuse=NO_GRADIENT_INIT, deprecated={
             "method": ("method", method), "rank": ("rank", rank), "alpha": ("alpha", alpha),
             "dropout": ("dropout", dropout), "targets": ("targets", targets)})
         # the deprecated flat keys live on in `mode` and `adapter`
