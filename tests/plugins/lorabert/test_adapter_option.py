@@ -66,3 +66,11 @@ def test_every_fit_option_has_a_description(capsys):
                 "--data.test_noncoding", "--data.val_fraction", "--model.lr",
                 "--model.weight_decay", "--data.num_workers"):
         assert described(out, key), key
+
+
+def test_an_old_yaml_config_with_flat_keys_still_reads(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("model:\n  rank: 4\n  targets: ['*.query']\n")
+    with pytest.warns(DeprecationWarning, match=r"model\.targets .*model\.adapter\.targets"):
+        config = cli("--config", str(old)).model.adapters.config
+    assert (config.rank, config.alpha, config.targets) == (4, 16.0, ["*.query"])
