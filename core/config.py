@@ -167,7 +167,7 @@ class MixtureOptions:
         "help": "Plain-product experts: 'dense' (every expert's r-wide down projection in "
                 "one matmul, unselected gates zero) or 'gather' (each token's k experts "
                 "gathered, two batched matmuls over the selected ones only; router 'topk'). "
-                "Same outputs; `benchmarks/moe_step_cost.py` times both."})
+                "Same outputs; `benchmarks/studies/moe_step_cost.py` times both."})
     expert_schedule: str = field(default="", metadata={
         "help": "Experts per depth segment, e.g. '2,4,6,8' = 2 in the first quarter of the "
                 "adapted layers ... 8 in the last (MoLA, Gao et al. 2024)."})

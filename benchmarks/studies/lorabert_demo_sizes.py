@@ -19,8 +19,8 @@ def main() -> None:
     splits = split_items("cpat_human", train_per_class=400)
     splits["test"] = cut_per_class(splits["val"], 300, seed=1)
     # "embedded" in demo_sizes.txt is the compact base: it was plugins/lorabert/base then
-    for name, folder in (("compact", "plugins/lorabert/base_compact"),
-                         ("grown", "plugins/lorabert/base")):
+    for name, folder in (("compact", "plugins/lorabert/assets/base_compact"),
+                         ("grown", "plugins/lorabert/assets/base")):
         t0 = time.time()
         with tempfile.TemporaryDirectory() as d:
             row = run_model("LoRA-BERT", splits, d, epochs=2, mode="lora", lr=2e-3,

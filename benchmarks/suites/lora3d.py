@@ -62,15 +62,15 @@ def checkpoint_key(checkpoint) -> str:
     reused."""
     import hashlib
 
-    from lorakit.plugins.lora3d.model import EMBEDDED
+    from lorakit.plugins.lora3d.embedded import EMBEDDED
 
     return hashlib.sha256(Path(checkpoint or EMBEDDED).read_bytes()).hexdigest()[:12]
 
 
 def model_size(checkpoint) -> int:
-    from lorakit.plugins.lora3d.model import load_checkpoint
+    from lorakit.plugins.lora3d.embedded import load_base
 
-    model, args = load_checkpoint(checkpoint)
+    model, args = load_base(checkpoint)
     return int(args["img_size"][0])
 
 
@@ -111,7 +111,7 @@ def calibrate(views, variant: str, folder: Path, checkpoint, max_steps, threads:
 def scene_rows(shift: str, seed: int, variants, out_dir: Path, checkpoint, size: int,
                max_steps, threads: int, module_kwargs: dict, eval_iters: int,
                backend: str) -> list[dict]:
-    from lorakit.plugins.lora3d.model import load_checkpoint
+    from lorakit.plugins.lora3d.embedded import load_base as load_checkpoint
 
     views = target_scene(shift, seed, size=size)
     folder = out_dir / "scenes" / checkpoint_key(checkpoint) / shift / str(seed)

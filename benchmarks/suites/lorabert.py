@@ -281,7 +281,7 @@ def run(out_dir, threads: int = 1, quick: bool = False, epochs: int | None = Non
              "it changes neither AUROC nor any call at 0.5. `mcc_valthr_<n>`: MCC at the "
              "threshold that is MCC-best on validation fragments of that length. "
              "Base: "
-             + (pretrained or "the embedded k-mer BERT (plugins/lorabert/base: 4 layers of width 128, "
+             + (pretrained or "the embedded k-mer BERT (plugins/lorabert/assets/base: 4 layers of width 128, "
                                "512-codon windows)")
              + ". CPC2 uses its own shipped model"
              + (" (run)." if cpc2 else " (not installed: `make install` puts it in "

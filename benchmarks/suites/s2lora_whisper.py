@@ -1,7 +1,7 @@
 """Benchmark `s2lora-whisper`: the S2-LoRA paper's comparison at small scale.
 
 The embedded base (Whisper tiny.en taught the 3 s context on adult voices, see
-lorakit.plugins.s2lora_whisper.base) adapted to the synthetic child voices with five
+lorakit.domains.speech.adult_base) adapted to the synthetic child voices with five
 methods, the same data, steps, batch size, seeds and learning-rate sweep for each:
 
     full fine-tuning | BitFit | LoRA r=8 | PEFT AdaLoRA (r 12 → 8) | S2-LoRA r=8
@@ -305,7 +305,7 @@ def run(out_dir: Path, threads: int = 1, quick: bool = False,
     data, val, tests = loaders(quick, out_dir)
 
     def zero_shot() -> dict:
-        base = WhisperAdapterModule(method="s2lora")
+        base = WhisperAdapterModule()
         with base.base_model() as model:
             sets = transcripts(model, tests, base.max_tokens, base.mel)
         write_hypotheses(out_dir / "runs" / "base", sets)

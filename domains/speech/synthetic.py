@@ -15,7 +15,7 @@ Splits are speaker-disjoint:
 
 and, apart, `build_adult_set`: adult speakers at pitches below every adult_test
 speaker's (disjoint by construction, whatever the corpus seed), on which the embedded
-base learns the short encoder context (lorakit.plugins.s2lora_whisper.base).
+base learns the short encoder context (lorakit.domains.speech.adult_base).
 
 Texts are 1–6 words from `words.txt` (a few hundred common words). Everything is
 deterministic in the seed, written once as FLAC + JSONL manifests into
@@ -76,7 +76,18 @@ ADULT_BASE = SpeakerPool(ADULT.voices, (0, 19), (140, 190), (1.0, 1.0))
 
 @dataclass(frozen=True)
 class CorpusConfig:
-    """Sizes of the corpus; utterances per split, speakers per split."""
+    """Sizes of the corpus; utterances per split, speakers per split.
+
+    Args:
+        train: utterances of child_train.
+        val: utterances of child_val.
+        test: utterances of each test split (child_test, child_ood, adult_test).
+        train_speakers: child voices of child_train.
+        test_speakers: voices of each other split (child_val, child_test, child_ood,
+            adult_test), disjoint from the training voices.
+        max_seconds: longest clip; longer sentences are drawn again.
+        seed: seed of the voices and the sentences.
+    """
     train: int = 400
     val: int = 48
     test: int = 64

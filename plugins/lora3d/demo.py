@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from lorakit.domains.geometry.dust3r import count_parameters
 from lorakit.domains.geometry.shifts import target_scene
 from lorakit.domains.geometry.transforms import similarity
 from lorakit.reports.demo import Headline, write_demo_report
@@ -26,7 +27,6 @@ from lorakit.training.module import ADAPTER_FILE
 
 from .evaluate import score_scene
 from .fit import fit_scene
-from .model import count_parameters
 
 METRICS = ("depth_absrel", "pointmap_err", "rot_err_deg", "trans_dir_err_deg")
 DEMO_SEEDS = (101, 102)
@@ -41,8 +41,8 @@ def calibrate_and_score(seed: int, out_dir: Path | None = None, n_views: int = 6
     module_kwargs go to SelfCalibrationModule (e.g. reweight_rounds=0 for the ablation);
     "before" is scored from the frozen model's predictions that calibration started from.
     """
-    from .model import load_checkpoint
-    _, args = load_checkpoint(checkpoint)
+    from .embedded import load_base
+    _, args = load_base(checkpoint)
     views = target_scene(shift, seed, n_views=n_views, size=args["img_size"][0])
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out_dir) / f"scene{seed}" if out_dir is not None else Path(tmp)

@@ -98,10 +98,11 @@ def checkpoint_card(checkpoint=None, n_pairs: int = 40, gate_result: dict | None
     n_pairs .. 2 n_pairs - 1)."""
     import argparse as _argparse
 
+    from lorakit.domains.geometry.dust3r import count_parameters
     from lorakit.domains.geometry.scenes import UNSEEN_STYLES, random_pair
 
-    from .model import EMBEDDED, count_parameters, load_checkpoint
-    model, args = load_checkpoint(checkpoint)
+    from .embedded import EMBEDDED, load_base
+    model, args = load_base(checkpoint)
     path = checkpoint or EMBEDDED
     with torch.serialization.safe_globals([_argparse.Namespace]):
         raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -209,14 +210,14 @@ def gate(model_or_checkpoint=None, n_scenes: int = 8, n_views: int = 6,
     """
     import time
 
-    from .model import load_checkpoint
+    from .embedded import load_base
 
     if n_scenes > min(len(seeds), len(UNRELATED_SEEDS)):
         raise ValueError(f"the gate has {min(len(seeds), len(UNRELATED_SEEDS))} scenes, "
                          f"asked for {n_scenes}")
     if model_or_checkpoint is None or isinstance(model_or_checkpoint, (str, bytes)) or \
             hasattr(model_or_checkpoint, "__fspath__"):
-        model, _ = load_checkpoint(model_or_checkpoint)
+        model, _ = load_base(model_or_checkpoint)
     else:
         model = model_or_checkpoint
     size = int(model.patch_embed.img_size[0])

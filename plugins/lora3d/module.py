@@ -27,17 +27,26 @@ import torch
 from lorakit import load_adapter
 from lorakit.config import LoRAConfig
 from lorakit.errors import LoraKitError
+from lorakit.plugins.adapter_args import NO_GRADIENT_INIT, hparams_dict, plugin_adapter
 from lorakit.training.module import AdapterModule
 
 from .align import robust_alignment
+from .embedded import EMBEDDED, load_base
 from .inference import make_pairs, pairwise_inference, predict_pairs
 from .loss import confidence_loss, regression_errors
-from .model import EMBEDDED, LORA_TARGETS, load_checkpoint
 from .outputs import preview, write_ply, write_poses
 from .pairs import CalibrationTargets, PairPredictions
 from .reweight import PseudoLabels, image_confidence, oracle_labels, pseudo_labels
 
 LABEL_SOURCES = ("pseudo", "oracle")
+#: the 80 nn.Linear of the tiny model's transformer blocks (heads and embeddings excluded)
+LORA_TARGETS = ["enc_blocks.*.attn.qkv", "enc_blocks.*.attn.proj", "enc_blocks.*.mlp.fc1",
+                "enc_blocks.*.mlp.fc2", "dec_blocks*.attn.qkv", "dec_blocks*.attn.proj",
+                "dec_blocks*.cross_attn.projq", "dec_blocks*.cross_attn.projk",
+                "dec_blocks*.cross_attn.projv", "dec_blocks*.cross_attn.proj",
+                "dec_blocks*.mlp.fc1", "dec_blocks*.mlp.fc2"]
+#: LoRA r=8, alpha 16 on the transformer blocks' nn.Linear (heads and embeddings frozen)
+ADAPTER = LoRAConfig(rank=8, alpha=16.0, targets=list(LORA_TARGETS))
 
 
 def regression_loss(pred, gt, valid) -> torch.Tensor:
@@ -54,9 +63,9 @@ class SelfCalibrationModule(AdapterModule):
     Args:
         checkpoint: DUSt3R checkpoint ({"args", "model"}, upstream format); None is the
             embedded tiny model.
-        rank: LoRA rank.
-        alpha: LoRA alpha.
-        targets: module patterns to adapt (default: the transformer blocks' nn.Linear).
+        adapter: the adapter (any lorakit method: --model.adapter.method dora
+            --model.adapter.rank 16); default LoRA r=8, alpha 16 on the transformer
+            blocks' nn.Linear.
         align_iters: iterations of the first global alignment.
         round_iters: iterations of each re-weighting round.
         align_lr: Adam learning rate of the global alignment.
@@ -74,36 +83,43 @@ class SelfCalibrationModule(AdapterModule):
         loss_alpha: weight of -log(confidence) in the loss.
         init: alignment initialisation, 'mst' (falls back to 'random' on a NaN focal).
         backend: aligner, 'auto', 'native' or 'upstream' (mini-dust3r's PointCloudOptimizer).
-        adapter: an adapter file to load before predicting.
+        adapter_file: an adapter file to load before predicting.
         output_dir: where fit writes adapter.safetensors and predict writes cloud.ply,
             poses.json, preview.png; None: the run's folder under
             --trainer.default_root_dir.
         lr: peak adapter learning rate (cosine decay to zero over the run's steps).
+        rank: deprecated, use adapter.rank.
+        alpha: deprecated, use adapter.alpha.
+        targets: deprecated, use adapter.targets.
     """
 
-    def __init__(self, checkpoint: str | None = None, rank: int = 8, alpha: float = 16.0,
-                 targets: list[str] | None = None, align_iters: int = 150,
+    def __init__(self, checkpoint: str | None = None, adapter: LoRAConfig = ADAPTER,
+                 align_iters: int = 150,
                  round_iters: int = 50, align_lr: float = 0.01, reweight_rounds: int = 2,
                  mu_factor: float = 1.0, conf_threshold: float | None = None,
                  keep_fraction: float = 0.5, all_points: bool = False, labels: str = "pseudo",
                  conf_loss: bool = True, loss_alpha: float = 0.2, init: str = "mst",
-                 backend: str = "auto", adapter: str | None = None,
-                 output_dir: str | None = None, lr: float = 2e-3) -> None:
+                 backend: str = "auto", adapter_file: str | None = None,
+                 output_dir: str | None = None, lr: float = 2e-3, rank: int | None = None,
+                 alpha: float | None = None, targets: list[str] | None = None) -> None:
         super().__init__(lr=lr, weight_decay=0.0, optimizer="adamw", output_dir=output_dir)
         if labels not in LABEL_SOURCES:
             raise LoraKitError(f"labels must be 'pseudo' or 'oracle', got {labels!r}")
         if reweight_rounds < 0:
             raise LoraKitError(f"reweight_rounds must be >= 0, got {reweight_rounds}")
-        self.save_hyperparameters()
+        adapter = plugin_adapter("lora3d", adapter, refuse=NO_GRADIENT_INIT, deprecated={
+            "rank": ("rank", rank), "alpha": ("alpha", alpha), "targets": ("targets", targets)})
+        # the deprecated flat keys live on in `adapter`
+        self.save_hyperparameters(ignore=["rank", "alpha", "targets"])
+        self.hparams.adapter = hparams_dict(adapter)
         self.checkpoint = checkpoint
         self.label_source = labels
-        self.model, self.model_args = load_checkpoint(checkpoint)
+        self.model, self.model_args = load_base(checkpoint)
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.attach_adapters(self.model, LoRAConfig(rank=rank, alpha=alpha,
-                                                    targets=list(targets or LORA_TARGETS)))
-        if adapter is not None:
-            self._load_adapter(adapter)
+        self.attach_adapters(self.model, adapter)
+        if adapter_file is not None:
+            self._load_adapter(adapter_file)
         self.before: PairPredictions | None = None       # the frozen model's predictions
         self.calibration: CalibrationTargets | None = None   # robust alignment and label masks
         self.labels: PseudoLabels | None = None          # what training_step fits

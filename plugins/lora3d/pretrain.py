@@ -1,6 +1,6 @@
 """Pretrain the embedded tiny DUSt3R on synthetic multi-view scenes.
 
-    python -m lorakit.plugins.lora3d.pretrain --out plugins/lora3d/tiny_dust3r.pth \
+    python -m lorakit.plugins.lora3d.pretrain --out plugins/lora3d/assets/tiny_dust3r.pth \
         --minutes 90 --threads 1 --init-encoder OLD.pth
 
 Every step renders one fresh scene of 4-8 views (`random_scene_views`: rooms, and
@@ -26,6 +26,13 @@ from pathlib import Path
 
 import torch
 
+from lorakit.domains.geometry.dust3r import (
+    TINY_ARGS,
+    build_model,
+    count_parameters,
+    read_checkpoint,
+    save_checkpoint,
+)
 from lorakit.domains.geometry.scenes import HELD_OUT_SEEDS, random_scene_views, view_angle_deg
 from lorakit.plugins.lora3d.inference import model_view, to_input
 from lorakit.plugins.lora3d.loss import (
@@ -34,13 +41,6 @@ from lorakit.plugins.lora3d.loss import (
     correspondence_loss,
     pair_targets,
     patch_correspondences,
-)
-from lorakit.plugins.lora3d.model import (
-    TINY_ARGS,
-    build_model,
-    count_parameters,
-    read_checkpoint,
-    save_checkpoint,
 )
 
 
@@ -135,7 +135,7 @@ def init_encoder(model, path) -> int:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="plugins/lora3d/tiny_dust3r.pth")
+    ap.add_argument("--out", default="plugins/lora3d/assets/tiny_dust3r.pth")
     ap.add_argument("--minutes", type=float, default=90.0, help="wall-clock budget")
     ap.add_argument("--steps", type=int, default=100_000, help="step budget")
     ap.add_argument("--batch", type=int, default=8, help="pairs per step (one per scene)")

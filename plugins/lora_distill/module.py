@@ -28,6 +28,7 @@ teacher itself with `x0_steps` guided DDIM steps at a random w in the range.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -42,6 +43,7 @@ from lorakit.domains.imaging.sampling import add_noise, ddim_sample, load_schedu
 from lorakit.domains.imaging.teacher import DEFAULT_DIR as EMBEDDED_TEACHER
 from lorakit.domains.imaging.teacher import SCHEDULER_CONFIG
 from lorakit.errors import LoraKitError
+from lorakit.plugins.adapter_args import NO_GRADIENT_INIT, hparams_dict, plugin_adapter
 from lorakit.training.module import AdapterModule
 
 # attention projections and the paths that carry time, class and guidance conditioning
@@ -49,9 +51,13 @@ DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "*.to_out.0", "time_emb_proj",
                    "time_embedding.linear_1", "time_embedding.linear_2"]
 
 
-def default_lora(rank: int = 8, alpha: float = 8.0) -> LoRAConfig:
-    return LoRAConfig(rank=rank, alpha=alpha, targets=list(DEFAULT_TARGETS),
-                      modules_to_save=[COND_PROJ])
+#: LoRA r=8, alpha 8 on DEFAULT_TARGETS (those the UNet has), the guidance projection
+#: trained in full
+ADAPTER = LoRAConfig(rank=8, alpha=8.0, targets=list(DEFAULT_TARGETS),
+                     modules_to_save=[COND_PROJ])
+NO_DIFFUSERS_LAYOUT = ("fit also writes the student in diffusers' LoRA layout (diffusers_lora/, "
+                       "from the PEFT export), and a mixture of experts has none: PEFT's "
+                       "layout holds one B·A per module")
 
 
 def check_guidance_range(w_min: float, w_max: float) -> None:
@@ -71,15 +77,18 @@ class DistillModule(AdapterModule):
         pretrained: diffusers model folder (a UNet2DConditionModel / UNet2DModel saved
             with save_pretrained, or a pipeline folder whose unet/ is used). None: the
             embedded digits teacher.
-        lora: the adapter; None: rank 8 on attention projections and the time/class
-            conditioning Linears, with the guidance projection in modules_to_save.
+        adapter: the adapter (any lorakit method: --model.adapter.method dora
+            --model.adapter.rank 16); default LoRA r=8, alpha 8 on the attention
+            projections and the time/class conditioning Linears (the default targets the
+            UNet has). The guidance projection is always in its modules_to_save.
         guidance_min: smallest guidance scale w trained on (>= 1).
         guidance_max: largest w trained on.
         guidance_embed_dim: width of the guidance embedding (time_cond_proj_dim) when
             the base has no time-conditioning projection; ignored when it has one.
         null_class: label of the null class of a class-conditional UNet (default: the
             last class of num_class_embeds).
-        adapter: a lorakit adapter file to start from (predict with a trained student).
+        adapter_file: a lorakit adapter file to start from (predict with a trained
+            student).
         sample_steps: DDIM steps when sampling (predict, demo).
         x0_steps: guided DDIM steps of the teacher that make x_0 when the data module
             gives conditioning only (no images).
@@ -87,23 +96,33 @@ class DistillModule(AdapterModule):
         predict_teacher: also sample the two-pass teacher in `predict`, for comparison.
         output_dir: where the adapter, its diffusers export (diffusers_lora/) and predict
             grids go; None: the run's folder under --trainer.default_root_dir.
-        lr, weight_decay, optimizer: of the adapter parameters.
+        lr: learning rate of the adapter parameters.
+        weight_decay: AdamW weight decay of the adapter parameters.
+        optimizer: "adamw", "adam" or "sgd".
+        lora: deprecated, use adapter (the same LoRAConfig).
     """
 
-    def __init__(self, pretrained: str | None = None, lora: LoRAConfig | None = None,
+    def __init__(self, pretrained: str | None = None, adapter: LoRAConfig = ADAPTER,
                  guidance_min: float = 1.0, guidance_max: float = 3.0,
                  guidance_embed_dim: int = 32, null_class: int | None = None,
-                 adapter: str | None = None, sample_steps: int = 25, x0_steps: int = 10,
+                 adapter_file: str | None = None, sample_steps: int = 25, x0_steps: int = 10,
                  predict_guidance: list[float] | None = None,
                  predict_teacher: bool = False, output_dir: str | None = None,
-                 lr: float = 3e-3, weight_decay: float = 0.0, optimizer: str = "adamw") -> None:
+                 lr: float = 3e-3, weight_decay: float = 0.0, optimizer: str = "adamw",
+                 lora: LoRAConfig | None = None) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer,
                          output_dir=output_dir)
         check_guidance_range(guidance_min, guidance_max)
         predict_guidance = [1.0, 2.0, 3.0] if predict_guidance is None else predict_guidance
         for w in predict_guidance:
             check_guidance_range(w, w)
-        self.save_hyperparameters()
+        if lora is not None:
+            warnings.warn("lora-distill: model.lora is deprecated; use model.adapter "
+                          "(--model.adapter.rank ...)", DeprecationWarning, stacklevel=2)
+            adapter = lora
+        adapter = plugin_adapter("lora-distill", adapter, refuse=NO_GRADIENT_INIT)
+        # the deprecated key lives on in `adapter`
+        self.save_hyperparameters(ignore=["lora"])
         self.pretrained = str(pretrained) if pretrained is not None else str(EMBEDDED_TEACHER)
         if pretrained is None and not (EMBEDDED_TEACHER / "config.json").is_file():
             raise LoraKitError(
@@ -113,8 +132,8 @@ class DistillModule(AdapterModule):
         self.sample_steps, self.x0_steps = int(sample_steps), int(x0_steps)
         self.predict_guidance = [float(w) for w in predict_guidance]
         self.predict_teacher = predict_teacher
-        if adapter is not None:
-            meta, _ = read_adapter(adapter)
+        if adapter_file is not None:
+            meta, _ = read_adapter(adapter_file)
             guidance_embed_dim = int(meta.get("extra", {}).get("guidance_embed_dim",
                                                                guidance_embed_dim))
         self.model: GuidedUNet = load_unet(self.pretrained, guidance_embed_dim, null_class)
@@ -129,23 +148,28 @@ class DistillModule(AdapterModule):
             raise LoraKitError(f"{folder}: the scheduler predicts "
                                f"{self.scheduler.config.prediction_type!r}; lora-distill "
                                "distils ε-prediction UNets")
-        if adapter is not None:
-            self.adapters = load_adapter(self.model.unet, adapter)
+        if adapter_file is None and self.model.native and adapter.method == "mixture":
+            raise LoraKitError(f"lora-distill: model.adapter.method 'mixture' is not available "
+                               f"for a UNet2DConditionModel: {NO_DIFFUSERS_LAYOUT}")
+        if adapter_file is not None:
+            self.adapters = load_adapter(self.model.unet, adapter_file)
         else:
-            self.attach_adapters(self.model.unet, self._config(lora))
+            adapter = self._config(adapter)
+            self.attach_adapters(self.model.unet, adapter)
+        self.hparams.adapter = hparams_dict(adapter)
         self.loss_history: list[tuple[int, float]] = []
         self._predictions: list[dict] = []
 
-    def _config(self, lora: LoRAConfig | None) -> LoRAConfig:
-        if lora is None:
+    def _config(self, adapter: LoRAConfig) -> LoRAConfig:
+        """The default targets narrowed to those the UNet has; the guidance projection
+        always trained in full."""
+        if adapter.targets == DEFAULT_TARGETS:
             linears = [n for n, m in self.model.unet.named_modules()
                        if isinstance(m, torch.nn.Linear)]
-            targets = [p for p in DEFAULT_TARGETS if any(matches(n, p) for n in linears)]
-            return LoRAConfig(rank=8, alpha=8.0, targets=targets, modules_to_save=[COND_PROJ])
-        if COND_PROJ not in lora.modules_to_save:
-            lora = LoRAConfig.from_dict({**lora.to_dict(),
-                                         "modules_to_save": [*lora.modules_to_save, COND_PROJ]})
-        return lora
+            adapter.targets = [p for p in DEFAULT_TARGETS if any(matches(n, p) for n in linears)]
+        if COND_PROJ not in adapter.modules_to_save:
+            adapter.modules_to_save = [*adapter.modules_to_save, COND_PROJ]
+        return adapter
 
     # --- the objective ----------------------------------------------------------------
     def _unpack(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -72,14 +72,22 @@ class TranscriptDataModule(pl.LightningDataModule):
             "files" when any FASTA is given, else "synthetic".
         coding: FASTA file(s) of coding transcripts (mRNAs), label 1.
         noncoding: FASTA file(s) of non-coding transcripts (lncRNAs), label 0.
-        val_coding, val_noncoding, test_coding, test_noncoding: explicit per-split files.
+        val_coding: FASTA file(s) of validation coding transcripts (label 1); with
+            val_coding or val_noncoding given, no validation share is drawn from
+            coding/noncoding (the same for test_*).
+        val_noncoding: FASTA file(s) of validation non-coding transcripts (label 0).
+        test_coding: FASTA file(s) of test coding transcripts (label 1).
+        test_noncoding: FASTA file(s) of test non-coding transcripts (label 0).
         fasta: FASTA file(s) to predict (no labels).
-        val_fraction, test_fraction, seed: the stratified split.
+        val_fraction: share of each class drawn for validation (stratified split).
+        test_fraction: share of each class drawn for test (stratified split).
+        seed: seed of the stratified split and of the synthetic transcripts.
         max_per_class: keep at most this many transcripts per class in each split (quick
             runs); the first ones of a seeded shuffle, so runs are comparable.
         synthetic_n: transcripts per class for source "synthetic".
         ambiguous: "reject" IUPAC ambiguity codes, or map them to "N".
         batch_size: transcripts per batch (each becomes one or more windows).
+        num_workers: DataLoader worker processes.
     """
 
     def __init__(self, source: Source | None = None, coding: list[str] | str | None = None,

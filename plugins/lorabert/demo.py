@@ -1,8 +1,8 @@
 """`lorakit lorabert demo`: LoRA-BERT and the classic baselines on CPAT's human data.
 
 Fetches CPAT's human test set (cached), splits it stratified (seed 0), fine-tunes the
-compact embedded k-mer BERT (plugins/lorabert/base_compact: 2 layers, 256-codon windows)
-with LoRA on part of the training split, fits the baselines on the
+compact embedded k-mer BERT (plugins/lorabert/assets/base_compact: 2 layers, 256-codon
+windows) with LoRA on part of the training split, fits the baselines on the
 same transcripts, and scores everything on the held-out test split: results.json,
 report.md / report.html (lorakit.reports.demo), roc.png and LoRA-BERT's predictions.tsv in
 `out_dir`; returns the headline figures.

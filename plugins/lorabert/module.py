@@ -45,18 +45,23 @@ from lorakit.domains.genomics.kmer import Window
 from lorakit.domains.genomics.kmer_bert import load_classifier, load_tokenizer
 from lorakit.domains.genomics.metrics import binary_metrics
 from lorakit.errors import LoraKitError
+from lorakit.plugins.adapter_args import NO_GRADIENT_INIT, hparams_dict, plugin_adapter
 from lorakit.training.module import AdapterModule
 
 from .predict_tsv import PredictionRow, write_predictions
 
-BASE_DIR = Path(__file__).with_name("base")
+ASSETS = Path(__file__).with_name("assets")
+BASE_DIR = ASSETS / "base"
 # the 2-layer, 256-codon base BASE_DIR was grown from: a quarter of the fit time, and the
 # better of the two on a few hundred transcripts (the demo's size)
-COMPACT_DIR = Path(__file__).with_name("base_compact")
+COMPACT_DIR = ASSETS / "base_compact"
 Mode = Literal["lora", "full", "head"]
 LongMode = Literal["windows", "head_tail"]
 Pooling = Literal["tokens", "mean", "max"]
 HEAD = ["classifier"]
+# LoRA on W_q and W_v (Hu et al. 2021, sec. 7.1), the head trained in full
+ADAPTER = LoRAConfig(rank=8, alpha=16.0, dropout=0.0, targets=["*.query", "*.value"],
+                     modules_to_save=HEAD)
 
 
 class LoRABertModule(AdapterModule):
@@ -64,14 +69,18 @@ class LoRABertModule(AdapterModule):
 
     Args:
         pretrained: a transformers BERT folder over k-mer tokens (config.json,
-            model.safetensors, vocab.txt); None: the embedded base (plugins/lorabert/base).
+            model.safetensors, vocab.txt); None: the embedded base
+            (plugins/lorabert/assets/base).
         stride: k-mer stride of the tokenizer; None reads kmer_tokenizer.json in the folder
             (1, DNABERT's overlapping layout, when absent).
         frames: reading frames the tokenizer reads (1..stride); None reads
             kmer_tokenizer.json (1 when absent).
-        mode: "lora" (adapters on `targets` + trained head), "full" (every weight), "head"
-            (frozen encoder, trained head).
-        rank, alpha, lora_dropout, targets: the LoRA adapters (see lorakit.LoRAConfig).
+        mode: "lora" (the adapter on adapter.targets + trained head), "full" (every
+            weight), "head" (frozen encoder, trained head).
+        adapter: the adapter of mode "lora" (any lorakit method:
+            --model.adapter.method dora --model.adapter.rank 16); default LoRA r=8,
+            alpha 16 on the query and value projections. The classification head is
+            always in its modules_to_save (trained in full, saved with the adapter).
         long_mode: "windows" (cover the whole transcript, pool) or "head_tail".
         max_tokens: k-mers per window; None: the model's position limit minus 2.
         window_overlap: k-mers shared by consecutive windows.
@@ -85,28 +94,45 @@ class LoRABertModule(AdapterModule):
         head_hidden: units of the classification head's hidden layer (GELU); 0: a linear
             head on the pooled features.
         predictions: TSV written by `predict` (CPC2-like columns).
-        adapter: a lorakit adapter file (written at the end of `fit` as
+        adapter_file: a lorakit adapter file (written at the end of `fit` as
             adapter.safetensors in the output folder) to start from or predict with;
             its head_hidden (in the file's metadata) overrides model.head_hidden.
         output_dir: where fit writes adapter.safetensors; None: the run's folder under
             --trainer.default_root_dir.
-        lr, weight_decay, optimizer: see `AdapterModule`.
+        lr: learning rate of the adapter and the head.
+        weight_decay: AdamW weight decay.
+        optimizer: "adamw", "adam" or "sgd".
+        rank: deprecated, use adapter.rank.
+        alpha: deprecated, use adapter.alpha.
+        lora_dropout: deprecated, use adapter.dropout.
+        targets: deprecated, use adapter.targets.
     """
 
     def __init__(self, pretrained: str | None = None, stride: int | None = None,
-                 frames: int | None = None, mode: Mode = "lora", rank: int = 8,
-                 alpha: float = 16.0, lora_dropout: float = 0.0, targets: list[str] | None = None,
-                 long_mode: LongMode = "windows", max_tokens: int | None = None,
+                 frames: int | None = None, mode: Mode = "lora",
+                 adapter: LoRAConfig = ADAPTER, long_mode: LongMode = "windows",
+                 max_tokens: int | None = None,
                  window_overlap: int = 0, pooling: Pooling = "tokens",
                  max_train_windows: int = 4, window_batch: int = 64, threshold: float = 0.5,
                  head_hidden: int = 32,
-                 predictions: str = "predictions.tsv", adapter: str | None = None,
+                 predictions: str = "predictions.tsv", adapter_file: str | None = None,
                  output_dir: str | None = None, lr: float = 2e-3,
-                 weight_decay: float = 0.01, optimizer: str = "adamw") -> None:
+                 weight_decay: float = 0.01, optimizer: str = "adamw",
+                 rank: int | None = None, alpha: float | None = None,
+                 lora_dropout: float | None = None,
+                 targets: list[str] | None = None) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer,
                          output_dir=output_dir)
-        # where files go is a choice of each run, not a property of the trained model
-        self.save_hyperparameters(ignore=["predictions", "output_dir"])
+        adapter = plugin_adapter("lorabert", adapter, refuse=NO_GRADIENT_INIT, deprecated={
+            "rank": ("rank", rank), "alpha": ("alpha", alpha),
+            "lora_dropout": ("dropout", lora_dropout), "targets": ("targets", targets)})
+        if missing := [m for m in HEAD if m not in adapter.modules_to_save]:
+            adapter.modules_to_save += missing
+        # where files go is a choice of each run, not a property of the trained model; the
+        # deprecated flat keys live on in `adapter`
+        self.save_hyperparameters(ignore=["predictions", "output_dir", "rank", "alpha",
+                                          "lora_dropout", "targets"])
+        self.hparams.adapter = hparams_dict(adapter)
         for name, value, allowed in (("mode", mode, Mode), ("long_mode", long_mode, LongMode),
                                      ("pooling", pooling, Pooling)):
             if value not in allowed.__args__:
@@ -116,11 +142,11 @@ class LoRABertModule(AdapterModule):
         self.tokenizer = load_tokenizer(folder, stride=stride, frames=frames)
         if head_hidden < 0:
             raise LoraKitError(f"model.head_hidden must be >= 0, got {head_hidden}")
-        if adapter:  # the head's shape is the adapter's: it holds the trained head
-            made = read_adapter(adapter)[0].get("extra", {}).get("head_hidden")
+        if adapter_file:  # the head's shape is the adapter's: it holds the trained head
+            made = read_adapter(adapter_file)[0].get("extra", {}).get("head_hidden")
             if made is not None and int(made) != head_hidden:
-                rank_zero_info(f"lorabert: {adapter} holds a head with {made} hidden units; "
-                               f"using model.head_hidden {made}")
+                rank_zero_info(f"lorabert: {adapter_file} holds a head with {made} hidden "
+                               f"units; using model.head_hidden {made}")
                 head_hidden = int(made)
                 self.hparams.head_hidden = head_hidden
         self.model = load_classifier(folder, num_labels=2, head_hidden=head_hidden)
@@ -134,14 +160,12 @@ class LoRABertModule(AdapterModule):
         self.max_train_windows, self.window_batch = max_train_windows, window_batch
         self.threshold = threshold
         self.predictions = predictions
-        if adapter:
+        if adapter_file:
             if mode != "lora":
-                raise LoraKitError("model.adapter needs model.mode 'lora'")
-            self.adapters = load_adapter(self.model, adapter)
+                raise LoraKitError("model.adapter_file needs model.mode 'lora'")
+            self.adapters = load_adapter(self.model, adapter_file)
         elif mode == "lora":
-            self.attach_adapters(self.model, LoRAConfig(
-                rank=rank, alpha=alpha, dropout=lora_dropout,
-                targets=targets or ["*.query", "*.value"], modules_to_save=HEAD))
+            self.attach_adapters(self.model, adapter)
         elif mode == "head":
             self.model.requires_grad_(False)
             for name in HEAD:

@@ -10,8 +10,8 @@ never seen); each transcript gives one token stream per frame, and ln 64 = 4.16 
 uniform guess over codons. pretrain_log.json in each folder records the command, the
 steps, the loss curve and the recipe.
 
-plugins/lorabert/base_compact/ (2 layers of width 128, 256-codon windows of ~770 nt,
-456 k parameters, 1.8 MB; ~0.18 s a step on one CPU thread), made by
+plugins/lorabert/assets/base_compact/ (2 layers of width 128, 256-codon windows of
+~770 nt, 456 k parameters, 1.8 MB; ~0.18 s a step on one CPU thread), made by
 
     python -m lorakit.plugins.lorabert.pretrain --data.cpat_train \
         --out /work/lorabert_pretrain/codon128 --k 3 --stride 3 --frames 3 --hidden 128 \
@@ -23,17 +23,17 @@ in. With LoRA r=8 and 2 epochs on the training split it reached validation MCC 0
 AUROC 0.994, where a width-64 codon base of 3,500 steps reached 0.893 / 0.987 and a
 2-layer 6-mer BERT (stride 3, one frame, 0.98 M parameters) 0.69 / 0.933.
 
-plugins/lorabert/base/ (the default; 4 layers of width 128, 512-codon windows of ~1.5 kb,
-enough for a typical coding region; 893 k parameters, 3.5 MB), grown from the compact one
-(`--grow`: layers stacked, positions tiled; see `grow_bert`) by
+plugins/lorabert/assets/base/ (the default; 4 layers of width 128, 512-codon windows of
+~1.5 kb, enough for a typical coding region; 893 k parameters, 3.5 MB), grown from the
+compact one (`--grow`: layers stacked, positions tiled; see `grow_bert`) by
 
     python -m lorakit.plugins.lorabert.pretrain --data.cpat_train \
-        --init plugins/lorabert/base_compact --grow --out DIR --layers 4 --max-tokens 512 \
-        --batch-size 16 --steps 5000 --lr 1e-3 --warmup 200 --save-every 500 \
-        --log-every 100 --threads 1 --seed 0
+        --init plugins/lorabert/assets/base_compact --grow --out DIR --layers 4 \
+        --max-tokens 512 --batch-size 16 --steps 5000 --lr 1e-3 --warmup 200 \
+        --save-every 500 --log-every 100 --threads 1 --seed 0
 
 (~2.5 h on idle cycles of one core; held-out MLM loss 3.642). It was chosen over the
-compact base on validation only, three seeds each (benchmarks/lorabert_base_selection.py:
+compact base on validation only, three seeds each (benchmarks/studies/lorabert_base_selection.py:
 MCC 0.937 +- 0.010 against 0.914 +- 0.010, at 3.7x the fit time).
 
 Masking follows BERT (Devlin et al. 2019, sec. 3.1: 15% of positions, 80% [MASK],

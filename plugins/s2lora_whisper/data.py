@@ -12,36 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from lorakit.domains.speech.audio import SAMPLE_RATE, read_audio
-from lorakit.domains.speech.manifest import TooLong, Utterance, limit_duration, read_manifest
+from lorakit.domains.speech.audio import SAMPLE_RATE
+from lorakit.domains.speech.manifest import TooLong, limit_duration, read_manifest
 from lorakit.domains.speech.synthetic import CorpusConfig, build_corpus
+from lorakit.domains.speech.utterances import UtteranceDataset, collate
 from lorakit.errors import DataError
-
-
-class UtteranceDataset(Dataset):
-    def __init__(self, utterances: list[Utterance], name: str, max_samples: int) -> None:
-        self.utterances, self.name, self.max_samples = utterances, name, max_samples
-
-    def __len__(self) -> int:
-        return len(self.utterances)
-
-    def __getitem__(self, i: int) -> dict:
-        u = self.utterances[i]
-        audio = read_audio(u.audio, u.where)[: self.max_samples]
-        return {"audio": torch.from_numpy(audio), "text": u.text, "path": str(u.audio),
-                "set": self.name}
-
-
-def collate(items: list[dict]) -> dict:
-    longest = max(len(item["audio"]) for item in items)
-    audio = torch.zeros(len(items), longest)
-    for i, item in enumerate(items):
-        audio[i, : len(item["audio"])] = item["audio"]
-    return {"audio": audio, **{k: [item[k] for item in items] for k in ("text", "path", "set")}}
 
 
 class SpeechDataModule(pl.LightningDataModule):

@@ -145,7 +145,7 @@ def headline(metrics: dict, f: dict) -> list[Headline]:
 def notes(f: dict) -> str:
     return f"""{f['steps']} steps of S2-LoRA (rank 8, shared A/B per shape, proximal L1 on λ) on
 child_train. Base: Whisper tiny.en at a 3 s encoder context, taught that context on
-adult voices (lorakit.plugins.s2lora_whisper.base), greedy decoding capped at the
+adult voices (lorakit.domains.speech.adult_base), greedy decoding capped at the
 config's max_tokens. WER/CER after Whisper's English text normaliser; adult_test shows
 what adapting to children costs on adults.
 

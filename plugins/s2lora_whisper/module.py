@@ -11,9 +11,10 @@ only λᵢ (r numbers), ΔWᵢ = B·diag(λᵢ)·A, and an L1 term on λ switche
 L1 term is applied as a proximal step (soft-thresholding λ after each optimizer step, in
 Adam's metric), which leaves exact zeros: added to the loss instead, its gradient
 l1·sign(λ) is rescaled by Adam like any other and λ only jitters around zero.
-`method="lora"` gives each matrix its own A, B (the paper's LoRA baseline); `"bitfit"`
-trains only the biases (BitFit, which the paper also compares); `"full"` trains every
-weight (its full fine-tuning baseline). Everything else (data, loss, decoding, metrics)
+`adapter.method="lora"` gives each matrix its own A, B (the paper's LoRA baseline), and any
+other lorakit method is one `--model.adapter.method` away; `mode="bitfit"` trains only the
+biases (BitFit, which the paper also compares); `mode="full"` trains every weight (its full
+fine-tuning baseline). Everything else (data, loss, decoding, metrics)
 is the same for all, so they compare like for like.
 
 `test` decodes every test set twice, with the frozen base and with the adapted model,
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -32,8 +34,10 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lorakit import LoRAConfig, load_adapter
 from lorakit.atomic import atomic_write
+from lorakit.domains.speech.adult_base import embedded_base
 from lorakit.domains.speech.metrics import error_rates
 from lorakit.domains.speech.pretrained import tiny_en_checkpoint
+from lorakit.domains.speech.teacher_forcing import cross_entropy, transcription_tokenizer
 from lorakit.domains.speech.whisper_model import (
     SAMPLE_RATE,
     context_samples,
@@ -43,14 +47,15 @@ from lorakit.domains.speech.whisper_model import (
     transcribe,
 )
 from lorakit.errors import LoraKitError
+from lorakit.plugins.adapter_args import NO_GRADIENT_INIT, hparams_dict, plugin_adapter
 from lorakit.training.module import AdapterModule
 from lorakit.training.proximal import adam_thresholds
 
-from .base import embedded_base
-from .teacher_forcing import cross_entropy, transcription_tokenizer
-
 TARGETS = ["*.query", "*.key", "*.value", "*.out", "*.mlp.0", "*.mlp.2"]
-METHODS = ("s2lora", "lora", "bitfit", "full")
+#: S2-LoRA r=8, alpha 16 on every attention and MLP Linear (Liu et al. 2025's setting)
+ADAPTER = LoRAConfig(method="s2lora", rank=8, alpha=16.0, dropout=0.0, targets=list(TARGETS))
+Mode = Literal["adapter", "bitfit", "full"]
+METHODS = ("s2lora", "lora", "bitfit", "full")   # the values of the deprecated model.method
 
 
 class WhisperAdapterModule(AdapterModule):
@@ -59,21 +64,20 @@ class WhisperAdapterModule(AdapterModule):
     Args:
         checkpoint: an openai-whisper `.pt` (what `whisper.load_model` reads); None for
             the embedded base: tiny.en taught the short context on adult voices
-            (`lorakit.plugins.s2lora_whisper.base`, built and cached on first use), or
+            (`lorakit.domains.speech.adult_base`, built and cached on first use), or
             tiny.en itself when n_audio_ctx is None.
         n_audio_ctx: encoder positions to keep (50 per second); 150 is 3 s. None keeps
             the checkpoint's own context (1500 = 30 s).
-        method: "s2lora" (shared A/B, sparse λ), "lora" (own A/B per matrix), "bitfit"
-            (the biases only) or "full".
-        rank: rank r of the adapters.
-        alpha: the update is scaled by alpha / r.
-        dropout: dropout on the adapter input.
-        targets: glob patterns of the Linear layers to adapt.
+        mode: "adapter" (train `adapter`), "bitfit" (the biases only) or "full" (every
+            weight); the last two keep a frozen copy as the base.
+        adapter: the adapter of mode "adapter": any lorakit method
+            (--model.adapter.method lora --model.adapter.rank 16); default S2-LoRA
+            (shared A/B, sparse λ) r=8, alpha 16 on every attention and MLP Linear.
         l1: coefficient of the L1 penalty l1·Σ|λ| on S2-LoRA's λ (ignored by the other
             methods), applied as a proximal step in Adam's metric after each optimizer step
             (`lorakit.training.proximal`): ranks whose gradient is small against their λ reach
             exactly zero.
-        adapter: a lorakit adapter file to start from (its method and rank win).
+        adapter_file: a lorakit adapter file to start from (its method and rank win).
         language: transcription language for multilingual checkpoints.
         max_tokens: cap on decoded tokens per clip; None: from the context (4 per second of
             encoder context: 12 at 3 s, which keeps a short-context model from looping;
@@ -84,37 +88,56 @@ class WhisperAdapterModule(AdapterModule):
         lambda_lr: learning rate of S2-LoRA's λ. λ starts at 1 and Adam moves it by about
             its learning rate a step, so λ needs a larger one than A, B to reach zero
             within a short run.
-        lr, weight_decay, optimizer: see `AdapterModule`.
+        lr: learning rate of the adapter (of every trained weight in modes bitfit, full).
+        weight_decay: AdamW weight decay (never on S2-LoRA's λ).
+        optimizer: "adamw", "adam" or "sgd".
+        method: deprecated: "s2lora" / "lora" are adapter.method, "bitfit" / "full" are mode.
+        rank: deprecated, use adapter.rank.
+        alpha: deprecated, use adapter.alpha.
+        dropout: deprecated, use adapter.dropout.
+        targets: deprecated, use adapter.targets.
     """
 
     def __init__(self, checkpoint: str | None = None, n_audio_ctx: int | None = 150,
-                 method: Literal["s2lora", "lora", "bitfit", "full"] = "s2lora", rank: int = 8,
-                 alpha: float = 16.0, dropout: float = 0.0, targets: list[str] | None = None,
-                 l1: float = 1e-3, adapter: str | None = None, language: str = "en",
+                 mode: Mode = "adapter", adapter: LoRAConfig = ADAPTER, l1: float = 1e-3,
+                 adapter_file: str | None = None, language: str = "en",
                  max_tokens: int | None = None, output_dir: str | None = None, lr: float = 2e-3,
                  lambda_lr: float = 2e-2, weight_decay: float = 0.0,
-                 optimizer: str = "adamw") -> None:
+                 optimizer: str = "adamw", method: str | None = None, rank: int | None = None,
+                 alpha: float | None = None, dropout: float | None = None,
+                 targets: list[str] | None = None) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, optimizer=optimizer,
                          output_dir=output_dir)
-        if method not in METHODS:
-            raise LoraKitError(f"method must be one of {', '.join(map(repr, METHODS))}, "
-                               f"got {method!r}")
-        self.save_hyperparameters()
+        if method is not None and method not in METHODS:
+            raise LoraKitError(f"model.method must be one of {', '.join(map(repr, METHODS))}, "
+                               f"got {method!r} (and it is deprecated: the adapter's method "
+                               "is model.adapter.method, bitfit and full are model.mode)")
+        if mode not in Mode.__args__:
+            raise LoraKitError(f"model.mode must be one of {Mode.__args__}, got {mode!r}")
+        if method in ("bitfit", "full"):
+            warnings.warn(f"s2lora-whisper: model.method {method} is deprecated; use "
+                          f"model.mode {method} (--model.mode {method})", DeprecationWarning,
+                          stacklevel=2)
+            mode, method = method, None
+        adapter = plugin_adapter("s2lora-whisper", adapter, refuse=NO_GRADIENT_INIT, deprecated={
+            "method": ("method", method), "rank": ("rank", rank), "alpha": ("alpha", alpha),
+            "dropout": ("dropout", dropout), "targets": ("targets", targets)})
+        # the deprecated flat keys live on in `mode` and `adapter`
+        self.save_hyperparameters(ignore=["method", "rank", "alpha", "dropout", "targets"])
+        self.hparams.mode, self.hparams.adapter = mode, hparams_dict(adapter)
         if checkpoint is None:
             checkpoint = embedded_base(n_audio_ctx) if n_audio_ctx else tiny_en_checkpoint()
         self.checkpoint = str(checkpoint)
         self.model = load_whisper(self.checkpoint, n_audio_ctx)
         self.n_audio_ctx = self.model.dims.n_audio_ctx
-        self.method, self.l1, self.lambda_lr, self.language = method, l1, lambda_lr, language
+        self.mode, self.l1, self.lambda_lr, self.language = mode, l1, lambda_lr, language
         self.max_tokens = max_tokens or decoding_budget(self.n_audio_ctx,
                                                         self.model.dims.n_text_ctx)
         self.tokenizer = transcription_tokenizer(self.model, language)
-        self.config = LoRAConfig(method=method if method in ("s2lora", "lora") else "lora",
-                                 rank=rank,
-                                 alpha=alpha, dropout=dropout, targets=targets or TARGETS)
+        self.config = adapter
         self._reference: list = []   # full fine-tuning's frozen base, kept out of state_dict
-        if adapter:
-            self.adapters = load_adapter(self.model, adapter)
+        if adapter_file:
+            self.adapters = load_adapter(self.model, adapter_file)
         else:
             self.adapt(self.model)
         self.model.train()   # Lightning keeps the modes modules come with
@@ -125,9 +148,9 @@ class WhisperAdapterModule(AdapterModule):
     def adapt(self, model) -> None:
         """Attach adapters, or unfreeze every weight (full fine-tuning) or every bias of the
         adapted layers (BitFit) and keep a frozen copy as the base."""
-        if self.method in ("full", "bitfit"):
+        if self.mode in ("full", "bitfit"):
             self._reference.append(copy.deepcopy(model).requires_grad_(False))
-            if self.method == "full":
+            if self.mode == "full":
                 model.requires_grad_(True)
             else:
                 for name, p in model.named_parameters():

@@ -9,10 +9,9 @@ import torch
 
 pytest.importorskip("mini_dust3r")
 
-from lorakit.reports.bench import write_suite_run  # noqa: E402
 from lorakit.benchmarks.suites import lora3d as S  # noqa: E402
+from lorakit.domains.geometry.dust3r import build_model, save_checkpoint  # noqa: E402
 from lorakit.plugins.lora3d import evaluate, fit  # noqa: E402
-from lorakit.plugins.lora3d.model import build_model, save_checkpoint  # noqa: E402
 from lorakit.reports.bench import write_suite_run  # noqa: E402
 
 from ..plugins.lora3d.helpers import MICRO  # noqa: E402

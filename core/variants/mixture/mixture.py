@@ -49,7 +49,7 @@ The computation is stacked, never a Python loop over experts:
   applied by two batched matmuls (the mixed-adapter batch kernel `LayerKind.routed`,
   with each (token, choice) as a row), so FLOPs scale with k, not E; it copies
   tokens × k × r × (in + out) weight numbers per forward, which on a CPU at these ranks
-  costs more than the E·r columns it saves (`benchmarks/moe_step_cost.py` times both);
+  costs more than the E·r columns it saves (`benchmarks/studies/moe_step_cost.py` times both);
 - experts whose update is not a product (DoRA): the expert's own `forward`, vectorised
   over the stacked tensors with `torch.func.vmap` (E outputs per token), weighted by
   the gates.

@@ -121,9 +121,9 @@ def _offline(strategy):
 
 
 def test_fedsb_init_round_sets_b_a_r_from_the_mean_of_the_good_clients_gradients(caplog):
-    from lorakit.training.gradient_init import apply_gradient_init
     from lorakit.plugins.federated.client_app import local_gradient
     from lorakit.plugins.federated.module import ClientModule
+    from lorakit.training.gradient_init import apply_gradient_init
     cfg = settings({"strategy": "fedsb", "clients": 2})
     state, base = initial(cfg)
     good = [local_gradient(cfg, state, c, 2) for c in range(2)]

@@ -1,21 +1,25 @@
 """lora3d's one training loop: fit_scene (the module through pl.Trainer) and its ablations."""
+import dataclasses
+
 import pytest
 import torch
 
 from lorakit.domains.geometry import scenes
 from lorakit.errors import LoraKitError
+from lorakit.plugins.lora3d.module import ADAPTER
 
 from .helpers import MICRO
 
 pytest.importorskip("mini_dust3r.model", reason="lora3d extra not installed")
 
-FAST = dict(rank=2, align_iters=10, round_iters=5, reweight_rounds=1, backend="native")
+FAST = dict(adapter=dataclasses.replace(ADAPTER, rank=2), align_iters=10, round_iters=5,
+            reweight_rounds=1, backend="native")
 
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
     """A random micro DUSt3R checkpoint and a 3-view target scene of its size."""
-    from lorakit.plugins.lora3d.model import build_model, save_checkpoint
+    from lorakit.domains.geometry.dust3r import build_model, save_checkpoint
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("micro") / "micro.pth"
     save_checkpoint(build_model(MICRO), MICRO, path)
@@ -40,10 +44,10 @@ def full(micro, tmp_path_factory):
 
 
 def test_fit_scene_trains_the_adapters_with_the_default_yaml_trainer(micro, full):
+    from lorakit.domains.geometry.dust3r import load_checkpoint
     from lorakit.io.adapter_file import read_adapter
     from lorakit.plugins.lora3d.fit import default_config
     from lorakit.plugins.lora3d.inference import pairwise_inference
-    from lorakit.plugins.lora3d.model import load_checkpoint
     from lorakit.plugins.lora3d.pairs import PairPredictions
 
     out = full.output_folder()
@@ -101,7 +105,8 @@ def test_a_training_step_lowers_the_loss_on_its_labels(micro):
     from lorakit.plugins.lora3d.module import SelfCalibrationModule
 
     checkpoint, views = micro
-    module = SelfCalibrationModule(checkpoint=checkpoint, **{**FAST, "rank": 4})
+    module = SelfCalibrationModule(checkpoint=checkpoint,
+                                   **{**FAST, "adapter": dataclasses.replace(ADAPTER, rank=4)})
     edges = make_pairs(3)
     module.make_labels(views.images, edges)
     opt = torch.optim.Adam(module.adapters.parameters(), lr=1e-2)

@@ -9,8 +9,8 @@ import torch
 
 pytest.importorskip("mini_dust3r")
 
+from lorakit.domains.geometry.dust3r import build_model, save_checkpoint  # noqa: E402
 from lorakit.plugins.lora3d import evaluate as E  # noqa: E402
-from lorakit.plugins.lora3d.model import build_model, save_checkpoint  # noqa: E402
 
 from .helpers import MICRO  # noqa: E402
 

@@ -1,5 +1,6 @@
 """lora3d with a micro DUSt3R: checkpoints, merge, Lightning, errors."""
 import argparse
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,14 +14,15 @@ mini = pytest.importorskip("mini_dust3r.model", reason="lora3d extra not install
 
 
 def micro_model(seed=0):
-    from lorakit.plugins.lora3d.model import build_model
+    from lorakit.domains.geometry.dust3r import build_model
     torch.manual_seed(seed)
     return build_model(MICRO).eval()
 
 
 def test_tiny_model_has_the_80_lora_targets_and_about_three_million_parameters():
     import lorakit
-    from lorakit.plugins.lora3d.model import LORA_TARGETS, TINY_ARGS, build_model
+    from lorakit.domains.geometry.dust3r import TINY_ARGS, build_model
+    from lorakit.plugins.lora3d.module import LORA_TARGETS
     model = build_model(TINY_ARGS)
     n = sum(p.numel() for p in model.parameters())
     assert 2.5e6 < n < 5e6          # the issue's bound: <= 5 M parameters, <= 20 MB
@@ -29,7 +31,7 @@ def test_tiny_model_has_the_80_lora_targets_and_about_three_million_parameters()
 
 
 def test_checkpoint_round_trip_in_the_upstream_format(tmp_path):
-    from lorakit.plugins.lora3d.model import load_checkpoint, save_checkpoint
+    from lorakit.domains.geometry.dust3r import load_checkpoint, save_checkpoint
     model = micro_model()
     save_checkpoint(model, MICRO, tmp_path / "m.pth")
     raw = torch.load(tmp_path / "m.pth", weights_only=False)
@@ -42,7 +44,7 @@ def test_checkpoint_round_trip_in_the_upstream_format(tmp_path):
 
 
 def test_a_checkpoint_that_is_not_dust3r_is_refused(tmp_path):
-    from lorakit.plugins.lora3d.model import load_checkpoint
+    from lorakit.domains.geometry.dust3r import load_checkpoint
     (tmp_path / "text.pth").write_text("hello")
     with pytest.raises(LoraKitError, match="not a DUSt3R checkpoint"):
         load_checkpoint(tmp_path / "text.pth")
@@ -64,7 +66,7 @@ def test_a_checkpoint_that_is_not_dust3r_is_refused(tmp_path):
 def test_merged_adapter_gives_the_unmerged_prediction():
     import lorakit
     from lorakit.plugins.lora3d.inference import pairwise_inference
-    from lorakit.plugins.lora3d.model import LORA_TARGETS
+    from lorakit.plugins.lora3d.module import LORA_TARGETS
     model = micro_model()
     adapters = lorakit.attach(model, lorakit.LoRAConfig(rank=4, targets=LORA_TARGETS))
     g = torch.Generator().manual_seed(1)
@@ -100,18 +102,18 @@ def test_fit_saves_an_adapter_and_predict_writes_ply_poses_and_preview(tmp_path)
 
     import lightning.pytorch as pl
 
+    from lorakit.domains.geometry.dust3r import save_checkpoint
     from lorakit.domains.geometry.images import write_folder
     from lorakit.io.adapter_file import read_adapter
     from lorakit.plugins.lora3d.data import SceneDataModule
-    from lorakit.plugins.lora3d.model import save_checkpoint
-    from lorakit.plugins.lora3d.module import SelfCalibrationModule
+    from lorakit.plugins.lora3d.module import ADAPTER, SelfCalibrationModule
     from lorakit.plugins.lora3d.outputs import read_ply
 
     save_checkpoint(micro_model(), MICRO, tmp_path / "micro.pth")
     views = scenes.make_target_scene(4, n_views=3, size=16)
     write_folder(views.images, tmp_path / "photos")
-    kw = dict(checkpoint=str(tmp_path / "micro.pth"), rank=2, align_iters=10, round_iters=5,
-              reweight_rounds=1, backend="native", output_dir=str(tmp_path / "out"))
+    kw = dict(checkpoint=str(tmp_path / "micro.pth"), adapter=replace(ADAPTER, rank=2),
+              align_iters=10, round_iters=5, reweight_rounds=1, backend="native", output_dir=str(tmp_path / "out"))
     module = SelfCalibrationModule(**kw)
     data = SceneDataModule(images=str(tmp_path / "photos"), size=16, batch_pairs=2)
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -123,7 +125,8 @@ def test_fit_saves_an_adapter_and_predict_writes_ply_poses_and_preview(tmp_path)
     assert len(tensors) == 2 * len(module.adapters.layers) == 2 * 20   # micro: 4 + 16 Linear
     assert 0 < module.stats["pseudo_label_fraction"] <= 1
 
-    predictor = SelfCalibrationModule(adapter=str(tmp_path / "out" / "adapter.safetensors"), **kw)
+    predictor = SelfCalibrationModule(adapter_file=str(tmp_path / "out" / "adapter.safetensors"),
+                                      **kw)
     out = trainer.predict(predictor, SceneDataModule(images=str(tmp_path / "photos"), size=16))
     assert out[0]["ply"].endswith("cloud.ply")
     pts, cols = read_ply(tmp_path / "out" / "cloud.ply")
@@ -145,8 +148,8 @@ def test_data_module_errors(tmp_path):
 def test_images_of_the_wrong_size_for_the_checkpoint_are_refused(tmp_path):
     import lightning.pytorch as pl
 
+    from lorakit.domains.geometry.dust3r import save_checkpoint
     from lorakit.plugins.lora3d.data import SceneDataModule
-    from lorakit.plugins.lora3d.model import save_checkpoint
     from lorakit.plugins.lora3d.module import SelfCalibrationModule
 
     save_checkpoint(micro_model(), MICRO, tmp_path / "micro.pth")

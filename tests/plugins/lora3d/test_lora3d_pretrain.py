@@ -75,8 +75,8 @@ def test_aperiodic_textures_do_not_repeat_along_a_line():
 
 
 def test_probe_records_one_head_per_cross_attention_and_the_step_has_both_losses():
+    from lorakit.domains.geometry.dust3r import build_model
     from lorakit.plugins.lora3d.loss import CrossAttentionProbe
-    from lorakit.plugins.lora3d.model import build_model
     from lorakit.plugins.lora3d.pretrain import SceneStream, make_batch, train_step
     torch.manual_seed(0)
     model = build_model(dict(MICRO, img_size=(32, 32)))

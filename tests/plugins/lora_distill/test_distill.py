@@ -176,7 +176,7 @@ def test_diffusers_round_trip_gives_the_same_outputs(module, teacher_dir, tmp_pa
 def test_adapter_file_reloads_the_same_student(module, teacher_dir, tmp_path):
     perturb(module, scale=0.05)
     path = module.save_student(tmp_path)["adapter"]
-    again = DistillModule(pretrained=str(teacher_dir), adapter=str(path))
+    again = DistillModule(pretrained=str(teacher_dir), adapter_file=str(path))
     x, t, y = inputs(2)
     with torch.no_grad():
         assert torch.equal(again.student_eps(x, t, y, 2.0), module.student_eps(x, t, y, 2.0))
@@ -222,7 +222,7 @@ def test_adapter_of_another_base_is_refused(module, tmp_path):
     save_tiny(other, block_out_channels=(16, 16))
     path = module.save_student(tmp_path / "out")["adapter"]
     with pytest.raises(AdapterMismatchError, match="another base model"):
-        DistillModule(pretrained=str(other), adapter=str(path))
+        DistillModule(pretrained=str(other), adapter_file=str(path))
 
 
 def test_nan_loss_stops_training_naming_the_step(module):
@@ -281,7 +281,7 @@ def test_default_config_fits_and_predicts_through_lightning_cli(teacher_dir, tmp
     assert adapter.is_file()
     assert (tmp_path / "diffusers_lora" / "pytorch_lora_weights.safetensors").is_file()
     LightningCLI(DistillModule, ConditioningDataModule, save_config_callback=None,
-                 args=["predict", *common, f"--model.adapter={adapter}",
+                 args=["predict", *common, f"--model.adapter_file={adapter}",
                        "--model.predict_guidance=[2.0]"])
     for name in ("student_w2.png", "teacher_w2.png"):
         assert (tmp_path / "samples" / name).is_file()

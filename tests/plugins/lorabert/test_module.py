@@ -144,13 +144,13 @@ def test_fit_writes_an_adapter_file_that_reproduces_the_model(tmp_path):
     trainer.fit(m, loader)
     path = tmp_path / "adapter.safetensors"
     assert path.is_file()
-    again = LoRABertModule(adapter=str(path))
+    again = LoRABertModule(adapter_file=str(path))
     test = items(3, seed=2)
     assert np.allclose(predict_probs(m, test), predict_probs(again, test), atol=1e-6)
-    with pytest.raises(LoraKitError, match="needs model.mode 'lora'"):
-        LoRABertModule(adapter=str(path), mode="full")
+    with pytest.raises(LoraKitError, match="adapter_file needs model.mode 'lora'"):
+        LoRABertModule(adapter_file=str(path), mode="full")
     # the file says which head it holds, so a module asked for another width follows it
-    other_width = LoRABertModule(adapter=str(path), head_hidden=8)
+    other_width = LoRABertModule(adapter_file=str(path), head_hidden=8)
     assert other_width.hparams.head_hidden == 32
     assert np.allclose(predict_probs(m, test), predict_probs(other_width, test), atol=1e-6)
 

@@ -97,7 +97,7 @@ def test_shipped_base_is_a_small_transformers_folder_with_its_recipe():
     # the default base was grown from the compact one, which ships beside it as made
     compact = json.loads((COMPACT_DIR / "pretrain_log.json").read_text())
     assert log["recipe"] == [compact["command"], log["recipe"][1]]
-    assert "--init plugins/lorabert/base_compact --grow" in log["recipe"][1]
+    assert "--init plugins/lorabert/assets/base_compact --grow" in log["recipe"][1]
     assert json.loads((COMPACT_DIR / "config.json").read_text())["num_hidden_layers"] < \
         config["num_hidden_layers"]
 

@@ -9,6 +9,7 @@ with 2 steps; a slow one checks the real base.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -16,14 +17,14 @@ import pytest
 import torch
 
 from lorakit import load_adapter
+from lorakit.domains.speech.adult_base import BaseRecipe, base_path, build_base, embedded_base
 from lorakit.domains.speech.metrics import error_rates
 from lorakit.domains.speech.pretrained import tiny_en_checkpoint
 from lorakit.domains.speech.synthetic import AdultSetConfig, CorpusConfig, build_corpus
 from lorakit.domains.speech.whisper_model import load_whisper, transcribe
 from lorakit.errors import CheckpointError, DataError
-from lorakit.plugins.s2lora_whisper.base import BaseRecipe, base_path, build_base, embedded_base
 from lorakit.plugins.s2lora_whisper.data import SpeechDataModule
-from lorakit.plugins.s2lora_whisper.module import WhisperAdapterModule
+from lorakit.plugins.s2lora_whisper.module import ADAPTER, WhisperAdapterModule
 
 CORPUS = CorpusConfig(train=160, val=8, test=24, train_speakers=8, test_speakers=2)
 
@@ -45,8 +46,7 @@ def fitted(corpus, tmp_path_factory):
     torch.set_num_threads(1)
     pl.seed_everything(0, verbose=False)
     out = tmp_path_factory.mktemp("fit")
-    module = WhisperAdapterModule(checkpoint=str(tiny_en_checkpoint()), method="s2lora",
-                                  output_dir=str(out))
+    module = WhisperAdapterModule(checkpoint=str(tiny_en_checkpoint()), output_dir=str(out))
     data = SpeechDataModule(train_manifest=str(corpus / "child_train.jsonl"),
                             test_manifest=str(corpus / "child_test.jsonl"), batch_size=8)
     t = trainer(out)
@@ -171,14 +171,14 @@ def test_a_checkpoint_that_is_not_whisper_is_refused(tmp_path):
         WhisperAdapterModule(checkpoint=str(tmp_path / "lightning.ckpt"))
 
 
-def test_unknown_method_is_refused():
+def test_an_unknown_value_of_the_deprecated_method_key_is_refused():
     with pytest.raises(Exception, match="method must be one of 's2lora', 'lora', 'bitfit', "
                                         "'full', got 'adalora'"):
         WhisperAdapterModule(method="adalora")
 
 
 def test_bitfit_trains_the_biases_only_and_keeps_the_base_for_comparison():
-    module = WhisperAdapterModule(checkpoint=str(tiny_en_checkpoint()), method="bitfit")
+    module = WhisperAdapterModule(checkpoint=str(tiny_en_checkpoint()), mode="bitfit")
     trainable = {n for n, p in module.model.named_parameters() if p.requires_grad}
     assert trainable and all(n.endswith(".bias") for n in trainable)
     assert "encoder.blocks.0.attn.query.bias" in trainable
@@ -215,7 +215,7 @@ def test_a_30_second_context_run_transcribes_every_sentence_of_a_long_clip():
     audio = speak(" ".join(sentences), Speaker("adult", "en-us", 50, 150, 1.0))
     assert 6 < len(audio) / 16000 < 30
     module = WhisperAdapterModule(checkpoint=str(tiny_en_checkpoint()), n_audio_ctx=None,
-                                  method="lora")
+                                  adapter=replace(ADAPTER, method="lora"))
     assert module.n_audio_ctx == 1500 and module.max_tokens == 120
     mel = module.mel(torch.from_numpy(audio)[None])
     full = transcribe(module.model, mel, module.max_tokens)[0]

@@ -14,7 +14,7 @@ Built once (about 3 minutes on one thread) into the cache, float32, the file
 
     $LORAKIT_CACHE/whisper/tiny.en-ctx<n>-adult-<settings hash>.pt
 
-`python -m lorakit.plugins.s2lora_whisper.base` builds it ahead of time (the set-up does).
+`python -m lorakit.domains.speech.adult_base` builds it ahead of time (the set-up does).
 A user's own checkpoint (`--model.checkpoint`) is used as it is.
 """
 from __future__ import annotations
@@ -32,10 +32,9 @@ from lorakit.domains.downloads import cache_dir, sha256
 from lorakit.domains.speech.manifest import read_manifest
 from lorakit.domains.speech.pretrained import tiny_en_checkpoint
 from lorakit.domains.speech.synthetic import AdultSetConfig, build_adult_set, settings_id
+from lorakit.domains.speech.teacher_forcing import cross_entropy, transcription_tokenizer
+from lorakit.domains.speech.utterances import UtteranceDataset, collate
 from lorakit.domains.speech.whisper_model import SAMPLE_RATE, context_samples, load_whisper
-
-from .data import UtteranceDataset, collate
-from .teacher_forcing import cross_entropy, transcription_tokenizer
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,7 @@ def build_base(recipe: BaseRecipe, out: Path, threads: int | None = None) -> Pat
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m lorakit.plugins.s2lora_whisper.base",
+    p = argparse.ArgumentParser(prog="python -m lorakit.domains.speech.adult_base",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--n-audio-ctx", type=int, default=150, help="encoder positions (50 a second)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")

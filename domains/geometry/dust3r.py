@@ -1,4 +1,4 @@
-"""DUSt3R models: the tiny embedded one, checkpoints in the upstream format, a safe loader.
+"""DUSt3R models: the tiny architecture, checkpoints in the upstream format, a safe loader.
 
 The network class is mini-dust3r's `AsymmetricCroCo3DStereo` (CC BY-NC-SA 4.0, an
 optional extra); a user's own `dust3r` checkout is used instead when `mini_dust3r` is
@@ -24,23 +24,15 @@ from torch import nn
 from lorakit.errors import LoraKitError
 
 INF = float("inf")
-EMBEDDED = Path(__file__).with_name("tiny_dust3r.pth")
 
-#: the embedded default: 64 px, patch 8, RoPE, linear head, 4 encoder + 4 decoder blocks
+#: the tiny DUSt3R lora3d embeds (plugins/lora3d/assets/tiny_dust3r.pth): 64 px, patch 8,
+#: RoPE, linear head, 4 encoder + 4 decoder blocks
 TINY_ARGS: dict = dict(
     output_mode="pts3d", head_type="linear", patch_embed_cls="PatchEmbedDust3R",
     img_size=(64, 64), patch_size=8, enc_embed_dim=128, enc_depth=4, enc_num_heads=4,
     dec_embed_dim=128, dec_depth=4, dec_num_heads=4, pos_embed="RoPE100",
     landscape_only=False, depth_mode=("exp", -INF, INF), conf_mode=("exp", 1, INF),
 )
-
-#: the 80 nn.Linear of the tiny model's transformer blocks (heads and embeddings excluded)
-LORA_TARGETS = ["enc_blocks.*.attn.qkv", "enc_blocks.*.attn.proj", "enc_blocks.*.mlp.fc1",
-                "enc_blocks.*.mlp.fc2", "dec_blocks*.attn.qkv", "dec_blocks*.attn.proj",
-                "dec_blocks*.cross_attn.projq", "dec_blocks*.cross_attn.projk",
-                "dec_blocks*.cross_attn.projv", "dec_blocks*.cross_attn.proj",
-                "dec_blocks*.mlp.fc1", "dec_blocks*.mlp.fc2"]
-
 
 def dust3r_class():
     """AsymmetricCroCo3DStereo from mini-dust3r, else from a `dust3r` checkout on the path."""
@@ -146,13 +138,8 @@ def read_checkpoint(path) -> tuple[dict, dict]:
     return parse_model_string(text), state
 
 
-def load_checkpoint(path=None) -> tuple[nn.Module, dict]:
-    """A DUSt3R model and its constructor kwargs; `None` is the embedded tiny default."""
-    if path is None:
-        if not EMBEDDED.is_file():
-            raise LoraKitError(f"the embedded tiny DUSt3R ({EMBEDDED.name}) is missing: run "
-                               "`python -m lorakit.plugins.lora3d.pretrain` to make it")
-        path = EMBEDDED
+def load_checkpoint(path) -> tuple[nn.Module, dict]:
+    """A DUSt3R model (eval mode) and its constructor kwargs, from a checkpoint file."""
     args, state = read_checkpoint(path)
     try:
         model = build_model(args)
