@@ -11,7 +11,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.lorakit-installed
 THREADS ?= 1
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench docs lint clean
 
 install: $(STAMP)
 
@@ -41,8 +41,14 @@ test: install
 bench: install
 	$(BIN)/lorakit bench --suite all --out reports/bench --threads $(THREADS)
 
+# the docs site (mkdocs.yml, docs/) into site/; --strict: a broken link or a missing page
+# fails. `python -m mkdocs`, not .venv/bin/mkdocs: run as a script, mkdocstrings would
+# find the `lorakit` console script in .venv/bin before the package
+docs: install
+	OMP_NUM_THREADS=$(THREADS) $(BIN)/python -m mkdocs build --strict
+
 lint: install
 	$(BIN)/ruff check core plugins domains benchmarks tests
 
 clean:
-	rm -rf $(VENV) reports *.egg-info
+	rm -rf $(VENV) reports site *.egg-info

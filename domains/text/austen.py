@@ -26,8 +26,8 @@ DEB = Pinned(
     filename="r-cran-janeaustenr_1.0.0-1_all.deb", apt="r-cran-janeaustenr=1.0.0-1",
     sha256="df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95",
     what="Jane Austen's novels",
-    url="https://deb.debian.org/debian/pool/main/r/r-cran-janeaustenr/"
-        "r-cran-janeaustenr_1.0.0-1_all.deb")
+    # by hand: the Debian package itself, on any machine with apt-get
+    url="apt-get download r-cran-janeaustenr=1.0.0-1 on a Debian machine")
 DATA = "./usr/lib/R/site-library/janeaustenr/data/"
 NOVELS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey",
           "persuasion")

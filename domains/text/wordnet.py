@@ -28,7 +28,8 @@ DEB = Pinned(
     filename="wordnet-base_1%3a3.0-37_all.deb", apt="wordnet-base=1:3.0-37",
     sha256="61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752",
     what="the WordNet 3.0 glosses",
-    url="https://deb.debian.org/debian/pool/main/w/wordnet/wordnet-base_3.0-37_all.deb")
+    # by hand: the Debian package itself, on any machine with apt-get
+    url="apt-get download wordnet-base=1:3.0-37 on a Debian machine")
 PARTS = ("noun", "verb", "adj", "adv")
 # WordNet 3.0 lexnames(5WN): the class of lex_filenum i is LEXNAMES[i]
 LEXNAMES = (
