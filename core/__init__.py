@@ -16,42 +16,95 @@
     moe = lorakit.LoRAConfig(method="mixture", n_experts=8, top_k=2, targets=["*.dense"])
     loss = task_loss + adapters.routing_loss()               # a mixture's load balance
 """
-from .adapter_file import read_adapter, save_adapter
-from .averaging import AdapterEMA
-from .config import LoRAConfig
-from .errors import (
-                     AdapterFileError,
-                     AdapterMismatchError,
-                     CheckpointError,
-                     DataError,
-                     LoraKitError,
-                     TargetNotFoundError,
-)
-from .gradient_init import init_from_gradients
-from .inject import Adapters, adapters_of, attach, load_adapter
-from .intruders import compare_weights, intruder_dimensions
-from .kinds import KINDS, LayerKind
-from .layers import LoRALayer
-from .merge_many import MergedAdapter, merge_adapters
-from .peft_interop import export_peft, import_peft
-from .serving import AdapterPool, generate
-from .variants import (
-                     GGPO,
-                     VARIANTS,
-                     ALLoRA,
-                     BALoRA,
-                     DoRA,
-                     FFALoRA,
-                     LoRA,
-                     LoRAGA,
-                     LoRASB,
-                     Mixture,
-                     S2LoRA,
-                     SharedBasis,
-                     Variant,
-)
-from .variants.xlora import XLoRA
-from .version import __version__
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Public names are imported on first use (PEP 562), so that `import lorakit.registry`
+# or `lorakit --help` does not pay for torch and Lightning. Each name's home module:
+_HOMES = {
+    "read_adapter": "lorakit.adapter_file",
+    "save_adapter": "lorakit.adapter_file",
+    "AdapterEMA": "lorakit.averaging",
+    "LoRAConfig": "lorakit.config",
+    "AdapterFileError": "lorakit.errors",
+    "AdapterMismatchError": "lorakit.errors",
+    "CheckpointError": "lorakit.errors",
+    "DataError": "lorakit.errors",
+    "LoraKitError": "lorakit.errors",
+    "TargetNotFoundError": "lorakit.errors",
+    "init_from_gradients": "lorakit.gradient_init",
+    "Adapters": "lorakit.inject",
+    "adapters_of": "lorakit.inject",
+    "attach": "lorakit.inject",
+    "load_adapter": "lorakit.inject",
+    "compare_weights": "lorakit.intruders",
+    "intruder_dimensions": "lorakit.intruders",
+    "KINDS": "lorakit.kinds",
+    "LayerKind": "lorakit.kinds",
+    "LoRALayer": "lorakit.layers",
+    "MergedAdapter": "lorakit.merge_many",
+    "merge_adapters": "lorakit.merge_many",
+    "export_peft": "lorakit.peft_interop",
+    "import_peft": "lorakit.peft_interop",
+    "AdapterPool": "lorakit.serving",
+    "generate": "lorakit.serving",
+    "GGPO": "lorakit.variants",
+    "VARIANTS": "lorakit.variants",
+    "ALLoRA": "lorakit.variants",
+    "BALoRA": "lorakit.variants",
+    "DoRA": "lorakit.variants",
+    "FFALoRA": "lorakit.variants",
+    "LoRA": "lorakit.variants",
+    "LoRAGA": "lorakit.variants",
+    "LoRASB": "lorakit.variants",
+    "Mixture": "lorakit.variants",
+    "S2LoRA": "lorakit.variants",
+    "SharedBasis": "lorakit.variants",
+    "Variant": "lorakit.variants",
+    "XLoRA": "lorakit.variants.xlora",
+    "__version__": "lorakit.version",
+}
+
+if TYPE_CHECKING:  # the same names, for type checkers and docs tools
+    from lorakit.adapter_file import read_adapter, save_adapter
+    from lorakit.averaging import AdapterEMA
+    from lorakit.config import LoRAConfig
+    from lorakit.errors import (
+        AdapterFileError,
+        AdapterMismatchError,
+        CheckpointError,
+        DataError,
+        LoraKitError,
+        TargetNotFoundError,
+    )
+    from lorakit.gradient_init import init_from_gradients
+    from lorakit.inject import Adapters, adapters_of, attach, load_adapter
+    from lorakit.intruders import compare_weights, intruder_dimensions
+    from lorakit.kinds import KINDS, LayerKind
+    from lorakit.layers import LoRALayer
+    from lorakit.merge_many import MergedAdapter, merge_adapters
+    from lorakit.peft_interop import export_peft, import_peft
+    from lorakit.serving import AdapterPool, generate
+    from lorakit.variants import (
+        GGPO,
+        VARIANTS,
+        ALLoRA,
+        BALoRA,
+        DoRA,
+        FFALoRA,
+        LoRA,
+        LoRAGA,
+        LoRASB,
+        Mixture,
+        S2LoRA,
+        SharedBasis,
+        Variant,
+    )
+    from lorakit.variants.xlora import XLoRA
+    from lorakit.version import __version__
 
 __all__ = [
     "GGPO", "KINDS", "VARIANTS", "ALLoRA", "AdapterEMA", "AdapterFileError", "AdapterPool",
@@ -62,3 +115,16 @@ __all__ = [
     "generate", "init_from_gradients", "intruder_dimensions", "load_adapter", "merge_adapters",
     "read_adapter", "save_adapter", "XLoRA",
 ]
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'lorakit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
