@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party()
     try:
         if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
-            return cmd_plugin(argv[0], argv[1:])
+            return cmd_plugin(argv[0], argv[1:], COMMANDS)
         parser = build_parser(argv)
         check_options(parser, argv)
         args = parser.parse_args(argv)

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from lorakit.errors import LoraKitError
-from lorakit.registry import Plugin, get_plugin, resolve
+from lorakit.registry import Plugin, get_plugin, plugin_names, resolve
 
 from .options import Parser, check_options, closest
 
@@ -71,8 +71,13 @@ def plugin_parser(plugin: Plugin) -> Parser:
     return parser
 
 
-def cmd_plugin(name: str, argv: list[str]) -> int:
-    plugin = get_plugin(name)
+def cmd_plugin(name: str, argv: list[str], commands: tuple[str, ...] = ()) -> int:
+    """`lorakit NAME ...`; `commands` are lorakit's own, offered when NAME is a typo."""
+    try:
+        plugin = get_plugin(name)
+    except LoraKitError as err:
+        guess = closest(name, [*commands, *plugin_names()])
+        raise LoraKitError(f"{err}; did you mean {guess}?" if guess else str(err)) from None
     if argv and argv[0] in LIGHTNING_COMMANDS:
         threads = _pop_threads(argv)
         set_threads(threads)

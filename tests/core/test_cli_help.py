@@ -147,6 +147,8 @@ def test_lorakits_own_commands_refuse_misspelled_and_abbreviated_options(capsys,
     assert main(["adapter", "inspect", str(tmp_path / "a.safetensors"), "--js"]) == 2
     assert capsys.readouterr().err == ("lorakit: error: unknown option --js; did you mean "
                                        "--json?\n")
+    assert main(["plugin"]) == 2
+    assert capsys.readouterr().err.endswith("; did you mean plugins?\n")
     assert main(["lorabert", "fitt"]) == 2
     assert capsys.readouterr().err == ("lorakit: error: lorabert has no command 'fitt'; did "
                                        "you mean fit?\n")
