@@ -57,8 +57,7 @@ def plugin_parser(plugin: Plugin) -> Parser:
                                            "a command's options.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd, text in LIGHTNING_COMMANDS.items():
-        sub.add_parser(cmd, help=text,
-                       add_help=False)
+        sub.add_parser(cmd, help=text, add_help=False)
     demo = sub.add_parser("demo", help="run the embedded default end to end and write a "
                           "report", description=f"Run {plugin.name}'s embedded default end "
                           "to end.")
