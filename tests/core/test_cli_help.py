@@ -27,7 +27,7 @@ def modules_after(argv: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("argv", [["--help"], ["plugins"], ["bench", "--help"],
                                   ["adapter", "--help"], ["serve", "--help"],
-                                  *([name, "--help"] for name in plugin_names())])
+                                  *([name, "--help"] for name in plugin_names())], ids=" ".join)
 def test_help_and_plugin_listing_import_neither_torch_nor_lightning(argv):
     assert modules_after(argv) == []
 
