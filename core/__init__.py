@@ -13,48 +13,119 @@
     lorakit.generate(model, pool, [{"prompt": ids, "adapter": "a"}, {"prompt": ids}])
     lorakit.merge_adapters(["a.safetensors", "b.safetensors"], method="lego", k=8,
                            out="ab.safetensors")          # several adapters -> one
-    moe = lorakit.LoRAConfig(method="mixture", n_experts=8, top_k=2, targets=["*.dense"])
+    moe = lorakit.LoRAConfig(method="mixture", targets=["*.dense"],
+                             mixture=lorakit.MixtureOptions(n_experts=8, top_k=2))
     loss = task_loss + sum(adapters.loss_terms().values())  # every method's extra losses
 """
-from .adapters import Adapters, adapters_of, attach, load_adapter
-from .analysis.intruders import compare_weights, intruder_dimensions
-from .compose.merge_many import MergedAdapter, merge_adapters
-from .config import LoRAConfig
-from .errors import (
-                     AdapterFileError,
-                     AdapterMismatchError,
-                     CheckpointError,
-                     DataError,
-                     LoraKitError,
-                     TargetNotFoundError,
-)
-from .io.adapter_file import read_adapter, save_adapter
-from .io.peft import export_peft, import_peft
-from .layers import LoRALayer
-from .layers.kinds import KINDS, LayerKind
-from .serving import AdapterPool, generate
-from .training.averaging import AdapterEMA
-from .training.gradient_init import init_from_gradients
-from .variants import (
-                     GGPO,
-                     VARIANTS,
-                     ALLoRA,
-                     BALoRA,
-                     DoRA,
-                     FFALoRA,
-                     LoRA,
-                     LoRAGA,
-                     LoRASB,
-                     Mixture,
-                     S2LoRA,
-                     SharedBasis,
-                     Variant,
-)
-from .variants.mixture.xlora import XLoRA
-from .version import __version__
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Public names are imported on first use (PEP 562), so that `import lorakit.registry`
+# or `lorakit --help` does not pay for torch and Lightning. Each name's home module:
+_HOMES = {
+    "read_adapter": "lorakit.io.adapter_file",
+    "save_adapter": "lorakit.io.adapter_file",
+    "AdapterEMA": "lorakit.training.averaging",
+    "LoRAConfig": "lorakit.config",
+    "ALLoRAOptions": "lorakit.config",
+    "BALoRAOptions": "lorakit.config",
+    "GGPOOptions": "lorakit.config",
+    "LoRAGAOptions": "lorakit.config",
+    "LoRASBOptions": "lorakit.config",
+    "MixtureOptions": "lorakit.config",
+    "AdapterModule": "lorakit.training.module",
+    "AdapterFileError": "lorakit.errors",
+    "AdapterMismatchError": "lorakit.errors",
+    "CheckpointError": "lorakit.errors",
+    "DataError": "lorakit.errors",
+    "LoraKitError": "lorakit.errors",
+    "TargetNotFoundError": "lorakit.errors",
+    "init_from_gradients": "lorakit.training.gradient_init",
+    "Adapters": "lorakit.adapters",
+    "adapters_of": "lorakit.adapters",
+    "attach": "lorakit.adapters",
+    "load_adapter": "lorakit.adapters",
+    "compare_weights": "lorakit.analysis.intruders",
+    "intruder_dimensions": "lorakit.analysis.intruders",
+    "KINDS": "lorakit.layers.kinds",
+    "LayerKind": "lorakit.layers.kinds",
+    "LoRALayer": "lorakit.layers",
+    "MergedAdapter": "lorakit.compose.merge_many",
+    "merge_adapters": "lorakit.compose.merge_many",
+    "export_peft": "lorakit.io.peft",
+    "import_peft": "lorakit.io.peft",
+    "AdapterPool": "lorakit.serving",
+    "generate": "lorakit.serving",
+    "GGPO": "lorakit.variants",
+    "VARIANTS": "lorakit.variants",
+    "ALLoRA": "lorakit.variants",
+    "BALoRA": "lorakit.variants",
+    "DoRA": "lorakit.variants",
+    "FFALoRA": "lorakit.variants",
+    "LoRA": "lorakit.variants",
+    "LoRAGA": "lorakit.variants",
+    "LoRASB": "lorakit.variants",
+    "Mixture": "lorakit.variants",
+    "S2LoRA": "lorakit.variants",
+    "SharedBasis": "lorakit.variants",
+    "Variant": "lorakit.variants",
+    "XLoRA": "lorakit.variants.mixture.xlora",
+    "__version__": "lorakit.version",
+}
+
+if TYPE_CHECKING:  # the same names, for type checkers and docs tools
+    from lorakit.adapters import Adapters, adapters_of, attach, load_adapter
+    from lorakit.analysis.intruders import compare_weights, intruder_dimensions
+    from lorakit.compose.merge_many import MergedAdapter, merge_adapters
+    from lorakit.config import (
+        ALLoRAOptions,
+        BALoRAOptions,
+        GGPOOptions,
+        LoRAConfig,
+        LoRAGAOptions,
+        LoRASBOptions,
+        MixtureOptions,
+    )
+    from lorakit.errors import (
+        AdapterFileError,
+        AdapterMismatchError,
+        CheckpointError,
+        DataError,
+        LoraKitError,
+        TargetNotFoundError,
+    )
+    from lorakit.io.adapter_file import read_adapter, save_adapter
+    from lorakit.io.peft import export_peft, import_peft
+    from lorakit.layers import LoRALayer
+    from lorakit.layers.kinds import KINDS, LayerKind
+    from lorakit.serving import AdapterPool, generate
+    from lorakit.training.averaging import AdapterEMA
+    from lorakit.training.gradient_init import init_from_gradients
+    from lorakit.training.module import AdapterModule
+    from lorakit.variants import (
+        GGPO,
+        VARIANTS,
+        ALLoRA,
+        BALoRA,
+        DoRA,
+        FFALoRA,
+        LoRA,
+        LoRAGA,
+        LoRASB,
+        Mixture,
+        S2LoRA,
+        SharedBasis,
+        Variant,
+    )
+    from lorakit.variants.mixture.xlora import XLoRA
+    from lorakit.version import __version__
 
 __all__ = [
-    "GGPO", "KINDS", "VARIANTS", "ALLoRA", "AdapterEMA", "AdapterFileError", "AdapterPool",
+    "GGPO", "KINDS", "VARIANTS", "ALLoRA", "ALLoRAOptions", "AdapterEMA", "AdapterModule",
+    "BALoRAOptions", "GGPOOptions", "LoRAGAOptions", "LoRASBOptions", "MixtureOptions", "AdapterFileError", "AdapterPool",
     "AdapterMismatchError", "Adapters", "BALoRA", "CheckpointError", "DataError", "DoRA",
     "FFALoRA", "LayerKind", "LoRA", "LoRAConfig", "LoRAGA", "LoRALayer", "LoRASB",
     "LoraKitError", "MergedAdapter", "Mixture", "S2LoRA", "SharedBasis", "TargetNotFoundError", "Variant",
@@ -62,3 +133,16 @@ __all__ = [
     "generate", "init_from_gradients", "intruder_dimensions", "load_adapter", "merge_adapters",
     "read_adapter", "save_adapter", "XLoRA",
 ]
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'lorakit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})

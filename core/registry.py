@@ -6,8 +6,10 @@ A plugin package registers a `Plugin` object:
     my-domain = "my_package.plugin:PLUGIN"
 
 Its classes are named by dotted path, not imported, so `lorakit plugins` can list
-a plugin whose optional dependencies are missing and say how to install them.
-Benchmark suites are found the same way, under `lorakit.benchmarks`.
+a plugin whose optional dependencies are missing and say how to install them, and
+`lorakit <plugin> --help` answers without torch: a plugin's `__init__` imports nothing
+but this module. Benchmark suites are found the same way, under `lorakit.benchmarks`,
+and listed by their entry-point names without importing them.
 """
 from __future__ import annotations
 
@@ -32,6 +34,18 @@ def resolve(dotted: str):
     return obj
 
 
+class Command(str):
+    """A plugin's extra sub-command: the dotted path of its `main(argv)`, with the one-line
+    help that `lorakit <plugin> --help` shows (a plain dotted-path string also works)."""
+
+    help: str
+
+    def __new__(cls, target: str, help: str = ""):
+        command = super().__new__(cls, target)
+        command.help = help
+        return command
+
+
 @dataclass
 class Plugin:
     name: str
@@ -44,7 +58,7 @@ class Plugin:
     requires: tuple[str, ...] = ()
     bench_suite: str | None = None
     commands: dict[str, str] = field(default_factory=dict, metadata={
-        "help": "extra sub-commands (name -> dotted path of main(argv))"})
+        "help": "extra sub-commands (name -> dotted path of main(argv), a Command for help)"})
 
     @property
     def installed(self) -> bool:
@@ -72,23 +86,39 @@ def _entries(group: str) -> dict[str, object]:
     return {ep.name: ep for ep in entry_points(group=group)}
 
 
+def _load(name: str, ep) -> Plugin:
+    try:
+        plugin = ep.load()
+    except Exception as err:
+        raise LoraKitError(f"plugin entry point {name!r} ({ep.value}) failed to load: "
+                           f"{err}") from None
+    if not isinstance(plugin, Plugin):
+        raise LoraKitError(f"plugin entry point {name!r} ({ep.value}) is a "
+                           f"{type(plugin).__name__}, not a lorakit.registry.Plugin")
+    return plugin
+
+
+def plugin_names() -> list[str]:
+    """The registered plugins' entry-point names, without loading any of them."""
+    return sorted(_entries(PLUGIN_GROUP))
+
+
 def plugins() -> dict[str, Plugin]:
     """Every installed plugin by name; a broken registration raises a clear error."""
     found = {}
     for name, ep in sorted(_entries(PLUGIN_GROUP).items()):
-        try:
-            plugin = ep.load()
-        except Exception as err:
-            raise LoraKitError(f"plugin entry point {name!r} ({ep.value}) failed to load: "
-                               f"{err}") from None
-        if not isinstance(plugin, Plugin):
-            raise LoraKitError(f"plugin entry point {name!r} ({ep.value}) is a "
-                               f"{type(plugin).__name__}, not a lorakit.registry.Plugin")
+        plugin = _load(name, ep)
         found[plugin.name] = plugin
     return found
 
 
 def get_plugin(name: str) -> Plugin:
+    """The plugin called `name`; only its own entry point is loaded when it is named so."""
+    entries = _entries(PLUGIN_GROUP)
+    if name in entries:
+        plugin = _load(name, entries[name])
+        if plugin.name == name:
+            return plugin
     found = plugins()
     if name not in found:
         raise LoraKitError(f"no plugin named {name!r}; installed: {', '.join(found) or 'none'}")

@@ -1,8 +1,39 @@
 """Serving many adapters behind one base model (S-LoRA): the adapter pool, batched
 generation with continuous batching, and the OpenAI-compatible HTTP server
 (`lorakit serve`, in `server.py`, imported only when used: it needs the `serve` extra)."""
-from .engine import Completion, Engine, PromptTooLongError, Request, generate
-from .pool import AdapterPool, AdapterUnavailableError, PoolBusy, UnknownAdapterError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# imported on first use (PEP 562): `lorakit --help` builds `serve`'s options from
+# command.py without loading torch through the engine and the pool
+_HOMES = {**dict.fromkeys(("Completion", "Engine", "PromptTooLongError", "Request", "generate"),
+                          "lorakit.serving.engine"),
+          **dict.fromkeys(("AdapterPool", "AdapterUnavailableError", "PoolBusy",
+                           "UnknownAdapterError"), "lorakit.serving.pool")}
+
+if TYPE_CHECKING:
+    from lorakit.serving.engine import Completion, Engine, PromptTooLongError, Request, generate
+    from lorakit.serving.pool import (
+        AdapterPool,
+        AdapterUnavailableError,
+        PoolBusy,
+        UnknownAdapterError,
+    )
 
 __all__ = ["AdapterPool", "AdapterUnavailableError", "Completion", "Engine", "PoolBusy",
            "PromptTooLongError", "Request", "UnknownAdapterError", "generate"]
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'lorakit.serving' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})

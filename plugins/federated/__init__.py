@@ -1,7 +1,7 @@
 """Plugin federated: federated LoRA on Flower (FedAvg-LoRA, FFA-LoRA, LoRA-FAIR, Fed-SB)."""
 from pathlib import Path
 
-from lorakit.registry import Plugin
+from lorakit.registry import Command, Plugin
 
 PLUGIN = Plugin(
     name="federated",
@@ -12,5 +12,8 @@ PLUGIN = Plugin(
     demo="lorakit.plugins.federated.run:demo",
     extra="federated",
     requires=("flwr", "ray", "transformers"),
-    commands={"run": "lorakit.plugins.federated.run:main"},
+    commands={"run": Command(
+        "lorakit.plugins.federated.run:main",
+        "run each federated strategy on Flower's simulation or deployment engine; writes "
+        "results.json, report.md and accuracy.png")},
 )

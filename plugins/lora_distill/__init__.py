@@ -1,7 +1,7 @@
 """Plugin lora-distill: LoRA guidance distillation of classifier-free-guided diffusion models."""
 from pathlib import Path
 
-from lorakit.registry import Plugin
+from lorakit.registry import Command, Plugin
 
 PLUGIN = Plugin(
     name="lora-distill",
@@ -13,5 +13,7 @@ PLUGIN = Plugin(
     extra="distill",
     requires=("diffusers", "sklearn",),
     bench_suite="lorakit.benchmarks.suites.lora_distill:run",
-    commands={"export": "lorakit.plugins.lora_distill.diffusers_export:main"},
+    commands={"export": Command(
+        "lorakit.plugins.lora_distill.diffusers_export:main",
+        "write a trained adapter in diffusers' LoRA layout (pytorch_lora_weights.safetensors)")},
 )

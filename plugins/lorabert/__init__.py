@@ -1,7 +1,7 @@
 """Plugin lorabert: LoRA-BERT: lncRNA vs mRNA classification with a k-mer BERT."""
 from pathlib import Path
 
-from lorakit.registry import Plugin
+from lorakit.registry import Command, Plugin
 
 PLUGIN = Plugin(
     name="lorabert",
@@ -13,5 +13,7 @@ PLUGIN = Plugin(
     extra="lorabert",
     requires=("transformers", "Bio", "sklearn",),
     bench_suite="lorakit.benchmarks.suites.lorabert:run",
-    commands={"pretrain": "lorakit.plugins.lorabert.pretrain:main"},
+    commands={"pretrain": Command(
+        "lorakit.plugins.lorabert.pretrain:main",
+        "pre-train a small k-mer BERT base by masked language modelling on FASTA files")},
 )

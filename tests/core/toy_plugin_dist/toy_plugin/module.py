@@ -1,4 +1,4 @@
-"""A third-party plugin, registered only through its own dist-info entry points."""
+"""The toy plugin's LightningModule, DataModule, demo and benchmark."""
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -6,7 +6,6 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import lorakit
-from lorakit.registry import Plugin
 from lorakit.training.module import AdapterModule
 
 
@@ -79,8 +78,3 @@ def demo(out_dir: Path, threads: int = 1) -> dict:
 def bench(out_dir: Path, threads: int = 1, quick: bool = False) -> dict:
     return {"figures": {"speedup": 2.0}, "rows": [{"name": "a", "ms": 1.0}], "notes": "toy"}
 
-
-PLUGIN = Plugin(name="toy", summary="a third-party toy plugin", module="toy_plugin:ToyModule",
-                datamodule="toy_plugin:ToyData",
-                default_config=str(Path(__file__).with_name("toy.yaml")), demo="toy_plugin:demo",
-                extra="", requires=("torch",), bench_suite="toy_plugin:bench")
