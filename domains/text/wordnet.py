@@ -29,7 +29,7 @@ DEB = Pinned(
     sha256="61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752",
     what="the WordNet 3.0 glosses",
     # by hand: the Debian package itself, on any machine with apt-get
-    url="apt-get download wordnet-base=1:3.0-37 on a Debian machine")
+    by_hand="apt-get download wordnet-base=1:3.0-37 on a Debian machine")
 PARTS = ("noun", "verb", "adj", "adv")
 # WordNet 3.0 lexnames(5WN): the class of lex_filenum i is LEXNAMES[i]
 LEXNAMES = (

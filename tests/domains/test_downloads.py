@@ -54,9 +54,9 @@ def test_fetch_uses_apt_get_download_for_a_debian_package(calls, monkeypatch, tm
 def test_fetch_without_apt_get_says_where_to_get_the_package(monkeypatch, tmp_path):
     monkeypatch.setattr(downloads.shutil, "which", lambda name: None)
     pin = Pinned("pkg_1.0_all.deb", "0" * 64, "the test data", apt="pkg=1.0",
-                 url="https://deb.debian.org/pkg_1.0_all.deb")
+                 by_hand="apt-get download pkg=1.0")
     with pytest.raises(DataError, match=r"this machine has no apt-get: put pkg_1.0_all.deb "
-                       r"\(from https://deb.debian.org/pkg_1.0_all.deb\) into "):
+                       r"\(get it with: apt-get download pkg=1.0\) into "):
         fetch(pin, tmp_path)
 
 
