@@ -20,8 +20,9 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
 
 # Public names are imported on first use (PEP 562), so that `import lorakit.registry`
 # or `lorakit --help` does not pay for torch and Lightning. Each name's home module:
@@ -124,25 +125,16 @@ if TYPE_CHECKING:  # the same names, for type checkers and docs tools
     from lorakit.version import __version__
 
 __all__ = [
-    "GGPO", "KINDS", "VARIANTS", "ALLoRA", "ALLoRAOptions", "AdapterEMA", "AdapterModule",
-    "BALoRAOptions", "GGPOOptions", "LoRAGAOptions", "LoRASBOptions", "MixtureOptions", "AdapterFileError", "AdapterPool",
-    "AdapterMismatchError", "Adapters", "BALoRA", "CheckpointError", "DataError", "DoRA",
-    "FFALoRA", "LayerKind", "LoRA", "LoRAConfig", "LoRAGA", "LoRALayer", "LoRASB",
-    "LoraKitError", "MergedAdapter", "Mixture", "S2LoRA", "SharedBasis", "TargetNotFoundError", "Variant",
-    "__version__", "adapters_of", "attach", "compare_weights", "export_peft", "import_peft",
-    "generate", "init_from_gradients", "intruder_dimensions", "load_adapter", "merge_adapters",
-    "read_adapter", "save_adapter", "XLoRA",
+    "__version__", "AdapterEMA", "AdapterFileError", "AdapterMismatchError",
+    "AdapterModule", "AdapterPool", "Adapters", "adapters_of", "ALLoRA", "ALLoRAOptions",
+    "attach", "BALoRA", "BALoRAOptions", "CheckpointError", "compare_weights", "DataError",
+    "DoRA", "export_peft", "FFALoRA", "generate", "GGPO", "GGPOOptions", "import_peft",
+    "init_from_gradients", "intruder_dimensions", "KINDS", "LayerKind", "load_adapter",
+    "LoRA", "LoRAConfig", "LoRAGA", "LoRAGAOptions", "LoraKitError", "LoRALayer", "LoRASB",
+    "LoRASBOptions", "merge_adapters", "MergedAdapter", "Mixture", "MixtureOptions",
+    "read_adapter", "S2LoRA", "save_adapter", "SharedBasis", "TargetNotFoundError",
+    "Variant", "VARIANTS", "XLoRA",
 ]
 
 
-def __getattr__(name: str):
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'lorakit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)

@@ -3,8 +3,9 @@ generation with continuous batching, and the OpenAI-compatible HTTP server
 (`lorakit serve`, in `server.py`, imported only when used: it needs the `serve` extra)."""
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
 
 # imported on first use (PEP 562): `lorakit --help` builds `serve`'s options from
 # command.py without loading torch through the engine and the pool
@@ -26,14 +27,4 @@ __all__ = ["AdapterPool", "AdapterUnavailableError", "Completion", "Engine", "Po
            "PromptTooLongError", "Request", "UnknownAdapterError", "generate"]
 
 
-def __getattr__(name: str):
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'lorakit.serving' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES)
