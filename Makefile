@@ -10,6 +10,8 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.lorakit-installed
 THREADS ?= 1
+# demos at the same time, each its own process with THREADS torch threads
+JOBS ?= 2
 
 .PHONY: install demo test bench docs lint clean
 
@@ -33,7 +35,7 @@ $(STAMP): pyproject.toml setup.py Makefile
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/lorakit demo --all --out reports/demo --threads $(THREADS)
+	$(BIN)/lorakit demo --all --out reports/demo --threads $(THREADS) --jobs $(JOBS)
 
 test: install
 	$(BIN)/python -m pytest

@@ -8,17 +8,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
 from pathlib import Path
 
 from lorakit.errors import LoraKitError
 from lorakit.quiet import quiet_third_party
-from lorakit.registry import bench_suites, get_plugin, plugin_names, plugins
+from lorakit.registry import bench_suites, plugin_names, plugins
 from lorakit.serving.command import add_serve
 
 from .adapter import add_adapter
+from .demo import cmd_demo
 from .options import Parser, check_options
-from .plugin import cmd_plugin, run_plugin_demo
+from .plugin import cmd_plugin
 
 COMMANDS = ("plugins", "demo", "bench", "adapter", "serve")
 
@@ -37,43 +37,6 @@ def cmd_plugins(_args) -> int:
         table.add_row(plugin.name, plugin.summary, "yes" if ok else "no",
                       "" if ok else escape(plugin.install_hint))
     Console(width=160).print(table)
-    return 0
-
-
-# --- lorakit demo --all ------------------------------------------------------------------
-def cmd_demo(args) -> int:
-    from lorakit.reports.index import write_index
-
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    found = plugins()
-    names = list(found) if args.all or not args.names else args.names
-    entries = []
-    for name in names:
-        plugin = found.get(name) or get_plugin(name)
-        if not plugin.installed:
-            entries.append({"name": name, "status": f"skipped: {plugin.install_hint}"})
-            continue
-        print(f"== demo: {name}", flush=True)
-        try:
-            figures = run_plugin_demo(plugin, out / name, args.threads)
-        except Exception as err:  # one broken demo must not hide the others' reports
-            traceback.print_exc()
-            entries.append({"name": name, "status": f"FAILED: {type(err).__name__}: {err}"})
-            continue
-        entries.append({"name": name, "status": "ok", "folder": name, "figures": figures})
-    if args.all or not args.names:
-        print("== benchmark: core", flush=True)
-        from lorakit.reports.bench import run_suite
-        result = run_suite("core", out / "core-benchmark", threads=args.threads, quick=args.quick)
-        entries.append({"name": "core benchmark", "status": "ok", "folder": "core-benchmark",
-                        "figures": result["figures"]})
-    index = write_index(out, entries)
-    print(f"index: {index}")
-    failed = [e["name"] for e in entries if e["status"].startswith("FAILED")]
-    if failed:
-        print(f"lorakit: error: demos failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
     return 0
 
 
@@ -117,6 +80,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("reports/demo"), help="report folder")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--quick", action="store_true", help="a smaller core benchmark")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="demos run at the same time, each its own process (default 1; with "
+                        "more, each demo's output goes to demo.log in its folder)")
     p.set_defaults(func=cmd_demo)
 
     # the suites' names come from their entry points; no suite is imported to list them

@@ -112,6 +112,15 @@ def test_demo_index_shows_rounded_headlines_with_goals_plots_and_html_reports(tm
     assert result["figures"]["toy_metric"] == 0.9858555555555556   # full precision kept
 
 
+def test_demo_jobs_run_each_demo_in_its_own_process_with_its_log(tmp_path):
+    proc = lorakit_cli("demo", "toy", "--out", tmp_path, "--jobs", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"== toy: started (log: {tmp_path / 'toy' / 'demo.log'})" in proc.stdout
+    assert re.search(r"== toy: ok in \d+ s", proc.stdout)
+    assert '"toy_metric": 0.98585' in (tmp_path / "toy" / "demo.log").read_text()
+    assert 'href="toy/report.html"' in (tmp_path / "index.html").read_text()
+
+
 def test_bench_writes_results_json_of_the_common_shape(tmp_path):
     proc = lorakit_cli("bench", "--suite", "toy", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
