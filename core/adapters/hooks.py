@@ -40,7 +40,7 @@ class HooksMixin:
         task loss: S2-LoRA's `l1 · Σ|λ|` over the adapter's modules (only when `l1` is not 0:
         a run that applies the L1 as a proximal step, `shrink`, adds nothing to the loss), a
         mixture's `routing_terms()` of the last forward, and, when `outputs` are given, the
-        `regularisers(outputs, base_outputs, mask)` (BA-LoRA). `needs_outputs` says whether
+        `regularisers(outputs, base_outputs, mask)` (BA-LoRA). `output_regularised` says whether
         an active method has terms on the outputs."""
         terms: dict[str, torch.Tensor] = {}
         if l1:
@@ -53,11 +53,6 @@ class HooksMixin:
         if outputs is not None:
             terms.update(self.regularisers(outputs, base_outputs, mask))
         return terms
-
-    @property
-    def needs_outputs(self) -> bool:
-        """Whether an active method's loss terms need the model's outputs (BA-LoRA)."""
-        return self.output_regularised
 
     @torch.no_grad()
     def shrink(self, threshold, name: str | None = None) -> None:

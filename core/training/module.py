@@ -221,7 +221,7 @@ class AdapterModule(pl.LightningModule):
         `with adapters.disabled():` and without gradients, so the base is this very model
         with its adapters off (no copy). Zero, and `run_base` never called, without such
         methods."""
-        if self.adapters is None or not self.adapters.needs_outputs:
+        if self.adapters is None or not self.adapters.output_regularised:
             return outputs.new_zeros(())
         with torch.no_grad(), self.adapters.disabled():
             base_outputs = run_base()
@@ -239,7 +239,7 @@ class AdapterModule(pl.LightningModule):
         loss = out.get("loss") if isinstance(out, Mapping) else out
         if loss is None:
             return out
-        if self.adapters.needs_outputs and output_terms is None:
+        if self.adapters.output_regularised and output_terms is None:
             raise LoraKitError(
                 f"{type(self).__name__}.training_step: an active adapter's method (BA-LoRA) has "
                 "loss terms on the model's outputs, and the step never handed them in: call "
