@@ -57,6 +57,9 @@ class Plugin:
     extra: str = ""
     requires: tuple[str, ...] = ()
     bench_suite: str | None = None
+    demo_seconds: float = field(default=60.0, metadata={
+        "help": "typical wall time of the demo on one thread; `lorakit demo` starts the "
+                "longest first, so parallel jobs end close together"})
     commands: dict[str, str] = field(default_factory=dict, metadata={
         "help": "extra sub-commands (name -> dotted path of main(argv), a Command for help)"})
 

@@ -13,4 +13,5 @@ PLUGIN = Plugin(
     extra="lora3d",
     requires=("mini_dust3r", "roma", "einops"),
     bench_suite="lorakit.benchmarks.suites.lora3d:run",
+    demo_seconds=90,
 )

@@ -13,6 +13,7 @@ PLUGIN = Plugin(
     extra="distill",
     requires=("diffusers", "sklearn",),
     bench_suite="lorakit.benchmarks.suites.lora_distill:run",
+    demo_seconds=560,
     commands={"export": Command(
         "lorakit.plugins.lora_distill.diffusers_export:main",
         "write a trained adapter in diffusers' LoRA layout (pytorch_lora_weights.safetensors)")},

@@ -69,7 +69,7 @@ def state_accounting(module) -> dict:
             "state_ratio": lora / full}
 
 
-def demo(out_dir: Path, threads: int = 2, steps: int = 1000, per_class: int = 20,
+def demo(out_dir: Path, threads: int = 2, steps: int = 400, per_class: int = 20,
          sample_steps: int = 25) -> dict:
     """Distil, evaluate, write results.json / report.md / report.html / PNGs; returns the
     flat figures."""

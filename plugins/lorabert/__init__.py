@@ -13,6 +13,7 @@ PLUGIN = Plugin(
     extra="lorabert",
     requires=("transformers", "Bio", "sklearn",),
     bench_suite="lorakit.benchmarks.suites.lorabert:run",
+    demo_seconds=290,
     commands={"pretrain": Command(
         "lorakit.plugins.lorabert.pretrain:main",
         "pre-train a small k-mer BERT base by masked language modelling on FASTA files")},

@@ -13,4 +13,5 @@ PLUGIN = Plugin(
     extra="whisper",
     requires=("whisper", "soundfile", "jiwer", "scipy"),
     bench_suite="lorakit.benchmarks.suites.s2lora_whisper:run",
+    demo_seconds=490,
 )
