@@ -8,6 +8,7 @@ the kind of the base module says what `in` and `out` are and how to apply them:
     conv1d      W (in × out)         nx            nf      x Aᵀ                    h Bᵀ   (GPT-2's Conv1D)
     embedding   E (num × dim)        num           dim     A[:, ids]ᵀ (a lookup)   h Bᵀ
     conv2d      W (out, in, k, k)    in·k·k        out     k×k conv to r channels  1×1 conv
+    quantized_linear  as linear, W held quantized (`quantized.py`); reading it dequantizes
 
 `to_weight` puts a ΔW matrix (out × in) into the base weight's own layout, so merging
 is `W += to_weight(ΔW)` for every kind; PEFT's layouts (its key names, the conv
@@ -238,8 +239,22 @@ class Conv2dKind(LayerKind):
                            "Embedding")
 
 
-KINDS: dict[str, type[LayerKind]] = {k.name: k for k in
-                                     (LinearKind, Conv1DKind, EmbeddingKind, Conv2dKind)}
+class QuantizedLinearKind(LinearKind):
+    """`lorakit.layers.quantized.QuantizedLinear`: a Linear whose weight bitsandbytes or HQQ
+    holds quantized. The adapter is a Linear's (same factors, same PEFT layout); reading
+    `base.weight` dequantizes."""
+
+    name, label = "quantized_linear", "QuantizedLinear"
+
+    @staticmethod
+    def matches(module: nn.Module) -> bool:
+        from .quantized import QuantizedLinear
+
+        return isinstance(module, QuantizedLinear)
+
+
+KINDS: dict[str, type[LayerKind]] = {k.name: k for k in (LinearKind, Conv1DKind, EmbeddingKind,
+                                                         Conv2dKind, QuantizedLinearKind)}
 
 
 def kind_of(module: nn.Module) -> type[LayerKind] | None:
