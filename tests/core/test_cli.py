@@ -209,3 +209,23 @@ def test_bad_input_gets_one_line_and_exit_status_2(tmp_path):
     assert "Traceback" not in proc.stderr
     proc = lorakit_cli("no-such-plugin", "fit", toy=False)
     assert proc.returncode == 2 and "no plugin named 'no-such-plugin'" in proc.stderr
+
+
+def test_demo_starts_the_longest_demo_first_and_indexes_in_the_plugins_order(
+        tmp_path, monkeypatch):
+    from argparse import Namespace
+
+    from lorakit.cli import demo as demo_cli
+    from lorakit.reports import index as index_module
+
+    todo = [demo_cli.Job("short", "short", [], 10.0), demo_cli.Job("long", "long", [], 500.0),
+            demo_cli.Job("middle", "middle", [], 90.0)]
+    started, indexed = [], []
+    monkeypatch.setattr(demo_cli, "jobs", lambda args: (todo, []))
+    monkeypatch.setattr(demo_cli, "run_job", lambda job, out, to_log: started.append(
+        job.name) or {"name": job.name, "status": "ok", "folder": job.folder, "seconds": 1})
+    monkeypatch.setattr(index_module, "write_index",
+                        lambda out, entries: indexed.extend(e["name"] for e in entries))
+    assert demo_cli.cmd_demo(Namespace(out=tmp_path, jobs=1)) == 0
+    assert started == ["long", "middle", "short"]
+    assert indexed == ["short", "long", "middle"]
