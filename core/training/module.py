@@ -128,9 +128,16 @@ class AdapterModule(pl.LightningModule):
         # the checkpoint holds adapters only; the frozen base comes from its own file
         self.strict_loading = False
 
-    def attach_adapters(self, model: nn.Module, config: LoRAConfig,
+    def attach_adapters(self, model: nn.Module, config: LoRAConfig | Adapters,
                         name: str = "default") -> Adapters:
-        """Attach adapter `name` to `model`; a second call adds another to the same handle."""
+        """Attach adapter `name` to `model`; a second call adds another to the same handle.
+        `config` may be the handle of adapters already on `model` (an init that decomposes
+        the base first, as LoftQ and LQ-LoRA do): the module trains those."""
+        if isinstance(config, Adapters):
+            if config.model is not model:
+                raise LoraKitError("attach_adapters: the adapters given sit on another model")
+            self.adapters = config
+            return config
         self.adapters = attach(model, config, name)
         return self.adapters
 
