@@ -207,7 +207,7 @@ class L4QOptions:
 
     bits: int = field(default=4, metadata={
         "help": "Bits of the integer codes W + s·B A is quantized to in training and export "
-                "(2 to 8; the paper's 4 and 3, Jeon et al. 2024, sec. 4)."})
+                "(2 to 8; the paper reports 4 and 3 bits, Jeon et al. 2024)."})
     group_size: int = field(default=64, metadata={
         "help": "Weights along a row sharing one learned step size and offset (a power of "
                 "two; a row shorter than it is one group)."})

@@ -1,4 +1,4 @@
-r"""L4Q's product: the quantized model a `l4q` adapter trained (Jeon et al. 2024, sec. 3).
+r"""L4Q's product: the quantized model an `l4q` adapter trained (Jeon et al. 2024).
 
     training (lorakit.variants.l4q)         export (this file)              deployment
     W, A, B, Δ, b  ──► Ŵ = Q(W + s·B A)  ──► codes q, Δ, b per group  ──► W = q·Δ + b

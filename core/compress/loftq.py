@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..adapters import Adapters
 from ..errors import LoraKitError
@@ -76,14 +77,15 @@ def peft_loftq_decompose(weight: torch.Tensor, rank: int = 16, iterations: int =
 
 def loftq(model: nn.Module, targets: list[str] | str, rank: int = 16,
           spec: QuantSpec | str = "nf4", iterations: int = 5, alpha: float | None = None,
-          backend: str = "lorakit", name: str = "default"
+          backend: str = "lorakit", name: str = "default", progress: bool = True
           ) -> tuple[Adapters, dict[str, Decomposition]]:
     """Replace every nn.Linear matching `targets` by its LoftQ Q (a QuantizedLinear) and attach
     a lorakit LoRA of rank `rank` (alpha: `alpha`, default r, so scale 1) starting at L1 L2.
 
     Returns the model's handle and, by module path, the decomposition (its relative error
     ‖W − Q − L1 L2‖ / ‖W‖). `backend`: "lorakit" (any spec) or "peft" (PEFT's `loftq_init`,
-    nf4 at block 64 without double quantization only).
+    nf4 at block 64 without double quantization only). `progress`: a progress bar over the
+    matrices.
     """
     if backend not in ("lorakit", "peft"):
         raise LoraKitError(f"LoftQ backend {backend!r}: use 'lorakit' or 'peft'")
@@ -93,7 +95,8 @@ def loftq(model: nn.Module, targets: list[str] | str, rank: int = 16,
                            f"{PEFT_SPEC} without double quantization; spec {spec} needs "
                            "backend='lorakit'")
     parts = {}
-    for path, linear in linear_targets(model, targets, "LoftQ").items():
+    linears = linear_targets(model, targets, "LoftQ")
+    for path, linear in tqdm(linears.items(), desc="LoftQ", disable=not progress):
         bias = None if linear.bias is None else linear.bias.detach()
         parts[path] = (peft_loftq_decompose(linear.weight, rank, iterations, bias)
                        if backend == "peft" else

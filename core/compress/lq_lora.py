@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..adapters import Adapters
 from ..errors import LoraKitError
@@ -189,13 +190,14 @@ class LQReport:
 def lq_lora(model: nn.Module, targets: list[str] | str, rank: int, budget_bits: float = 3.0,
             candidates: Sequence[str | QuantSpec] = CANDIDATES,
             fisher: dict[str, torch.Tensor] | None = None, iterations: int = 10,
-            alpha: float | None = None, name: str = "default") -> tuple[Adapters, LQReport]:
+            alpha: float | None = None, name: str = "default",
+            progress: bool = True) -> tuple[Adapters, LQReport]:
     """Decompose every nn.Linear matching `targets` for each candidate config, choose one
     config per matrix by the ILP under `budget_bits` average bits per weight, replace each
     by its Q (a QuantizedLinear) and attach a lorakit LoRA (rank `rank`, alpha `alpha`,
     default r) starting at L1 L2. `fisher`: path -> F (out × in) from `fisher_diagonal`, for
     the data-aware error and SVD. A candidate whose group size does not divide a matrix's
-    inputs is skipped for that matrix."""
+    inputs is skipped for that matrix; `progress`: a progress bar over the matrices."""
     specs = [QuantSpec.parse(c) for c in candidates]
     if not specs:
         raise LoraKitError("LQ-LoRA: no candidate configs")
@@ -205,24 +207,28 @@ def lq_lora(model: nn.Module, targets: list[str] | str, rank: int, budget_bits: 
         if missing:
             raise LoraKitError(f"LQ-LoRA: the Fisher has no entry for module {missing[0]!r}; "
                                "compute it with fisher_diagonal over the same targets")
-    found: dict[str, dict[str, Decomposition]] = {}
     errors: dict[str, dict[str, float]] = {}
     storage: dict[str, dict[str, float]] = {}
-    for path, linear in linears.items():
+    for path, linear in tqdm(linears.items(), desc="LQ-LoRA: candidates", disable=not progress):
         f = None if fisher is None else fisher[path]
-        bias = None if linear.bias is None else linear.bias.detach()
         fits = [s for s in specs if linear.in_features % s.group_size == 0]
         if not fits:
             raise LoraKitError(f"LQ-LoRA: module {path!r} (in_features={linear.in_features}) "
                                "fits no candidate's group size")
-        found[path] = {str(s): lq_decompose(linear.weight, s, rank, iterations, f, bias)
-                       for s in fits}
         scale = _error(linear.weight.detach(), f)         # relative error -> Σ (F ⊙) R²
-        errors[path] = {c: d.error ** 2 * scale for c, d in found[path].items()}
-        storage[path] = {c: 8.0 * d.quantized.nbytes() for c, d in found[path].items()}
+        errors[path], storage[path] = {}, {}
+        for spec in fits:       # only the numbers are kept: one Q per candidate would not fit
+            d = lq_decompose(linear.weight, spec, rank, iterations, f)
+            errors[path][str(spec)] = d.error ** 2 * scale
+            storage[path][str(spec)] = 8.0 * d.quantized.nbytes()
     chosen = choose_configs(errors, storage, {p: m.weight.numel() for p, m in linears.items()},
                             budget_bits)
-    parts = {p: found[p][c] for p, c in chosen.items()}
+    parts = {}
+    for p, c in tqdm(chosen.items(), desc="LQ-LoRA: chosen", disable=not progress):
+        bias = None if linears[p].bias is None else linears[p].bias.detach()
+        # the same deterministic decomposition again, now with the bias, to keep
+        parts[p] = lq_decompose(linears[p].weight, c, rank, iterations,
+                                None if fisher is None else fisher[p], bias)
     report = LQReport(budget_bits, rank, fisher is not None, [
         LQChoice(p, c, parts[p].error, quantized_weight_bits(parts[p].quantized),
                  linears[p].weight.numel(), parts[p].iterations) for p, c in chosen.items()])

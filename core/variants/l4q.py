@@ -8,11 +8,11 @@ Language Models"): LoRA trained inside the quantizer.
 
 QLoRA and LoftQ quantize W first and train a full-precision B A beside it, so the trained
 model is a low-bit matrix plus a high-precision adapter that cannot be folded into it.
-L4Q quantizes after merging (sec. 3, Fig. 2): the LoRA update lives inside the quantizer,
+L4Q quantizes after merging (sec. 3 and its Fig. 2): the LoRA update lives inside the quantizer,
 so the trained model is one linearly quantized matrix per layer, integer codes and a
 step size Δ and offset b per group, with no adapter left over. Δ and b are trained with
-A and B, as in LSQ (Esser et al. 2020, eq. 1-3) with LSQ+'s learned offset (Bhalgat et
-al. 2020, sec. 3.1): rounding passes its gradient straight through inside the range
+A and B, as in LSQ (Esser et al. 2020, sec. 2) with LSQ+'s learned offset (Bhalgat et
+al. 2020): rounding passes its gradient straight through inside the range
 and nothing outside it, and the gradients of Δ and b carry LSQ's scale
 1 / sqrt(group_size · Q_P) (Esser et al. sec. 2.2), Q_P = 2^k − 1.
 
@@ -21,7 +21,7 @@ The quantizer is initialised from W itself, Δ = (max − min) / Q_P and b = min
 Q(W), not at W: `starts_at_base` is False, and `adapters.disabled()` is still the
 full-precision base.
 
-Memory (sec. 3.3, the "memory-optimized layer"): the forward saves x, A, B, Δ, b and a
+Memory (the paper's "memory-optimized layer design"): the forward saves x, A, B, Δ, b and a
 reference to the frozen W, never an (out × in) tensor; the backward recomputes W' and Ŵ,
 forms the weight gradient once, and turns it into the gradients of A, B, Δ and b without
 W ever holding a gradient.
@@ -84,7 +84,7 @@ def fake_quantize(merged: torch.Tensor, step: torch.Tensor, offset: torch.Tensor
 
 
 class _L4QDelta(torch.autograd.Function):
-    """x ↦ x (Ŵ − W)ᵀ with Ŵ = Q(W + s·B A): saves no (out × in) tensor (sec. 3.3)."""
+    """x ↦ x (Ŵ − W)ᵀ with Ŵ = Q(W + s·B A): saves no (out × in) tensor (see above)."""
 
     @staticmethod
     def forward(ctx, x, weight, a, b, step, offset, scale, bits):
@@ -104,7 +104,7 @@ class _L4QDelta(torch.autograd.Function):
         grad_x = grad @ (quantized - weight)
         g = grad.reshape(-1, grad.shape[-1]).T @ x.reshape(-1, x.shape[-1])   # dL/dŴ (out × in)
         gg = _grouped(g, codes.shape[-1])
-        # straight through round inside the range, nothing outside (LSQ eq. 5)
+        # straight through round inside the range, nothing outside (LSQ sec. 2.1)
         g_merged = (gg * inside).reshape(g.shape)
         # dŴ/dΔ = round(v) − v inside, 0 or Q_P outside; dŴ/db = 0 inside, 1 outside (LSQ+)
         lsq = 1.0 / math.sqrt(codes.shape[-1] * (2 ** bits - 1))

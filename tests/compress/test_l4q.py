@@ -175,3 +175,36 @@ def test_the_loader_imports_nothing_of_lorakit():
     modules = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert modules <= {"__future__", "json", "torch", "safetensors"}
+
+
+def test_the_update_from_file_tensors_alone_equals_the_live_one(tmp_path):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(64, 8))
+    adapters = lorakit.attach(model, config(l4q=lorakit.L4QOptions(bits=2, group_size=16)))
+    v = adapters.layers["0"].variants["default"]
+    with torch.no_grad():
+        v.lora_B.normal_(0, 0.1)
+    w = model[0].base.weight.detach()
+    adapters.save(tmp_path / "a.safetensors")
+    _, tensors = lorakit.read_adapter(tmp_path / "a.safetensors")
+    from_file = lorakit.L4Q.file_delta(tensors, "0", lorakit.KINDS["linear"], tuple(w.shape),
+                                       v.scale, weight=w)
+    assert torch.equal(from_file, v.delta_weight(w))
+    assert from_file.abs().max() > 0
+    with pytest.raises(lorakit.LoraKitError, match="base weight was not given"):
+        lorakit.L4Q.file_delta(tensors, "0", lorakit.KINDS["linear"], tuple(w.shape), v.scale)
+
+
+def test_adapter_module_puts_the_step_sizes_in_their_own_group_without_weight_decay():
+    from lorakit import AdapterModule
+
+    class Tiny(AdapterModule):
+        def __init__(self):
+            super().__init__(lr=1e-3, weight_decay=0.1)
+            self.model = nn.Sequential(nn.Linear(64, 8))
+            self.attach_adapters(self.model, config())
+
+    groups = {g["name"]: g for g in Tiny().param_groups()}
+    assert set(groups) == {"lora", "quant"}
+    assert groups["quant"]["weight_decay"] == 0.0 and groups["lora"]["weight_decay"] == 0.1
+    assert sum(p.numel() for p in groups["quant"]["params"]) == 2 * 8

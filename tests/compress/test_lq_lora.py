@@ -151,3 +151,4 @@ def test_a_candidate_whose_group_does_not_fit_is_skipped_and_none_fitting_is_an_
     assert report.matrices[0].config == "int3-g32"
     with pytest.raises(lorakit.LoraKitError, match="fits no candidate"):
         lq_lora(nn.Sequential(nn.Linear(96, 8)), ["0"], rank=2, candidates=("int3-g64",))
+
