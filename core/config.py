@@ -200,10 +200,31 @@ class MixtureOptions:
         self.experts_per_layer = [int(n) for n in self.experts_per_layer]
 
 
+@_documented
+@dataclass
+class L4QOptions:
+    """L4Q's options (method 'l4q')."""
+
+    bits: int = field(default=4, metadata={
+        "help": "Bits of the integer codes W + s·B A is quantized to in training and export "
+                "(2 to 8; the paper reports 4 and 3 bits, Jeon et al. 2024)."})
+    group_size: int = field(default=64, metadata={
+        "help": "Weights along a row sharing one learned step size and offset (a power of "
+                "two; a row shorter than it is one group)."})
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.bits <= 8:
+            raise LoraKitError(f"LoRAConfig.l4q.bits must be in 2..8, got {self.bits}")
+        if self.group_size < 2 or self.group_size & (self.group_size - 1):
+            raise LoraKitError(f"LoRAConfig.l4q.group_size must be a power of two (32, 64, "
+                               f"128), got {self.group_size}")
+
+
 #: each group field of LoRAConfig and its dataclass
 GROUPS: dict[str, type] = {"lora_sb": LoRASBOptions, "lora_ga": LoRAGAOptions,
                            "allora": ALLoRAOptions, "ggpo": GGPOOptions,
-                           "balora": BALoRAOptions, "mixture": MixtureOptions}
+                           "balora": BALoRAOptions, "mixture": MixtureOptions,
+                           "l4q": L4QOptions}
 
 #: the flat keys of earlier versions (and of adapter files) -> (group, option)
 FLAT: dict[str, tuple[str, str]] = {
@@ -213,6 +234,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "ba_consistency": ("balora", "consistency"), "ba_diversity": ("balora", "diversity"),
     "ba_svd": ("balora", "svd"), "ba_svd_k": ("balora", "svd_k"),
     **{f.name: ("mixture", f.name) for f in dataclasses.fields(MixtureOptions)},
+    "l4q_bits": ("l4q", "bits"), "l4q_group_size": ("l4q", "group_size"),
 }
 
 
@@ -267,6 +289,8 @@ class LoRAConfig:
         "help": "Options of method 'balora' (BA-LoRA)."})
     mixture: MixtureOptions = field(default_factory=MixtureOptions, metadata={
         "help": "Options of method 'mixture' (mixtures of LoRA experts)."})
+    l4q: L4QOptions = field(default_factory=L4QOptions, metadata={
+        "help": "Options of method 'l4q' (L4Q, quantization-aware LoRA)."})
 
     def __post_init__(self) -> None:
         if self.rank < 1:

@@ -103,7 +103,8 @@ class AdapterModule(pl.LightningModule):
 
     Args:
         lr: learning rate of the adapter parameters.
-        weight_decay: AdamW weight decay (never applied to S2-LoRA's λ, which has an L1 penalty).
+        weight_decay: AdamW weight decay (never applied to S2-LoRA's λ, which has an L1 penalty,
+            nor to L4Q's step sizes and offsets).
         optimizer: "adamw", "adam" or "sgd".
         output_dir: where the adapter and the run's other files are written; None: the
             run's folder under --trainer.default_root_dir (trainer.log_dir).
@@ -151,7 +152,7 @@ class AdapterModule(pl.LightningModule):
         seen: set[int] = set()
         if self.adapters is not None:
             for kind, params in self.adapters.param_groups().items():
-                decay = 0.0 if kind == "lambda" else self.weight_decay
+                decay = 0.0 if kind in ("lambda", "quant") else self.weight_decay
                 groups.append({"params": params, "weight_decay": decay, "name": kind})
                 seen.update(id(p) for p in params)
         rest = [p for p in self.trainable_parameters() if id(p) not in seen]

@@ -21,6 +21,7 @@ from .dora import DoRA
 from .ffa_lora import FFALoRA
 from .file import VariantFile
 from .ggpo import GGPO
+from .l4q import L4Q
 from .lora import LoRA
 from .lora_ga import LoRAGA
 from .lora_sb import LoRASB
@@ -38,7 +39,7 @@ from .optional import (
 from .s2lora import S2LoRA, SharedBasis
 
 VARIANTS: dict[str, type[Variant]] = {v.method: v for v in (
-    LoRA, S2LoRA, DoRA, FFALoRA, LoRASB, LoRAGA, ALLoRA, GGPO, BALoRA, Mixture)}
+    LoRA, S2LoRA, DoRA, FFALoRA, LoRASB, LoRAGA, ALLoRA, GGPO, BALoRA, Mixture, L4Q)}
 use_methods(VARIANTS)      # LoRAConfig.method: these names, its help their summaries
 
 
@@ -50,6 +51,6 @@ def variant_named(method: str, source: str = "adapter") -> type[Variant]:
 
 
 __all__ = ["OPTIONAL", "VARIANTS", "ALLoRA", "BALoRA", "DoRA", "FFALoRA", "GGPO", "GradientInit",
-           "LoRA", "LoRAGA", "LoRASB", "LossTerms", "Mixture", "Prunable", "Router", "S2LoRA",
+           "L4Q", "LoRA", "LoRAGA", "LoRASB", "LossTerms", "Mixture", "Prunable", "Router", "S2LoRA",
            "SharedBasis", "SharedTensors", "TrainingHooks", "Variant", "VariantFile",
            "adapter_dtype", "implements", "variant_named"]

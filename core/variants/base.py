@@ -64,6 +64,9 @@ class Variant(nn.Module, VariantFile, SharedTensors, GradientInit, LossTerms, Tr
     param_kinds: ClassVar[dict[str, str]] = {}   # tensor name -> optimizer group ("lora")
     routable: ClassVar[bool] = True              # has `factors()`: mixed-adapter batches work
     mergeable: ClassVar[bool] = True             # ΔW folds into the base weight (merge_into)
+    #: the adapted model starts at the base's output; False where the method's own start is
+    #: elsewhere by design (L4Q starts at the quantized base Q(W))
+    starts_at_base: ClassVar[bool] = True
     #: why it has no rank-1 units to merge with others (routable False), and what to do
     merge_refusal: ClassVar[str] = ("its update depends on the base weight, so it has no "
                                     "rank-1 units to merge. Fold it into the base with "

@@ -22,7 +22,7 @@ def changed(group: str, name: str):
     if typing.get_origin(kind) is typing.Literal:
         return next(v for v in typing.get_args(kind) if v != default)
     special = {"expert_method": "dora", "expert_schedule": "2,4", "experts_per_layer": [2],
-               "lbc_delta": 0.2}
+               "lbc_delta": 0.2, "group_size": 32}
     if name in special:
         return special[name]
     assert f.type in ("int", "float"), (group, name, f.type)

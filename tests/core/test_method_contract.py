@@ -5,7 +5,9 @@ is covered by registering it. For each pair:
 
 - a kind the method refuses (`Variant.kind_refusal`) is refused by `attach` with the
   project's error, naming the kind;
-- right after attach the output is the base's (B = 0, R = 0, DoRA's m = ‖W‖ ...); for
+- right after attach the output is the base's (B = 0, R = 0, DoRA's m = ‖W‖ ...), or, for
+  a method that starts elsewhere by design (`starts_at_base` False: L4Q's quantized base),
+  it moves and the disabled model is the base; for
   gradient-driven inits (`init_from_gradient`) the output after `init_from_gradients`
   is the base's where the method says so (`init_keeps_output`: LoRA-GA's offset) and
   moves where the init is itself a first step (LoRA-SB);
@@ -108,7 +110,13 @@ def test_the_adapted_model_starts_at_the_base(method, kind):
         base = output(make(), x)
         model, adapters, _ = attached(method, kind)
         assert kind in {layer.kind.name for layer in adapters.layers.values()}
-        assert (output(model, x) - base).abs().max() <= 1e-6
+        moved = (output(model, x) - base).abs().max()
+        if lorakit.VARIANTS[method].starts_at_base:
+            assert moved <= 1e-6
+        else:       # a start of its own by design (L4Q: the quantized base); off is the base
+            assert moved > 1e-6
+            with adapters.disabled():
+                assert (output(model, x) - base).abs().max() <= 1e-6
 
 
 @pytest.mark.parametrize(("method", "kind"),
