@@ -97,6 +97,9 @@ class IterativePruning(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         model = self._model(pl_module)
+        if self.end is None and not math.isfinite(trainer.estimated_stepping_batches):
+            raise LoraKitError("IterativePruning: the run has no known length (max_steps); "
+                               "give end=, the step at which the target is reached")
         end = self.end if self.end is not None else int(trainer.estimated_stepping_batches)
         if end <= self.start:
             raise LoraKitError(f"IterativePruning: the run has {end} optimizer steps, not more "
