@@ -187,17 +187,16 @@ class LQReport:
         return {**asdict(self), "average_bits": self.average_bits}
 
 
-def lq_lora(model: nn.Module, targets: list[str] | str, rank: int, budget_bits: float = 3.0,
-            candidates: Sequence[str | QuantSpec] = CANDIDATES,
-            fisher: dict[str, torch.Tensor] | None = None, iterations: int = 10,
-            alpha: float | None = None, name: str = "default",
-            progress: bool = True) -> tuple[Adapters, LQReport]:
-    """Decompose every nn.Linear matching `targets` for each candidate config, choose one
-    config per matrix by the ILP under `budget_bits` average bits per weight, replace each
-    by its Q (a QuantizedLinear) and attach a lorakit LoRA (rank `rank`, alpha `alpha`,
-    default r) starting at L1 L2. `fisher`: path -> F (out × in) from `fisher_diagonal`, for
-    the data-aware error and SVD. A candidate whose group size does not divide a matrix's
-    inputs is skipped for that matrix; `progress`: a progress bar over the matrices."""
+def candidate_table(model: nn.Module, targets: list[str] | str, rank: int,
+                    candidates: Sequence[str | QuantSpec] = CANDIDATES,
+                    fisher: dict[str, torch.Tensor] | None = None, iterations: int = 10,
+                    progress: bool = True) -> dict[str, dict]:
+    """Each targeted matrix's decomposition error and true storage bits under every
+    candidate config that fits it: what the ILP chooses from. One table serves every
+    memory budget (`lq_lora(..., table=...)`), so a sweep over budgets decomposes once.
+
+    Returns {"errors": {path: {config: error}}, "storage": {path: {config: bits}},
+    "numel": {path: weights}}; JSON-ready."""
     specs = [QuantSpec.parse(c) for c in candidates]
     if not specs:
         raise LoraKitError("LQ-LoRA: no candidate configs")
@@ -221,8 +220,31 @@ def lq_lora(model: nn.Module, targets: list[str] | str, rank: int, budget_bits: 
             d = lq_decompose(linear.weight, spec, rank, iterations, f)
             errors[path][str(spec)] = d.error ** 2 * scale
             storage[path][str(spec)] = 8.0 * d.quantized.nbytes()
-    chosen = choose_configs(errors, storage, {p: m.weight.numel() for p, m in linears.items()},
-                            budget_bits)
+    return {"errors": errors, "storage": storage,
+            "numel": {p: m.weight.numel() for p, m in linears.items()}}
+
+
+def lq_lora(model: nn.Module, targets: list[str] | str, rank: int, budget_bits: float = 3.0,
+            candidates: Sequence[str | QuantSpec] = CANDIDATES,
+            fisher: dict[str, torch.Tensor] | None = None, iterations: int = 10,
+            alpha: float | None = None, name: str = "default",
+            progress: bool = True, table: dict | None = None) -> tuple[Adapters, LQReport]:
+    """Decompose every nn.Linear matching `targets` for each candidate config, choose one
+    config per matrix by the ILP under `budget_bits` average bits per weight, replace each
+    by its Q (a QuantizedLinear) and attach a lorakit LoRA (rank `rank`, alpha `alpha`,
+    default r) starting at L1 L2. `fisher`: path -> F (out × in) from `fisher_diagonal`, for
+    the data-aware error and SVD. A candidate whose group size does not divide a matrix's
+    inputs is skipped for that matrix; `progress`: a progress bar over the matrices.
+    `table`: a `candidate_table` of the same model, targets, rank, candidates, Fisher and
+    iterations, computed once for several budgets."""
+    linears = linear_targets(model, targets, "LQ-LoRA")
+    if table is None:
+        table = candidate_table(model, targets, rank, candidates, fisher, iterations, progress)
+    elif set(table["errors"]) != set(linears):
+        extra = sorted(set(table["errors"]) ^ set(linears))
+        raise LoraKitError(f"LQ-LoRA: the candidate table is of other modules ({extra[0]!r} "
+                           "differs); compute it with candidate_table over the same targets")
+    chosen = choose_configs(table["errors"], table["storage"], table["numel"], budget_bits)
     parts = {}
     for p, c in tqdm(chosen.items(), desc="LQ-LoRA: chosen", disable=not progress):
         bias = None if linears[p].bias is None else linears[p].bias.detach()

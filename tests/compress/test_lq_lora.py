@@ -77,6 +77,25 @@ def test_the_ilp_keeps_the_budget_and_gives_the_loud_matrix_the_most_bits():
     assert adapters.layers["b"].base.spec == QuantSpec.parse("int4-g64")
 
 
+def test_one_candidate_table_serves_every_budget_as_a_fresh_decomposition_would():
+    import json
+
+    from lorakit.compress.lq_lora import candidate_table
+
+    low, mid, high = (bits_of(s) for s in SPECS)
+    table = json.loads(json.dumps(candidate_table(Three(loud="b"), ["a", "b", "c"], rank=4,
+                                                  candidates=SPECS, iterations=4)))
+    for budget in ((2 * low + high) / 3 + 0.01, high + 0.01):
+        _, fresh = lq_lora(Three(loud="b"), ["a", "b", "c"], rank=4, budget_bits=budget,
+                           candidates=SPECS, iterations=4)
+        _, reused = lq_lora(Three(loud="b"), ["a", "b", "c"], rank=4, budget_bits=budget,
+                            candidates=SPECS, iterations=4, table=table)
+        assert [(m.path, m.config, m.error) for m in reused.matrices] == [
+            (m.path, m.config, m.error) for m in fresh.matrices]
+    with pytest.raises(lorakit.LoraKitError, match="candidate table is of other modules"):
+        lq_lora(Three(), ["a", "b"], rank=4, candidates=SPECS, table=table)
+
+
 def test_a_planted_fisher_moves_the_bits_to_the_matrix_it_weighs():
     low, mid, high = (bits_of(s) for s in SPECS)
     budget = (2 * low + high) / 3 + 0.01
