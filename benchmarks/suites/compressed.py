@@ -107,24 +107,178 @@ def fp32_lora(base, targets, context) -> Setup:
     return Setup(base, lora_config(targets))
 
 
+def replace_by_quantized(model, targets: list[str], scheme: str) -> None:
+    from lorakit.adapters.targets import find_targets
+    from lorakit.layers.quantized import QuantizedLinear
+
+    for path, module in find_targets(model, targets).items():
+        parent, _, leaf = path.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf,
+                QuantizedLinear.from_linear(module, scheme))
+
+
 def qlora(scheme: str):
     def prepare(base, targets, context) -> Setup:
-        from lorakit.adapters.targets import find_targets
-        from lorakit.layers.quantized import QuantizedLinear
-
-        for path, module in find_targets(base, targets).items():
-            parent, _, leaf = path.rpartition(".")
-            setattr(base.get_submodule(parent) if parent else base, leaf,
-                    QuantizedLinear.from_linear(module, scheme))
+        replace_by_quantized(base, targets, scheme)
         return Setup(base, lora_config(targets), info={"scheme": scheme})
     return prepare
 
 
+def loftq_start(scheme: str):
+    def prepare(base, targets, context) -> Setup:
+        from lorakit.compress.loftq import loftq
+
+        adapters, parts = loftq(base, targets, rank=RANK, spec=scheme, iterations=5,
+                                alpha=ALPHA, progress=False)
+        errors = [d.error for d in parts.values()]
+        return Setup(base, adapters, info={"scheme": scheme,
+                                           "init_error": sum(errors) / len(errors)})
+    return prepare
+
+
+# g128 only where it divides a matrix's inputs (MiniLM's 384 and 1536, SmolLM2's 1536)
+LQ_CANDIDATES = ("int2-g64", "int2-g128", "int3-g64", "int3-g128", "int4-g64", "int4-g128",
+                 "nf4-g64", "int8-g64")
+LQ_ITERATIONS = 3
+
+
+def lq_lora_start(budget_bits: float):
+    """LQ-LoRA at an average of `budget_bits` storage bits per adapted weight; the
+    candidate table is computed once per task and shared by every budget's worker."""
+    def prepare(base, targets, context) -> Setup:
+        from lorakit.compress.lq_lora import candidate_table, lq_lora
+
+        table_file = context["shared"] / "lq_lora_table.json"
+        if table_file.exists():
+            table = json.loads(table_file.read_text())
+        else:
+            table = candidate_table(base, targets, RANK, LQ_CANDIDATES,
+                                    iterations=LQ_ITERATIONS, progress=False)
+            table_file.write_text(json.dumps(table))
+        adapters, report = lq_lora(base, targets, RANK, budget_bits, LQ_CANDIDATES,
+                                   iterations=LQ_ITERATIONS, alpha=ALPHA, progress=False,
+                                   table=table)
+        from lorakit.layers.quantized import QuantSpec
+
+        configs: dict[str, int] = {}
+        for m in report.matrices:
+            configs[m.config] = configs.get(m.config, 0) + 1
+        numel = sum(m.numel for m in report.matrices)
+        code_bits = sum(QuantSpec.parse(m.config).bits * m.numel for m in report.matrices)
+        return Setup(base, adapters, info={"budget_bits": budget_bits, "configs": configs,
+                                           "lq_average_bits": report.average_bits,
+                                           "code_bits": code_bits / numel})
+    return prepare
+
+
+def l4q(bits: int):
+    """L4Q trains on the full-precision base; what is evaluated is its export, the merged
+    and linearly quantized model, loaded into a fresh base without lorakit's adapter."""
+    def prepare(base, targets, context) -> Setup:
+        import tempfile
+
+        from lorakit import L4QOptions
+        from lorakit.compress.l4q import export_l4q
+        from lorakit.compress.l4q_format import load_l4q_state
+
+        config = lora_config(targets, method="l4q", l4q=L4QOptions(bits=bits, group_size=64))
+        info = {"scheme": f"int{bits}-g64 (L4Q export)"}
+
+        def finish(module):
+            model = module.lm if hasattr(module, "lm") else module.encoder
+            with tempfile.TemporaryDirectory() as tmp:
+                path = export_l4q(model, module.adapters, tmp)
+                info["export_mb"] = path.stat().st_size / 2**20
+                fresh = context["fresh_base"]()
+                fresh.load_state_dict(load_l4q_state(path))
+            return fresh
+        return Setup(base, config, finish=finish, info=info)
+    return prepare
+
+
+def iterative_pruning(criterion: str, ratio: float):
+    """Structured pruning during fine-tuning on LoRAPrune's cubic schedule, with the named
+    importance (the same schedule for every criterion)."""
+    def prepare(base, targets, context) -> Setup:
+        from lorakit.compress.prune import PruneSpec, size
+        from lorakit.compress.prune_callback import IterativePruning
+
+        steps = context["steps"]
+        callback = IterativePruning(PruneSpec(ratio=ratio), criterion=criterion,
+                                    every=max(1, steps // 6), start=0,
+                                    end=max(2, (2 * steps) // 3), model_attr=context["attr"])
+        params_before = size(base)[0]
+        info = {"criterion": criterion, "ratio": ratio}
+
+        def finish(module):
+            model = getattr(module, context["attr"])
+            info["params_kept"] = size(model)[0] / params_before
+            info["final_base_mb"] = base_bytes(model, targets)["base_mb"]
+            return model
+        return Setup(base, lora_config(targets), callbacks=[callback], finish=finish,
+                     info=info)
+    return prepare
+
+
+def loram_start(ratio: float, align_steps: int = 0, quantize: str | None = None):
+    """LoRAM: prune the base (LLM-Pruner's Taylor criterion on a few training batches),
+    optionally align it on held-out text (WordNet glosses), train LoRA on it (QLoRAM: on
+    its quantized form), recover the adapter to the full base and evaluate there."""
+    def prepare(base, targets, context) -> Setup:
+        import tempfile
+
+        import lorakit
+        from lorakit.compress.loram import align, prune_base, recover
+        from lorakit.compress.prune import PruneSpec, size
+
+        params_before = size(base)[0]
+        pruned, report = prune_base(base, PruneSpec(ratio=ratio), "taylor",
+                                    batches=context["score_batches"],
+                                    loss_fn=context["loss_fn"], copy_model=False)
+        info = {"ratio": ratio, "params_kept": size(pruned)[0] / params_before,
+                "align_steps": align_steps}
+        if align_steps:
+            losses = align(pruned, context["align_batches"], align_steps,
+                           loss_fn=context["loss_fn"])
+            info["align_loss_first_last"] = [losses[0], losses[-1]]
+        if quantize:
+            replace_by_quantized(pruned, targets, quantize)
+            info["scheme"] = quantize
+
+        def finish(module):
+            with tempfile.TemporaryDirectory() as tmp:
+                path = recover(module.adapters, report, Path(tmp) / "recovered.safetensors")
+                full = context["fresh_base"]()
+                lorakit.load_adapter(full, path, **({"allow_other_precision": True}
+                                                    if quantize else {}))
+            return full
+        return Setup(pruned, lora_config(targets), finish=finish, info=info)
+    return prepare
+
+
+LM_ONLY = ("austen",)
 CONTENDERS = [
     Contender("LoRA (fp32 base)", "lora", fp32_lora),
     Contender("QLoRA nf4", "qlora_nf4", qlora("nf4")),
     Contender("QLoRA int4", "qlora_int4", qlora("int4")),
     Contender("QLoRA int3", "qlora_int3", qlora("int3")),
+    Contender("LoftQ nf4", "loftq_nf4", loftq_start("nf4")),
+    # budgets in true storage bits per weight (codes + HQQ's float32 scale and zero per
+    # group: +1 bit at group 64, +0.5 at 128); 4.2 is nf4's own storage
+    *[Contender(f"LQ-LoRA <= {b:g} bits", f"lq_lora_{b:g}", lq_lora_start(b))
+      for b in (4.2, 3.5, 3.25, 3.0)],
+    Contender("L4Q 4 bits (merged int4)", "l4q_4", l4q(4)),
+    Contender("L4Q 3 bits (merged int3)", "l4q_3", l4q(3)),
+    *[Contender(f"{label} {int(ratio * 100)}% pruned", f"{key}_{int(ratio * 100)}",
+                iterative_pruning(key, ratio))
+      for ratio in (0.2, 0.5)
+      for label, key in (("LoRAPrune", "loraprune"), ("LLM-Pruner (Taylor)", "taylor"),
+                         ("magnitude", "magnitude"))],
+    Contender("LoRAM 50% (no alignment)", "loram_50", loram_start(0.5), LM_ONLY),
+    Contender("LoRAM 50% + alignment", "loram_50_align", loram_start(0.5, align_steps=20),
+              LM_ONLY),
+    Contender("QLoRAM 50% nf4 + alignment", "qloram_50_align",
+              loram_start(0.5, align_steps=20, quantize="nf4"), LM_ONLY),
 ]
 
 
@@ -176,9 +330,7 @@ class LanguageModel(RecordingModule):
         self.attach_adapters(lm, adapter)
 
     def loss(self, batch: dict) -> torch.Tensor:
-        ids = batch["input_ids"]
-        logits = self.lm(input_ids=ids).logits[:, :-1]
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        return lm_loss(self.lm, batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.loss(batch)
@@ -197,11 +349,14 @@ def chunk_loader(chunks: torch.Tensor, batch: int, seed: int | None = None):
 
 def austen_data(budget: Budget, tokenizer) -> dict:
     from lorakit.domains.text.austen import austen
+    from lorakit.domains.text.wordnet import wordnet
 
     from ..common.prompt_classifier import text_chunks
 
     text = austen()
-    return {"train": text_chunks(tokenizer, text["train"], budget.lm_steps * budget.lm_batch,
+    glosses = [gloss for gloss, _ in wordnet()["val"]]   # held-out general English
+    return {"align": text_chunks(tokenizer, glosses, 20 * budget.lm_batch, budget.lm_length),
+            "train": text_chunks(tokenizer, text["train"], budget.lm_steps * budget.lm_batch,
                                  budget.lm_length),
             "val": text_chunks(tokenizer, text["val"], budget.lm_val_chunks,
                                budget.lm_eval_length),
@@ -230,20 +385,35 @@ def fit(module: RecordingModule, train, val, steps: int, callbacks: list, run_di
             "step_s": times[len(times) // 2]}
 
 
+def lm_loss(model, batch: dict) -> torch.Tensor:
+    ids = batch["input_ids"]
+    logits = model(input_ids=ids).logits[:, :-1]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+
+def fresh_smollm2():
+    from lorakit.domains.text.smollm2 import smollm2
+
+    lm, _ = smollm2()
+    lm.config.use_cache = False
+    return lm
+
+
 def austen_run(contender: Contender, lr: float, budget: Budget, data: dict, out: Path):
     import lightning.pytorch as pl
 
-    from lorakit.domains.text.smollm2 import smollm2
-
     pl.seed_everything(budget.seed, verbose=False)
-    lm, _ = smollm2()
-    lm.config.use_cache = False
-    setup = contender.prepare(lm, LM_TARGETS, {"task": "austen", "data": data})
+    train = chunk_loader(data["train"], budget.lm_batch, seed=budget.seed)
+    context = {"task": "austen", "shared": out.parent.parent, "steps": budget.lm_steps,
+               "attr": "lm", "fresh_base": fresh_smollm2, "loss_fn": lm_loss,
+               "score_batches": [b for _, b in zip(range(4), train)],
+               "align_batches": list(chunk_loader(data["align"], budget.lm_batch))}
+    setup = contender.prepare(fresh_smollm2(), LM_TARGETS, context)
     sizes = base_bytes(setup.model, LM_TARGETS)
     module = LanguageModel(setup.model, setup.adapter, lr, str(out))
     module.train()
-    summary = fit(module, chunk_loader(data["train"], budget.lm_batch, seed=budget.seed),
-                  chunk_loader(data["val"], 8), budget.lm_steps, setup.callbacks, out)
+    summary = fit(module, train, chunk_loader(data["val"], 8), budget.lm_steps,
+                  setup.callbacks, out)
     summary["val_ppl"] = math.exp(summary["val_loss"])
     evaluated = setup.finish(module) if setup.finish else module.lm
     return summary | sizes | setup.info, evaluated
@@ -266,7 +436,7 @@ def austen_worker(contender: Contender, budget: Budget, out: Path) -> dict:
     lr = choose_lr(sweep)
     model = models[lr]
     return {"task": "austen", "contender": contender.name, "key": contender.key, "lr": lr,
-            **sweep[lr], "sweep": {str(k): v["val_ppl"] for k, v in sweep.items()},
+            **sweep[lr], **first_run_memory(sweep, budget.lm_lrs), "sweep": {str(k): v["val_ppl"] for k, v in sweep.items()},
             "test_ppl": perplexity(model, data["test"])}
 
 
@@ -291,7 +461,9 @@ def sentiment_worker(contender: Contender, budget: Budget, out: Path) -> dict:
     def one(lr: float):
         pl.seed_everything(budget.seed, verbose=False)
         encoder, _ = minilm()
-        setup = contender.prepare(encoder, MINILM_TARGETS, {"task": "sentiment"})
+        context = {"task": "sentiment", "shared": out.parent, "steps": budget.cls_steps,
+                   "attr": "encoder", "fresh_base": lambda: minilm()[0]}
+        setup = contender.prepare(encoder, MINILM_TARGETS, context)
         sizes = base_bytes(setup.model, MINILM_TARGETS)
         module = SentenceClassifier(setup.model, setup.adapter, lr=lr,
                                     output_dir=str(out / f"lr{lr:g}"))
@@ -309,9 +481,15 @@ def sentiment_worker(contender: Contender, budget: Budget, out: Path) -> dict:
     lr = choose_lr(sweep)
     test = {d: accuracy(modules[lr], loader(items, 64)) for d, items in tests.items()}
     return {"task": "sentiment", "contender": contender.name, "key": contender.key, "lr": lr,
-            **sweep[lr], "sweep": {str(k): v["val_acc"] for k, v in sweep.items()},
+            **sweep[lr], **first_run_memory(sweep, budget.cls_lrs), "sweep": {str(k): v["val_acc"] for k, v in sweep.items()},
             "test_acc": test["movies"],
             "ood_acc": sum(test[d] for d in DOMAINS_OOD) / len(DOMAINS_OOD), "tests": test}
+
+
+def first_run_memory(sweep: dict, lrs: list[float]) -> dict:
+    """The peak of the sweep's first run: every contender's first run is at the same rate in
+    a fresh process, where a later run would reuse pages the first one freed."""
+    return {"peak_train_mb": sweep[lrs[0]]["peak_train_mb"]}
 
 
 WORKERS = {"austen": austen_worker, "sentiment": sentiment_worker}
@@ -346,11 +524,11 @@ def run_worker(task: str, key: str, budget: Budget, threads: int, out: Path) -> 
 
 
 def run(out_dir, threads: int = 1, quick: bool = False, budget: Budget | None = None,
-        only: list[str] | None = None) -> dict:
+        only: list[str] | None = None, tasks: list[str] | None = None) -> dict:
     budget = budget or (QUICK if quick else Budget())
     out = Path(out_dir)
     rows = []
-    for task in WORKERS:
+    for task in tasks or WORKERS:
         for contender in CONTENDERS:
             if task not in contender.tasks or (only and contender.key not in only):
                 continue
@@ -430,6 +608,8 @@ def _options(parser) -> None:
     parser.add_argument("--only", nargs="+", metavar="KEY",
                         help="run only these contenders (keys: "
                              + ", ".join(c.key for c in CONTENDERS) + ")")
+    parser.add_argument("--tasks", nargs="+", choices=list(WORKERS),
+                        help="run only these tasks (default: both)")
     parser.add_argument("--worker", nargs=2, metavar=("TASK", "KEY"),
                         help="internal: one contender on one task in this process")
     parser.add_argument("--budget", type=Path, help="internal: the worker's budget (JSON)")
@@ -450,4 +630,4 @@ if __name__ == "__main__":
     from lorakit.benchmarks.common.command_line import suite_main
 
     suite_main(SUITE, __doc__, run, options=_options,
-               keywords=lambda a: {"only": a.only}, worker=_worker)
+               keywords=lambda a: {"only": a.only, "tasks": a.tasks}, worker=_worker)
