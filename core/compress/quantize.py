@@ -21,7 +21,8 @@ not Linear layers (an Embedding, GPT-2's Conv1D) and Linears already held quanti
 The swap is from the outside (the parent's attribute is replaced, as `wrap` does); the
 original weights are released as each module is replaced, so peak memory is the model
 plus one layer. `attach` calls this on its targets when `LoRAConfig.base_quantization`
-is set. Quantizing is lossy and is not undone by `detach`.
+is set, and `quantize_like(model, adapter_file)` quantizes a fresh base as an adapter file
+records its base was. Quantizing is lossy and is not undone by `detach`.
 """
 from __future__ import annotations
 
@@ -182,6 +183,21 @@ def quantize_modules(model: nn.Module, spec: QuantSpec | str, paths: list[str]) 
     return report
 
 
+def quantize_like(model: nn.Module, adapter) -> list[QuantizeReport]:
+    """Quantize the modules an adapter's base held quantized, each in its recorded spec
+    (the file's `quantization` entry), so that `load_adapter` takes it: how a plugin
+    loads its own QLoRA adapter for `predict`. `adapter`: an adapter file, or its
+    metadata. A file of a full-precision base, or one without the record, changes
+    nothing (returns [])."""
+    from ..io.adapter_file import read_adapter
+
+    meta = adapter if isinstance(adapter, dict) else read_adapter(adapter)[0]
+    by_spec: dict[str, list[str]] = {}
+    for path, record in (meta.get("quantization") or {}).items():
+        by_spec.setdefault(record["scheme"], []).append(path)
+    return [quantize_modules(model, spec, paths) for spec, paths in by_spec.items()]
+
+
 def _quantize_one(model: nn.Module, path: str, module: nn.Module, report: QuantizeReport) -> None:
     why = _why_not(module, report.spec)
     if why is not None:
@@ -195,4 +211,4 @@ def _quantize_one(model: nn.Module, path: str, module: nn.Module, report: Quanti
 
 
 __all__ = ["HEADS", "QuantizeReport", "QuantizedModule", "default_keep", "quantize",
-           "quantize_modules"]
+           "quantize_like", "quantize_modules"]
