@@ -353,3 +353,25 @@ def test_routed_batches_and_the_serving_pool_on_a_quantized_base(tmp_path, monke
     assert torch.allclose(served, routed, atol=1e-5)
     pool.close()
     assert AdapterPool(base, tmp_path, allow_other_precision=True).status("full") == "idle"
+
+
+def test_adapter_merge_folds_a_qlora_adapter_into_full_precision_weights_and_says_so(
+        tmp_path, capsys):
+    from lorakit.cli import main
+
+    full = mlp()
+    save_file({k: v.contiguous() for k, v in full.state_dict().items()},
+              str(tmp_path / "base.safetensors"))
+    model = mlp()
+    adapters = lorakit.attach(model, lorakit.LoRAConfig(targets=["0", "2"], rank=2,
+                                                        base_quantization="nf4"))
+    randomise(adapters, std=0.05)
+    adapters.save(tmp_path / "q.safetensors")
+    assert main(["adapter", "merge", str(tmp_path / "q.safetensors"),
+                 str(tmp_path / "base.safetensors"), str(tmp_path / "merged.safetensors")]) == 0
+    assert "trained on a quantized base (nf4-g64)" in capsys.readouterr().out
+    reference = lorakit.load_adapter(full, tmp_path / "q.safetensors",
+                                     allow_other_precision=True)
+    reference.merge()
+    with safe_open(str(tmp_path / "merged.safetensors"), framework="pt") as f:
+        assert torch.allclose(f.get_tensor("0.weight"), full[0].base.weight, atol=1e-6)
