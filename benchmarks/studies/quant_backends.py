@@ -16,7 +16,8 @@ scales, zero points), against 4 bytes per fp32 weight.
     bnb nf4 / fp4     bitsandbytes Linear4bit (QLoRA's kernels), group 64, double quant
     hqq int8/4/3/2    HQQ's HQQLinear, group 64, its PyTorch backend
     torchao nf4       torchao's NF4Tensor (`to_nf4`, `linear_nf4`: torchtune's QLoRA),
-                      group 64, scaler block 256; not a lorakit dependency: install
+                      group 64, scaler block 256 (64 for 576 × 576, whose 5184 scalers
+                      256 does not divide); not a lorakit dependency: install
                       torchao==0.18.0 to include it
 
 The table is the one in docs/compressed.md (## Quantization).
@@ -53,7 +54,9 @@ def backends(weight: torch.Tensor) -> dict[str, tuple]:
         from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import linear_nf4, to_nf4
     except ImportError:
         return found
-    nf4 = to_nf4(weight.clone(), block_size=64, scaler_block_size=256)
+    scalers = weight.numel() // 64       # torchao needs a scaler block that divides them
+    block = next(b for b in (256, 128, 64, 32) if scalers % b == 0)
+    nf4 = to_nf4(weight.clone(), block_size=64, scaler_block_size=block)
     nbytes = sum(t.numel() * t.element_size() for t in (
         nf4.quantized_data, nf4.quantized_scalers, nf4.quantization_factor, nf4.nf4))
     found["torchao nf4"] = (lambda x: linear_nf4(input=x, weight=nf4), nbytes)

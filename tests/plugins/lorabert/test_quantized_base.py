@@ -35,6 +35,7 @@ def test_lorabert_fits_on_an_nf4_base_and_predicts_with_its_adapter_file(tmp_pat
                       "--trainer.enable_checkpointing=false", f"--model.output_dir={tmp_path}",
                       f"--trainer.default_root_dir={tmp_path}", cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr[-2000:]
+    assert "4 adapted modules on a quantized base (nf4-g64)" in fit.stdout + fit.stderr
     path = tmp_path / "adapter.safetensors"
     meta, _ = lorakit.read_adapter(path)
     assert len(meta["quantization"]) == 4          # query and value of both layers
