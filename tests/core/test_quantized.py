@@ -136,6 +136,11 @@ def test_quantize_reports_bytes_and_what_it_kept_and_why():
     assert "not an nn.Linear" in again.kept["bert.embeddings.word_embeddings"]
     with pytest.raises(lorakit.TargetNotFoundError, match="'nope'"):
         lorakit.quantize(model, "int4", targets=["nope"])
+    adapted = tiny_bert()
+    lorakit.attach(adapted, lorakit.LoRAConfig(targets=["*.query"]))
+    report = lorakit.quantize(adapted, "nf4", targets=["*.query"])
+    assert not report.quantized and len(report.kept) == 2
+    assert all("carries lorakit adapters" in why for why in report.kept.values())
     with pytest.raises(lorakit.LoraKitError, match="scheme"):
         lorakit.quantize(model, "int5")
 
@@ -375,3 +380,21 @@ def test_adapter_merge_folds_a_qlora_adapter_into_full_precision_weights_and_say
     reference.merge()
     with safe_open(str(tmp_path / "merged.safetensors"), framework="pt") as f:
         assert torch.allclose(f.get_tensor("0.weight"), full[0].base.weight, atol=1e-6)
+
+
+def test_a_failed_attach_puts_the_full_precision_modules_back(monkeypatch):
+    model = mlp()
+    originals = [model[0], model[2]]
+    real = lorakit.LoRA.init_from_weight
+    calls = []
+
+    def fail_on_the_second(self, weight):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(self, weight)
+    monkeypatch.setattr(lorakit.LoRA, "init_from_weight", fail_on_the_second)
+    with pytest.raises(RuntimeError, match="boom"):
+        lorakit.attach(model, lorakit.LoRAConfig(targets=["0", "2"], base_quantization="nf4"))
+    assert model[0] is originals[0] and model[2] is originals[1]
+    assert lorakit.adapters_of(model) is None
