@@ -13,6 +13,7 @@
     lorakit.generate(model, pool, [{"prompt": ids, "adapter": "a"}, {"prompt": ids}])
     lorakit.merge_adapters(["a.safetensors", "b.safetensors"], method="lego", k=8,
                            out="ab.safetensors")          # several adapters -> one
+    lorakit.quantize(model, "nf4")                          # a QLoRA base (bitsandbytes, HQQ)
     moe = lorakit.LoRAConfig(method="mixture", targets=["*.dense"],
                              mixture=lorakit.MixtureOptions(n_experts=8, top_k=2))
     loss = task_loss + sum(adapters.loss_terms().values())  # every method's extra losses
@@ -55,6 +56,10 @@ _HOMES = {
     "KINDS": "lorakit.layers.kinds",
     "LayerKind": "lorakit.layers.kinds",
     "LoRALayer": "lorakit.layers",
+    "QuantizedLinear": "lorakit.layers.quantized",
+    "QuantSpec": "lorakit.layers.quantized",
+    "QuantizeReport": "lorakit.compress.quantize",
+    "quantize": "lorakit.compress.quantize",
     "MergedAdapter": "lorakit.compose.merge_many",
     "merge_adapters": "lorakit.compose.merge_many",
     "export_peft": "lorakit.io.peft",
@@ -83,6 +88,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and docs tools
     from lorakit.adapters import Adapters, adapters_of, attach, load_adapter
     from lorakit.analysis.intruders import compare_weights, intruder_dimensions
     from lorakit.compose.merge_many import MergedAdapter, merge_adapters
+    from lorakit.compress.quantize import QuantizeReport, quantize
     from lorakit.config import (
         ALLoRAOptions,
         BALoRAOptions,
@@ -105,6 +111,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and docs tools
     from lorakit.io.peft import export_peft, import_peft
     from lorakit.layers import LoRALayer
     from lorakit.layers.kinds import KINDS, LayerKind
+    from lorakit.layers.quantized import QuantizedLinear, QuantSpec
     from lorakit.serving import AdapterPool, generate
     from lorakit.training.averaging import AdapterEMA
     from lorakit.training.gradient_init import init_from_gradients
@@ -137,7 +144,7 @@ __all__ = [
     "load_adapter",
     "LoRA", "LoRAConfig", "LoRAGA", "LoRAGAOptions", "LoraKitError", "LoRALayer", "LoRASB",
     "LoRASBOptions", "merge_adapters", "MergedAdapter", "Mixture", "MixtureOptions",
-    "read_adapter", "S2LoRA", "save_adapter", "SharedBasis", "TargetNotFoundError",
+    "quantize", "QuantizedLinear", "QuantizeReport", "QuantSpec", "read_adapter", "S2LoRA", "save_adapter", "SharedBasis", "TargetNotFoundError",
     "Variant", "VARIANTS", "XLoRA",
 ]
 

@@ -277,6 +277,14 @@ class LoRAConfig:
     modules_to_save: list[str] = field(default_factory=list, metadata={
         "help": "Patterns of modules trained in full and saved with the adapter "
                 "(a classification head, a new projection), as PEFT's modules_to_save."})
+    base_quantization: str | None = field(default=None, metadata={
+        "help": "Quantize the targeted nn.Linear base modules before the adapter is attached "
+                "(QLoRA, Dettmers et al. 2023): 'nf4' or 'fp4' (bitsandbytes), 'int2', "
+                "'int3', 'int4' or 'int8' (HQQ), with an optional group size ('int4-g128'; "
+                "default 64). The base stays frozen in that precision, the adapter trains "
+                "in full precision; a module whose in_features the group size does not "
+                "divide stays in full precision. None: the base as it is. Needs pip "
+                "install 'lorakit[compressed]'."})
     lora_sb: LoRASBOptions = field(default_factory=LoRASBOptions, metadata={
         "help": "Options of method 'lora_sb' (LoRA-SB)."})
     lora_ga: LoRAGAOptions = field(default_factory=LoRAGAOptions, metadata={
@@ -320,6 +328,10 @@ class LoRAConfig:
             raise LoraKitError("LoRAConfig.targets is empty: name at least one module pattern")
         self.targets = list(self.targets)
         self.modules_to_save = list(self.modules_to_save)
+        if self.base_quantization is not None:     # torch is imported only when asked for
+            from .layers.quantized import QuantSpec
+
+            self.base_quantization = str(QuantSpec.parse(self.base_quantization))
 
     @property
     def scale(self) -> float:
@@ -328,7 +340,9 @@ class LoRAConfig:
     def to_dict(self) -> dict:
         """The file's form: the fields every adapter has, and each method option under its
         flat key only where it differs from its default, so a plain LoRA file reads in a
-        lorakit that predates a method's options and every file reads in earlier ones."""
+        lorakit that predates a method's options and every file reads in earlier ones.
+        `base_quantization` is not among them: the file records each adapted base's
+        precision itself (its `quantization` entry), and loading never quantizes a base."""
         data = {k: copy.deepcopy(getattr(self, k)) for k in CORE_FIELDS
                 if k != "modules_to_save"}
         defaults = LoRAConfig()

@@ -4,12 +4,12 @@
     entry.py        attach, adapters_of, load_adapter: how a model gets its handle
     targets.py      target patterns and the public wrap / unwrap of one module
     state.py        parameters, optimizer groups, state dicts
-    fingerprint.py  what an adapter file is checked against
+    fingerprint.py  what an adapter file is checked against (shapes, base precision)
     routing.py      RoutedBatch, the object a routed forward hands its layers
     hooks.py        the methods' training hooks and the one `loss_terms` channel
 """
 from .entry import adapters_of, attach, load_adapter
-from .fingerprint import check_fingerprint
+from .fingerprint import check_fingerprint, check_precision
 from .handle import DEFAULT, ActiveSpec, Adapters
 from .routing import RoutedBatch
 from .targets import (
@@ -23,5 +23,5 @@ from .targets import (
 )
 
 __all__ = ["DEFAULT", "ActiveSpec", "Adapters", "RoutedBatch", "adaptable_modules",
-           "adapters_of", "attach", "check_fingerprint", "describe", "find_modules",
+           "adapters_of", "attach", "check_fingerprint", "check_precision", "describe", "find_modules",
            "find_targets", "load_adapter", "matches", "unwrap", "wrap"]

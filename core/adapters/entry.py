@@ -12,7 +12,7 @@ from ..config import LoRAConfig
 from ..errors import AdapterMismatchError, LoraKitError
 from ..io.adapter_file import read_adapter
 from ..layers import LoRALayer
-from .fingerprint import check_fingerprint
+from .fingerprint import check_fingerprint, check_precision
 from .handle import _HANDLES, DEFAULT, Adapters
 
 
@@ -43,14 +43,19 @@ def adapters_of(model: nn.Module) -> Adapters | None:
     """The handle of a model's adapters, or None if it carries none."""
     return _HANDLES.get(model)
 
-def load_adapter(model: nn.Module, path, name: str = DEFAULT) -> Adapters:
+def load_adapter(model: nn.Module, path, name: str = DEFAULT,
+                 allow_other_precision: bool = False) -> Adapters:
     """Attach the adapter a file describes to `model` as `name` and load its weights.
 
     Refuses (AdapterMismatchError) a file made for another base, naming the first
-    module that differs; a refused load leaves the model as it was.
+    module that differs, and one trained on a base of another precision (a QLoRA
+    adapter onto a full-precision base, an nf4 one onto int4) unless
+    `allow_other_precision`; a refused load leaves the model as it was. Loading never
+    quantizes the base: `lorakit.quantize(model, spec)` first does.
     """
     meta, tensors = read_adapter(path)
     check_fingerprint(model, meta["fingerprint"], meta["kinds"], source=f"adapter {path}")
+    check_precision(model, meta, source=f"adapter {path}", allow=allow_other_precision)
     adapters = attach(model, LoRAConfig.from_dict(meta["config"]), name)
     try:
         if set(adapters.fingerprint(name)) != set(meta["fingerprint"]):

@@ -23,12 +23,14 @@ from ..config import LoRAConfig
 from ..errors import LoraKitError
 from ..io.adapter_file import save_adapter
 from ..layers import LoRALayer, variant_layers
+from ..layers.kinds import QuantizedLinearKind, kind_of, weight_device
+from ..layers.quantized import QuantizedLinear, QuantSpec
 from ..variants import Variant, adapter_dtype, variant_named
 from .fingerprint import FingerprintMixin
 from .hooks import HooksMixin
 from .routing import RoutingMixin
 from .state import StateMixin
-from .targets import adaptable_modules, find_modules, find_targets, unwrap, wrap
+from .targets import _set_child, adaptable_modules, find_modules, find_targets, unwrap, wrap
 
 DEFAULT = "default"
 # model -> its one handle (`entry.py` adds, `Adapters._forget` drops)
@@ -114,22 +116,32 @@ class Adapters(StateMixin, FingerprintMixin, RoutingMixin, HooksMixin):
                 raise LoraKitError(f"module {path!r} is already trained in full by adapter "
                                    f"{taken[path]!r}; two adapters cannot both save it")
         plan = cls.plan(config, list(targets))    # per-module configs; refusals come first
+        originals = self._quantize_targets(config, cls, targets)
         first = not self.named
         if first:
             self.model.requires_grad_(False)
         shared: dict[str, nn.Module] = {}
-        for path in targets:
-            layer = self.layers[path] = wrap(self.model, path)
-            base_weight = layer.base.weight
-            own = plan.get(path, config)
-            key = cls.shared_key(layer.kind, path, own)
-            if key is not None and key not in shared:
-                shared[key] = cls.make_shared(layer.kind, own, adapter_dtype(base_weight),
-                                              base_weight.device, key)
-            variant = cls(layer.kind, own, adapter_dtype(base_weight), base_weight.device,
-                          shared.get(key) if key is not None else None)
-            variant.init_from_weight(layer.kind.to_matrix(base_weight.detach()))
-            layer.variants[name] = variant.train(layer.base.training)
+        try:
+            for path in targets:
+                layer = self.layers[path] = wrap(self.model, path)
+                base_weight = layer.base.weight       # a quantized base: dequantized, once
+                own = plan.get(path, config)
+                dtype, device = adapter_dtype(base_weight), weight_device(layer.base)
+                key = cls.shared_key(layer.kind, path, own)
+                if key is not None and key not in shared:
+                    shared[key] = cls.make_shared(layer.kind, own, dtype, device, key)
+                variant = cls(layer.kind, own, dtype, device,
+                              shared.get(key) if key is not None else None)
+                variant.init_from_weight(layer.kind.to_matrix(base_weight.detach()))
+                layer.variants[name] = variant.train(layer.base.training)
+        except Exception:
+            for path, original in originals.items():    # the model as it was
+                layer = self.model.get_submodule(path)
+                if isinstance(layer, LoRALayer):
+                    layer.base, layer.kind = original, kind_of(original)(original)
+                else:
+                    _set_child(self.model, path, original)
+            raise
         order = {p: i for i, p in enumerate(adaptable_modules(self.model))}
         self.layers = dict(sorted(self.layers.items(), key=lambda kv: order[kv[0]]))
         for module in saved.values():
@@ -138,6 +150,38 @@ class Adapters(StateMixin, FingerprintMixin, RoutingMixin, HooksMixin):
         if first:
             self.set_active(name)
         return self
+
+    def _quantize_targets(self, config: LoRAConfig, cls: type[Variant],
+                          targets: dict[str, nn.Module]) -> dict[str, nn.Module]:
+        """With `config.base_quantization`, the targeted Linear bases quantized in place
+        (`lorakit.quantize`); returns the replaced originals by path, to put back if the
+        attach fails. Everything that refuses is checked before a module changes."""
+        if config.base_quantization is None:
+            return {}
+        from ..compress.quantize import quantize_modules
+
+        spec = QuantSpec.parse(config.base_quantization)
+        refusal = cls.kind_refusal(QuantizedLinearKind)
+        if refusal:
+            raise LoraKitError(f"method {config.method!r} cannot train on a quantized base "
+                               f"(base_quantization {spec}): {refusal}")
+        linear = []
+        for path, module in targets.items():
+            base = module.base if isinstance(module, LoRALayer) else module
+            if isinstance(base, QuantizedLinear) and base.spec != spec:
+                raise LoraKitError(f"module {path!r} is already quantized as {base.spec}, not "
+                                   f"{spec}: use base_quantization {str(base.spec)!r} for "
+                                   "every adapter on it")
+            if isinstance(module, LoRALayer) and isinstance(base, nn.Linear):
+                raise LoraKitError(
+                    f"module {path!r} already carries adapters {list(module.variants)} on its "
+                    f"full-precision base, so base_quantization {spec} would change their base: "
+                    "quantize the model before attaching any adapter (lorakit.quantize(model, "
+                    f"{str(spec)!r}))")
+            if isinstance(module, nn.Linear):
+                linear.append(path)
+        report = quantize_modules(self.model, spec, linear)
+        return {p: targets[p] for p in report.quantized}
 
     def delete(self, name: str) -> None:
         """Remove adapter `name`; layers left without adapters get their base module back."""
@@ -163,10 +207,11 @@ class Adapters(StateMixin, FingerprintMixin, RoutingMixin, HooksMixin):
             p.requires_grad_(self._requires_grad_before.get(id(p), p.requires_grad))
         _HANDLES.pop(self.model, None)
 
-    def detach(self, merge: bool = False) -> nn.Module:
-        """Remove every adapter (folding the active ones into the base weights if `merge`)."""
+    def detach(self, merge: bool = False, requantize: bool = False) -> nn.Module:
+        """Remove every adapter (folding the active ones into the base weights if `merge`;
+        `requantize` as in `merge`, for quantized bases). A quantized base stays quantized."""
         if merge:
-            self.merge()
+            self.merge(requantize=requantize)
         for layer in self.layers.values():
             if not merge:
                 for name in list(layer.merged):
@@ -246,16 +291,32 @@ class Adapters(StateMixin, FingerprintMixin, RoutingMixin, HooksMixin):
     def merged(self) -> bool:
         return any(layer.merged for layer in self.layers.values())
 
-    def merge(self, name: str | None = None) -> None:
+    def merge(self, name: str | None = None, requantize: bool = False) -> None:
         """Fold adapter `name` (default: every active one) into the base weights, with its
-        active weight: inference at the base model's cost."""
+        active weight: inference at the base model's cost.
+
+        A quantized base cannot hold W + ΔW exactly, so merging into one is refused unless
+        `requantize`: then W + ΔW is quantized again in the base's own spec (the merged
+        model differs from the unmerged one by that quantization error) and the merge
+        cannot be undone."""
         names = list(self._active) if name is None else [self._one(name)]
         for n in names:
             if n not in self._active:
                 raise LoraKitError(f"adapter {n!r} is not active; set_active it before merging")
+            quantized = [p for p, layer in self.layers.items() if n in layer.variants
+                         and n not in layer.merged and layer.kind.quantized]
+            if quantized and not requantize:
+                spec = self.layers[quantized[0]].base.spec
+                raise LoraKitError(
+                    f"module {quantized[0]!r} is quantized ({spec}), so merging adapter {n!r} "
+                    "into it is not exact: pass requantize=True to quantize W + dW again "
+                    "(merge(..., requantize=True); it cannot be unmerged), or merge into "
+                    "full-precision weights (load the adapter onto a full-precision base with "
+                    "allow_other_precision=True, or `lorakit adapter merge` on its weights file)")
+        for n in names:
             for layer in self.layers.values():
                 if n in layer.variants:
-                    layer.merge(n, self._active[n])
+                    layer.merge(n, self._active[n], requantize=requantize)
 
     def unmerge(self, name: str | None = None) -> None:
         names = self.names if name is None else [self._one(name)]

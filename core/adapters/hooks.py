@@ -128,7 +128,8 @@ class HooksMixin:
         count = 0
         for layer in self.layers.values():
             for name in layer.active:
-                if name in layer.variants:
+                # only a method that perturbs reads the weight (a quantized one dequantizes)
+                if name in layer.variants and type(layer.variants[name]).perturbs:
                     count += bool(layer.variants[name].perturb(layer.base.weight, layer.kind))
         return count
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import LoraKitError
+from ..layers.kinds import weight_device
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ class RoutingMixin:
                                    " is not a product B A of its own and cannot be routed; "
                                    "delete it or route on a model without it")
             stacks = layer.cached_stacks(names) if build else None
-            batches.append((layer, RoutedBatch(names, index.to(layer.base.weight.device),
+            batches.append((layer, RoutedBatch(names, index.to(weight_device(layer.base)),
                                                stacks)))
         with handed(batches):
             yield self.model

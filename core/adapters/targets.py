@@ -15,9 +15,10 @@ from torch import nn
 
 from ..errors import LoraKitError, TargetNotFoundError
 from ..layers import LoRALayer
-from ..layers.kinds import kind_of
+from ..layers.kinds import kind_of, weight_shape
 
-KINDS_TEXT = "nn.Linear (and subclasses), GPT-2's Conv1D, nn.Conv2d and nn.Embedding"
+KINDS_TEXT = ("nn.Linear (and subclasses), lorakit's QuantizedLinear, GPT-2's Conv1D, nn.Conv2d "
+              "and nn.Embedding")
 
 
 def matches(path: str, pattern: str) -> bool:
@@ -31,7 +32,7 @@ def describe(module: nn.Module) -> str:
     if isinstance(module, LoRALayer):
         module = module.base
     kind = kind_of(module)
-    return kind.describe_shape(module.weight.shape) if kind else type(module).__name__
+    return kind.describe_shape(weight_shape(module)) if kind else type(module).__name__
 
 
 def adaptable_modules(model: nn.Module) -> dict[str, nn.Module]:

@@ -49,9 +49,15 @@ def cmd_adapter_inspect(args) -> int:
 
 def cmd_adapter_merge(args) -> int:
     from lorakit.compose.merge_file import merge_into_state_file
+    from lorakit.io.adapter_file import read_adapter
 
     n = merge_into_state_file(args.adapter, args.base, args.out, prefix=args.prefix)
     print(f"merged {n} matrices into {args.out}")
+    schemes = sorted({r["scheme"] for r in
+                      (read_adapter(args.adapter)[0].get("quantization") or {}).values()})
+    if schemes:    # QLoRA's usual end: its adapter folded into the full-precision weights
+        print(f"note: the adapter was trained on a quantized base ({', '.join(schemes)}); "
+              "it is merged into the weights given, as they are")
     return 0
 
 
@@ -124,7 +130,10 @@ def add_adapter(sub, needed=None) -> None:
                         "model; to combine several adapters into one adapter, see merge-many",
                         description="Fold one adapter into a base model's weights: every "
                         "adapted W becomes W + dW in a new weights file. The result is a "
-                        "model, not an adapter; `adapter merge-many` combines adapters.")
+                        "model, not an adapter; `adapter merge-many` combines adapters. An "
+                        "adapter trained on a quantized base (QLoRA) merges into the "
+                        "full-precision weights given; a live quantized model merges with "
+                        "Adapters.merge(requantize=True).")
     q.add_argument("adapter", type=Path, help="lorakit adapter file")
     q.add_argument("base", type=Path, help="base weights as .safetensors (e.g. model.safetensors)")
     q.add_argument("out", type=Path, help="merged weights to write (.safetensors)")

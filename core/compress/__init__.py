@@ -1,5 +1,7 @@
 """Compressed bases: quantized and pruned weights under a LoRA (issue #36).
 
+    quantize.py        quantize(model, spec, targets, keep) -> QuantizeReport: the targeted
+                       nn.Linear layers replaced by QuantizedLinear (bitsandbytes, HQQ)
     loftq.py           LoftQ: Q + B A ≈ W by alternating quantization and SVD
     lq_lora.py         LQ-LoRA: the same decomposition, a (bits, group) per matrix chosen
                        by an integer linear program under a memory budget

@@ -6,6 +6,8 @@
         "fingerprint": {<module path>: [base weight shape], <module.param>: [shape...]},
         "fingerprint_sha256": <hash of the above>,
         "kinds": {<module path>: "linear" | "conv1d" | "conv2d" | "embedding"},
+        "quantization": {<module path>: {"scheme": "nf4-g64", "library": "bitsandbytes",
+                                         "version": "0.50.2"}},   # quantized bases only
         "extra": {...}            # whatever a plugin adds (base model name, steps, ...)
     }
     tensors:  the method's own keys (`Variant.file_keys`), e.g.
@@ -20,6 +22,13 @@ A's `in` and B's `out` are those of ΔW as a matrix (`lorakit.layers.kinds`): a 
 in/out features, a Conv2d's in·k·k and out channels, an Embedding's table size and
 width. Format 1 (lorakit 0.1) had no `kinds` and no `name`: every module was a Linear.
 A file of a newer format than this lorakit reads is refused, naming both.
+
+`quantization` lists the adapted modules whose base was quantized when the adapter was
+saved (`QuantSpec.record()`); every other adapted module's base was full precision. An
+adapter on a quantized Linear is a Linear's (its kind is "linear"), so every reader
+treats it as one; `load_adapter` refuses a base of another precision, by name
+(`allow_other_precision` overrides). A file without the entry (written before lorakit
+kept it) is loaded onto any precision, as before.
 
 safetensors stores raw tensors and a JSON header, so nothing is ever unpickled.
 Writes go to a temporary file in the same folder and are renamed into place, so a
@@ -58,7 +67,7 @@ def payload(adapters, name: str | None = None,
     meta = {"format": FORMAT, "version": __version__, "name": name,
             "config": adapters.configs[name].to_dict(), "fingerprint": fp,
             "fingerprint_sha256": fingerprint_hash(fp), "kinds": adapters.kinds(name),
-            "extra": extra or {}}
+            "quantization": adapters.quantization(name), "extra": extra or {}}
     tensors = {k: v.detach().contiguous().cpu() for k, v in adapters.state_dict(name).items()}
     return meta, tensors
 

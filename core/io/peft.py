@@ -17,7 +17,9 @@ is exactly its update; FFA-LoRA, LoRA-SB (B·R and A) and LoRA-GA (rank 2r, its
 offset included) as plain LoRA; DoRA as A, B plus its magnitude and `use_dora`
 (`Variant.peft_config`), which is also how an imported folder is recognised as DoRA.
 The layer kind gives the layout (a Conv2d's factors as 4-d
-convolutions, GPT-2's Conv1D with `fan_in_fan_out`). PEFT scales by lora_alpha / r;
+convolutions, GPT-2's Conv1D with `fan_in_fan_out`); an adapter on a quantized Linear
+(`QuantizedLinear`) exports as a Linear's, and a PEFT folder imports onto a quantized
+base as onto a Linear (PEFT records no base precision, so none is checked). PEFT scales by lora_alpha / r;
 a module whose rank differs from the common one (a pruned S2-LoRA basis) gets its own
 entry in `rank_pattern` and `alpha_pattern`, so every module keeps lorakit's scale.
 """
@@ -36,7 +38,7 @@ from ..atomic import atomic_write
 from ..config import LoRAConfig
 from ..errors import AdapterFileError, AdapterMismatchError
 from ..layers import LoRALayer
-from ..layers.kinds import kind_of
+from ..layers.kinds import kind_of, weight_shape
 from ..variants import VARIANTS, LoRA, Variant, variant_named
 from .adapter_file import layer_entries, payload, read_adapter, saved_keys
 
@@ -217,7 +219,7 @@ def _import_one(peft_dir: Path, model: torch.nn.Module, name: str) -> Adapters:
             raise AdapterMismatchError(f"PEFT adapter {peft_dir}: module {path!r} is a "
                                        f"{type(base).__name__}, which lorakit cannot adapt")
         a, b = kind.from_peft(a, b)
-        if kind.matrix_shape(base.weight.shape) != (b.shape[0], a.shape[1]):
+        if kind.matrix_shape(weight_shape(base)) != (b.shape[0], a.shape[1]):
             raise AdapterMismatchError(
                 f"PEFT adapter {peft_dir} was made for another base model: module {path!r} "
                 f"has an update of {b.shape[0]} x {a.shape[1]} there but is "
@@ -226,7 +228,7 @@ def _import_one(peft_dir: Path, model: torch.nn.Module, name: str) -> Adapters:
         layer = {k for k in stripped if k.startswith(path + ".")}
         extra = {k[len(path) + 1:]: stripped[k] for k in layer
                  if not any(k.endswith(s) for p in suffixes.items() for s in p)}
-        own = method.from_peft_extra(extra, path, kind, tuple(base.weight.shape))
+        own = method.from_peft_extra(extra, path, kind, weight_shape(base))
         if extra and not own:
             raise AdapterFileError(f"PEFT adapter {peft_dir}: module {path!r} has tensors "
                                    f"{sorted(extra)} that lorakit's {method.method} does not read")

@@ -13,7 +13,13 @@ the kind of the base module says what `in` and `out` are and how to apply them:
 `to_weight` puts a ΔW matrix (out × in) into the base weight's own layout, so merging
 is `W += to_weight(ΔW)` for every kind; PEFT's layouts (its key names, the conv
 factors as 4-d tensors) are the kind's business too, so variants never ask which
-kind they sit on.
+kind they sit on. A kind's `file_name` is the layout an adapter file records: a
+quantized Linear's adapter is a Linear's ("linear"), its base's precision is recorded
+beside it (`lorakit.io.adapter_file`).
+
+Code that needs only a base weight's shape, dtype or device reads them through
+`weight_shape`, `weight_dtype` and `weight_device`, which never touch the weight of a
+quantized base (reading `QuantizedLinear.weight` dequantizes the whole matrix).
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import LoraKitError
+from .quantized import QuantizedLinear
 
 
 def _conv1d_class():
@@ -40,11 +47,13 @@ class LayerKind:
     label: ClassVar[str]                   # how messages name the module kind
     float_input: ClassVar[bool] = True     # dropout and dtype casts apply to the input
     routable: ClassVar[bool] = True        # mixed-adapter batches (gather + bmm) work
+    quantized: ClassVar[bool] = False      # the base holds its weight quantized: merging
+                                           # into it means quantizing W + ΔW again
     peft_a: ClassVar[str] = "lora_A.weight"
     peft_b: ClassVar[str] = "lora_B.weight"
 
     def __init__(self, base: nn.Module) -> None:
-        self.weight_shape = tuple(base.weight.shape)
+        self.weight_shape = weight_shape(base)
         self.out_features, self.in_features = self.matrix_shape(self.weight_shape)
 
     @staticmethod
@@ -89,6 +98,11 @@ class LayerKind:
 
     def up(self, h: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return F.linear(h, b)
+
+    @classmethod
+    def file_name(cls) -> str:
+        """The kind an adapter file records for it: the adapter's layout."""
+        return cls.name
 
     def per_rank(self, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Scale each of the r channels of `down`'s output by v (r)."""
@@ -245,12 +259,15 @@ class QuantizedLinearKind(LinearKind):
     `base.weight` dequantizes."""
 
     name, label = "quantized_linear", "QuantizedLinear"
+    quantized = True
 
     @staticmethod
     def matches(module: nn.Module) -> bool:
-        from .quantized import QuantizedLinear
-
         return isinstance(module, QuantizedLinear)
+
+    @classmethod
+    def file_name(cls) -> str:
+        return LinearKind.name      # the base's precision is recorded beside the kind
 
 
 KINDS: dict[str, type[LayerKind]] = {k.name: k for k in (LinearKind, Conv1DKind, EmbeddingKind,
@@ -263,6 +280,27 @@ def kind_of(module: nn.Module) -> type[LayerKind] | None:
         if kind.matches(module):
             return kind
     return None
+
+
+def weight_shape(module: nn.Module) -> tuple[int, ...]:
+    """The base module's weight shape, without reading a quantized weight."""
+    if isinstance(module, QuantizedLinear):
+        return module.weight_shape
+    return tuple(module.weight.shape)
+
+
+def weight_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype the base's weight multiplies in (float32 for a quantized base's kernels)."""
+    if isinstance(module, QuantizedLinear):
+        return torch.float32
+    return module.weight.dtype
+
+
+def weight_device(module: nn.Module) -> torch.device:
+    """The device of the base's weight, without reading a quantized weight."""
+    if isinstance(module, QuantizedLinear):
+        return module.device
+    return module.weight.device
 
 
 def kind_named(name: str, source: str = "adapter") -> type[LayerKind]:

@@ -1,8 +1,8 @@
 r"""`LoRALayer`: a frozen base module plus any number of named adapters.
 
-    x ─┬─► base (Linear, Conv1D, Conv2d or Embedding), frozen ───────────┐
-       ├─► adapter "a" (any method): w_a · ΔW_a x ──────────────────────(+)──► y
-       └─► adapter "b" ...            w_b · ΔW_b x ──────────────────────┘
+    x ─┬─► base (Linear, QuantizedLinear, Conv1D, Conv2d, Embedding) ────────┐
+       ├─► adapter "a" (any method): w_a · ΔW_a x ──────────────────────────(+)──► y
+       └─► adapter "b" ...            w_b · ΔW_b x ──────────────────────────┘
 
     y = base(x) + Σ_active w_n · scale_n · B_n A_n x
 
@@ -43,6 +43,7 @@ class LoRALayer(nn.Module):
         self.variants = nn.ModuleDict()
         self.active: dict[str, float] = {}    # name -> weight
         self.merged: dict[str, float] = {}    # name -> weight folded into base.weight
+        self.requantized: set[str] = set()    # merged into a quantized base: for good
         self.enabled = True
         self._batch: RoutedBatch | None = None     # see `route_batch`
         self._stack_cache: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -148,16 +149,35 @@ class LoRALayer(nn.Module):
 
     # --- merging ------------------------------------------------------------------------
     @torch.no_grad()
-    def merge(self, name: str, weight: float = 1.0) -> None:
+    def merge(self, name: str, weight: float = 1.0, requantize: bool = False) -> None:
+        """base.weight += weight · ΔW. A quantized base (`QuantizedLinear`) cannot hold the
+        sum exactly: refused unless `requantize`, which quantizes W + ΔW again in the base's
+        own spec, for good (`unmerge` refuses it)."""
         if name in self.merged:
             return
-        self.variants[name].merge_into(self.base.weight, self.kind, weight)
+        if self.kind.quantized:
+            if not requantize:
+                raise LoraKitError(f"{self.kind.describe()} is quantized ({self.base.spec}): "
+                                   f"merging adapter {name!r} into it is not exact; pass "
+                                   "requantize=True to quantize W + dW again")
+            weight_matrix = self.base.dequantize()
+            self.variants[name].merge_into(weight_matrix, self.kind, weight)
+            self.base.requantize(weight_matrix)
+            self.requantized.add(name)
+        else:
+            self.variants[name].merge_into(self.base.weight, self.kind, weight)
         self.merged[name] = weight
 
     @torch.no_grad()
     def unmerge(self, name: str) -> None:
         if name not in self.merged:
             return
+        if name in self.requantized:
+            raise LoraKitError(
+                f"adapter {name!r} was merged into a quantized {self.kind.describe()} by "
+                f"quantizing W + dW again ({self.base.spec}): the codes before it are gone, so "
+                "it cannot be unmerged; quantize the original base again to start over, or "
+                "detach(merge=True, requantize=True) to keep the merged model")
         self.variants[name].unmerge_from(self.base.weight, self.kind, self.merged.pop(name))
 
     def extra_repr(self) -> str:

@@ -177,6 +177,11 @@ class QuantizedLinear(nn.Module):
     def weight_shape(self) -> tuple[int, int]:
         return self.out_features, self.in_features
 
+    @property
+    def device(self) -> torch.device:
+        """Where the codes are (cheap: nothing is dequantized)."""
+        return next(self.inner.parameters()).device
+
     def nbytes(self) -> int:
         """Bytes of the quantized weight: codes, scales, zero points (the bias left out)."""
         state = self.inner.state_dict()
@@ -196,7 +201,8 @@ class QuantizedLinear(nn.Module):
 
 def dense_linear(layer: QuantizedLinear) -> nn.Linear:
     """A plain nn.Linear holding the dequantized weight (what `F.linear` would compute)."""
-    out = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    out = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                    device=layer.device)
     with torch.no_grad():
         out.weight.copy_(layer.dequantize())
         if layer.bias is not None:

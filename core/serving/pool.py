@@ -48,14 +48,14 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from ..adapters import check_fingerprint, unwrap, wrap
+from ..adapters import check_fingerprint, check_precision, unwrap, wrap
 from ..adapters.routing import RoutedBatch, handed
 from ..config import LoRAConfig
 from ..errors import AdapterFileError, AdapterMismatchError, LoraKitError
 from ..io.adapter_file import FORMAT, fingerprint_hash, layer_entries, read_adapter, saved_keys
 from ..io.peft import CONFIG, WEIGHTS, peft_method, read_peft, read_peft_config
 from ..layers import LoRALayer
-from ..layers.kinds import kind_named, kind_of
+from ..layers.kinds import kind_named, kind_of, weight_device, weight_dtype, weight_shape
 from ..variants import adapter_dtype, variant_named
 
 PEFT_PREFIX = "base_model.model."
@@ -123,16 +123,19 @@ class AdapterPool:
 
     `folder_or_files`: a folder (each `<name>.safetensors` lorakit file and each PEFT
     folder — one holding `adapter_config.json` — is an adapter named after it), a list of
-    such files and folders, or a mapping name → path.
+    such files and folders, or a mapping name → path. An adapter trained on a base of
+    another precision (a QLoRA adapter, and this model's modules full precision) is
+    refused by name unless `allow_other_precision` (`lorakit.load_adapter`'s rule).
     """
 
     def __init__(self, model: nn.Module, folder_or_files, max_resident_bytes: int | None = None,
-                 ) -> None:
+                 allow_other_precision: bool = False) -> None:
         if any(isinstance(m, LoRALayer) for m in model.modules()):
             raise LoraKitError("AdapterPool needs a model without lorakit adapters (it owns the "
                                "adapted layers); detach() them, or load them into the pool")
         self.model = model
         self.max_resident_bytes = max_resident_bytes
+        self.allow_other_precision = allow_other_precision
         self.entries: dict[str, PoolEntry] = {}
         self._stale: list[PoolEntry] = []           # replaced files still pinned by requests
         self._sources = folder_or_files
@@ -231,6 +234,8 @@ class AdapterPool:
         cls = variant_named(LoRAConfig.from_dict(config).method, source=str(path))
         self._check_servable(cls, bool(config.get("modules_to_save")), kinds, str(path))
         check_fingerprint(self.model, fp, kinds, source=f"adapter {path}")
+        check_precision(self.model, {**meta, "kinds": kinds}, f"adapter {path}",
+                        allow=self.allow_other_precision)
         entry.rank = int(config["rank"])
         entry.layers = {p: (k, tuple(fp[p])) for p, k in kinds.items()}
         entry.nbytes = sum(math.prod(s) * _dtype_bytes(d) for s, d in shapes.values())
@@ -250,11 +255,11 @@ class AdapterPool:
                 kind = kind_of(base)(base)
                 a, b = kind.from_peft(torch.empty(shape_a, device="meta"),
                                       torch.empty(keys[f"{path}.{b_suffix}"][0], device="meta"))
-                if (b.shape[0], a.shape[1]) != kind.matrix_shape(base.weight.shape):
+                if (b.shape[0], a.shape[1]) != kind.matrix_shape(weight_shape(base)):
                     raise AdapterMismatchError(
                         f"PEFT adapter {folder} was made for another base model: module "
                         f"{path!r} has an update of {b.shape[0]} x {a.shape[1]} there")
-                layers[path] = (kind.name, tuple(base.weight.shape))
+                layers[path] = (kind.file_name(), weight_shape(base))
         if not layers:
             raise AdapterFileError(f"{folder / WEIGHTS} holds no lora_A weights")
         self._check_servable(peft_method(pc), bool(pc.get("modules_to_save")),
@@ -319,7 +324,7 @@ class AdapterPool:
         total = 0
         for p in paths:
             layer = self._layers[p]
-            itemsize = torch.empty((), dtype=adapter_dtype(layer.base.weight)).element_size()
+            itemsize = adapter_dtype(weight_dtype(layer.base)).itemsize
             total += rank * (layer.kind.in_features + layer.kind.out_features) * itemsize
         return total
 
@@ -353,7 +358,7 @@ class AdapterPool:
             slots = max([slots] + [i + 1 for i, e in enumerate(self._owner) if e is not None])
         stacks = {}
         for path, layer in self._layers.items():
-            dtype, device = adapter_dtype(layer.base.weight), layer.base.weight.device
+            dtype, device = adapter_dtype(weight_dtype(layer.base)), weight_device(layer.base)
             a = torch.zeros(slots + 1, rank, layer.kind.in_features, dtype=dtype, device=device)
             b = torch.zeros(slots + 1, layer.kind.out_features, rank, dtype=dtype, device=device)
             if path in self._stacks:
@@ -491,7 +496,7 @@ class AdapterPool:
             if layer.merged:
                 raise LoraKitError(f"module {path!r} has a merged adapter; unmerge it "
                                    "before serving from the pool")
-            batches.append((layer, RoutedBatch(labels, index.to(layer.base.weight.device),
+            batches.append((layer, RoutedBatch(labels, index.to(weight_device(layer.base)),
                                                self._stacks[path])))
         with handed(batches):
             yield self.model

@@ -14,7 +14,11 @@ The gradients are the bare base model's (every adapter off, merged ones taken ou
 as the papers take them at W₀, in the mode the model is in (call `model.train()` first
 for training-time dropout). The base weights require grad only while this runs, and
 `torch.autograd.grad` hands the gradients back without writing any `.grad`, so nothing
-of the model changes but the adapter's tensors.
+of the model changes but the adapter's tensors. A quantized base (`QuantizedLinear`)
+has no weight autograd can differentiate, so while this runs it is swapped for a plain
+Linear holding its dequantized weight (the same forward, `dense_linear`): the gradient
+is the one at the weights the adapter trains on, at the memory of that full-precision
+layer for the duration.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from torch import nn
 
 from ..adapters import Adapters
 from ..errors import LoraKitError
+from ..layers.quantized import QuantizedLinear, dense_linear
 from ..variants import Variant
 
 
@@ -65,6 +70,10 @@ def base_gradients(model: nn.Module, adapters: Adapters, batches: Iterable[Any],
     sum over all their batches (a federated init)."""
     variants = gradient_variants(adapters, name)
     layers = [adapters.layers[p] for p in variants]
+    quantized = {i: layer.base for i, layer in enumerate(layers)
+                 if isinstance(layer.base, QuantizedLinear)}
+    for i, base in quantized.items():     # differentiable stand-ins, put back below
+        layers[i].base = dense_linear(base)
     weights = [layer.base.weight for layer in layers]
     sums = [torch.zeros(w.shape, dtype=torch.float32, device=w.device) for w in weights]
     flags = [w.requires_grad for w in weights]
@@ -87,6 +96,8 @@ def base_gradients(model: nn.Module, adapters: Adapters, batches: Iterable[Any],
     finally:
         for w, flag in zip(weights, flags):
             w.requires_grad_(flag)
+        for i, base in quantized.items():
+            layers[i].base = base
     return {path: layer.kind.to_matrix(total)
             for path, layer, total in zip(variants, layers, sums)}, count
 

@@ -175,6 +175,14 @@ class AdapterModule(pl.LightningModule):
         total = sum(p.numel() for p in self.parameters())
         rank_zero_info(f"lorakit: {trainable:,} trainable of {total:,} parameters "
                        f"({100 * trainable / max(total, 1):.3f}%)")
+        quantized = [layer.base for layer in (self.adapters.layers.values() if self.adapters
+                                              else ()) if layer.kind.quantized]
+        if quantized:    # packed codes count as parameters above: say what they hold
+            specs = ", ".join(sorted({str(base.spec) for base in quantized}))
+            fp32 = sum(4 * base.in_features * base.out_features for base in quantized)
+            rank_zero_info(f"lorakit: {len(quantized)} adapted modules on a quantized base "
+                           f"({specs}): {sum(b.nbytes() for b in quantized) / 2**20:.2f} MiB of "
+                           f"weights, {fp32 / 2**20:.2f} MiB in float32")
         if self.trainer.is_global_zero:  # self.log() is not allowed in on_fit_start
             for logger in self.loggers:
                 logger.log_metrics({"params/trainable": trainable, "params/total": total}, step=0)

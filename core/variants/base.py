@@ -40,11 +40,13 @@ from .file import VariantFile
 from .optional import GradientInit, LossTerms, Prunable, Router, SharedTensors, TrainingHooks
 
 
-def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
-    """Adapters of half-precision bases train in float32, as PEFT's autocast does."""
-    if weight.dtype in (torch.float16, torch.bfloat16) or not weight.is_floating_point():
+def adapter_dtype(weight: torch.Tensor | torch.dtype) -> torch.dtype:
+    """Adapters of half-precision bases train in float32, as PEFT's autocast does (`weight`:
+    the base weight, or its dtype)."""
+    dtype = weight if isinstance(weight, torch.dtype) else weight.dtype
+    if dtype in (torch.float16, torch.bfloat16) or not dtype.is_floating_point:
         return torch.float32
-    return weight.dtype
+    return dtype
 
 
 def init_down_projection(a: torch.Tensor, init: str) -> None:

@@ -39,6 +39,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from lorakit import load_adapter, read_adapter
+from lorakit.compress.quantize import quantize_like
 from lorakit.config import LoRAConfig
 from lorakit.domains.genomics.features import longest_orf
 from lorakit.domains.genomics.kmer import Window
@@ -81,6 +82,7 @@ class LoRABertModule(AdapterModule):
             --model.adapter.method dora --model.adapter.rank 16); default LoRA r=8,
             alpha 16 on the query and value projections. The classification head is
             always in its modules_to_save (trained in full, saved with the adapter).
+            --model.adapter.base_quantization nf4 trains it on an NF4 base (QLoRA).
         long_mode: "windows" (cover the whole transcript, pool) or "head_tail".
         max_tokens: k-mers per window; None: the model's position limit minus 2.
         window_overlap: k-mers shared by consecutive windows.
@@ -160,9 +162,13 @@ class LoRABertModule(AdapterModule):
         self.max_train_windows, self.window_batch = max_train_windows, window_batch
         self.threshold = threshold
         self.predictions = predictions
+        if adapter.base_quantization and mode != "lora":
+            raise LoraKitError(f"model.adapter.base_quantization needs model.mode 'lora' (mode "
+                               f"{mode!r} trains no adapter on a frozen base)")
         if adapter_file:
             if mode != "lora":
                 raise LoraKitError("model.adapter_file needs model.mode 'lora'")
+            quantize_like(self.model, adapter_file)    # a QLoRA file: its base as it was
             self.adapters = load_adapter(self.model, adapter_file)
         elif mode == "lora":
             self.attach_adapters(self.model, adapter)

@@ -11,7 +11,13 @@ import lorakit
 from lorakit.compose.merge_file import merge_into_state_file
 
 from .test_layer_kinds import output
-from .variant_properties import ALL, check_merge_and_unmerge, check_save_and_load, mlp
+from .variant_properties import (
+    ALL,
+    check_merge_and_unmerge,
+    check_save_and_load,
+    mlp,
+    peft_base,
+)
 
 peft = pytest.importorskip("peft")
 
@@ -117,7 +123,7 @@ def test_lorakit_dora_exports_to_peft_with_equal_outputs(case, tmp_path):
     ours = output(model, x)
     out = lorakit.export_peft(adapters, tmp_path / "peft")
     assert json.loads((out / "adapter_config.json").read_text())["use_dora"] is True
-    theirs = output(peft.PeftModel.from_pretrained(make(), str(out)).eval(), x)
+    theirs = output(peft.PeftModel.from_pretrained(peft_base(case), str(out)).eval(), x)
     assert (ours - theirs).abs().max() <= 1e-5
 
 
@@ -127,7 +133,7 @@ def test_a_peft_dora_adapter_imports_as_lorakit_dora_with_equal_outputs(case, tm
     x = inputs()
     names = [n for n, m in make().named_modules()
              if n and any(lorakit.adapters.matches(n, t) for t in targets)]
-    peft_model = peft.get_peft_model(make(), peft.LoraConfig(
+    peft_model = peft.get_peft_model(peft_base(case), peft.LoraConfig(
         r=3, lora_alpha=7, target_modules=names, use_dora=True, init_lora_weights=False))
     with torch.no_grad():   # a magnitude away from ‖W‖, as after training
         for n, p in peft_model.named_parameters():

@@ -12,10 +12,15 @@ is covered by registering it. For each pair:
   is the base's where the method says so (`init_keeps_output`: LoRA-GA's offset) and
   moves where the init is itself a first step (LoRA-SB);
 - with the trained tensors perturbed, merge equals the unmerged forward and unmerge
-  restores the base (`mergeable`), or merge is refused with the project's error;
+  restores the base (`mergeable`), or merge is refused with the project's error; on a
+  quantized kind (`LayerKind.quantized`) a plain merge is refused (W + ΔW has no exact
+  quantized form), and `merge(requantize=True)` leaves exactly the quantization of
+  W + ΔW in the base (so its output is the unmerged one up to that quantization error)
+  and cannot be unmerged;
 - a file round-trips bit-exactly onto a fresh copy of the base;
 - PEFT's own `PeftModel.from_pretrained` on the export gives the same outputs
-  (`Variant.peft`), or the export is refused with the method's `peft_refusal`;
+  (`Variant.peft`), or the export is refused with the method's `peft_refusal` (a
+  quantized base: PEFT's QLoRA layer on the same bitsandbytes module);
 - a routed batch equals each row alone with its adapter (`Variant.routable`, on a
   routable kind), or the route is refused with the project's error.
 """
@@ -27,7 +32,7 @@ from lorakit.variants import GradientInit, VariantFile, implements
 
 from .test_layer_kinds import output
 from .test_routing import one_by_one
-from .variant_properties import ALL, check_merge_and_unmerge, check_save_and_load
+from .variant_properties import ALL, check_merge_and_unmerge, check_save_and_load, peft_base
 
 peft = pytest.importorskip("peft")
 
@@ -137,7 +142,8 @@ def test_a_gradient_init_keeps_the_output_where_the_method_says_so(method, kind)
         assert moved > 1e-6
 
 
-@pytest.mark.parametrize(("method", "kind"), pairs())
+@pytest.mark.parametrize(("method", "kind"),
+                         [p for p in pairs() if not lorakit.KINDS[p[1]].quantized])
 def test_merge_equals_the_unmerged_forward_and_unmerge_restores_the_base(method, kind):
     if lorakit.VARIANTS[method].mergeable:
         check_merge_and_unmerge(kind, prepare=perturb, **settings(method))
@@ -146,6 +152,20 @@ def test_merge_equals_the_unmerged_forward_and_unmerge_restores_the_base(method,
     perturb(adapters)
     with pytest.raises(lorakit.LoraKitError):
         adapters.merge()
+    assert not adapters.merged
+
+
+@pytest.mark.parametrize(("method", "kind"),
+                         [p for p in pairs() if lorakit.KINDS[p[1]].quantized])
+def test_merge_into_a_quantized_base_is_refused_or_quantizes_w_plus_dw_for_good(method, kind):
+    if lorakit.VARIANTS[method].mergeable:
+        check_merge_and_unmerge(kind, prepare=perturb, **settings(method))
+        return
+    model, adapters, _ = attached(method, kind)
+    perturb(adapters)
+    for requantize in (False, True):
+        with pytest.raises(lorakit.LoraKitError):
+            adapters.merge(requantize=requantize)
     assert not adapters.merged
 
 
@@ -166,11 +186,10 @@ def test_peft_loads_the_export_with_equal_outputs_or_the_export_is_refused(metho
             lorakit.export_peft(adapters, tmp_path / "peft")
         return
     x = inputs()
-    make = ALL[kind][0]
     with torch.no_grad():
         ours = output(model, x)
         out = lorakit.export_peft(adapters, tmp_path / "peft")
-        theirs = output(peft.PeftModel.from_pretrained(make(), str(out)).eval(), x)
+        theirs = output(peft.PeftModel.from_pretrained(peft_base(kind), str(out)).eval(), x)
     assert (ours - theirs).abs().max() <= 1e-5
 
 
