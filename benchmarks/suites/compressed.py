@@ -107,20 +107,18 @@ def fp32_lora(base, targets, context) -> Setup:
     return Setup(base, lora_config(targets))
 
 
-def replace_by_quantized(model, targets: list[str], scheme: str) -> None:
-    from lorakit.adapters.targets import find_targets
-    from lorakit.layers.quantized import QuantizedLinear
+def quantize_targets(model, targets: list[str], scheme: str) -> dict:
+    """`lorakit.quantize` on the adapted matrices (the heads stay in full precision, as
+    QLoRA keeps them); what it left unquantized, and why."""
+    import lorakit
 
-    for path, module in find_targets(model, targets).items():
-        parent, _, leaf = path.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf,
-                QuantizedLinear.from_linear(module, scheme))
+    return lorakit.quantize(model, scheme, targets=targets).kept
 
 
 def qlora(scheme: str):
     def prepare(base, targets, context) -> Setup:
-        replace_by_quantized(base, targets, scheme)
-        return Setup(base, lora_config(targets), info={"scheme": scheme})
+        kept = quantize_targets(base, targets, scheme)
+        return Setup(base, lora_config(targets), info={"scheme": scheme, "kept": kept})
     return prepare
 
 
@@ -242,7 +240,7 @@ def loram_start(ratio: float, align_steps: int = 0, quantize: str | None = None)
                            loss_fn=context["loss_fn"])
             info["align_loss_first_last"] = [losses[0], losses[-1]]
         if quantize:
-            replace_by_quantized(pruned, targets, quantize)
+            quantize_targets(pruned, targets, quantize)
             info["scheme"] = quantize
 
         def finish(module):
