@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from lorakit import load_adapter
+from lorakit.compress.quantize import quantize_like
 from lorakit.config import LoRAConfig
 from lorakit.errors import LoraKitError
 from lorakit.plugins.adapter_args import NO_GRADIENT_INIT, hparams_dict, plugin_adapter
@@ -128,6 +129,7 @@ class SelfCalibrationModule(AdapterModule):
     def _load_adapter(self, path) -> None:
         # load into a fresh copy of the frozen base: the file's config decides the layers
         self.adapters.detach()
+        quantize_like(self.model, path)    # a QLoRA file: its base as it was
         self.adapters = load_adapter(self.model, path)
 
     # --- fit -------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lorakit import load_adapter, read_adapter
 from lorakit.adapters import matches
+from lorakit.compress.quantize import quantize_like
 from lorakit.config import LoRAConfig
 from lorakit.domains.imaging.guided_unet import COND_PROJ, GuidedUNet, load_unet, unet_folder
 from lorakit.domains.imaging.sampling import add_noise, ddim_sample, load_scheduler
@@ -152,6 +153,7 @@ class DistillModule(AdapterModule):
             raise LoraKitError(f"lora-distill: model.adapter.method 'mixture' is not available "
                                f"for a UNet2DConditionModel: {NO_DIFFUSERS_LAYOUT}")
         if adapter_file is not None:
+            quantize_like(self.model.unet, adapter_file)    # a QLoRA file: its base as it was
             self.adapters = load_adapter(self.model.unet, adapter_file)
         else:
             adapter = self._config(adapter)

@@ -34,6 +34,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lorakit import LoRAConfig, load_adapter
 from lorakit.atomic import atomic_write
+from lorakit.compress.quantize import quantize_like
 from lorakit.domains.speech.adult_base import embedded_base
 from lorakit.domains.speech.metrics import error_rates
 from lorakit.domains.speech.pretrained import tiny_en_checkpoint
@@ -137,6 +138,7 @@ class WhisperAdapterModule(AdapterModule):
         self.config = adapter
         self._reference: list = []   # full fine-tuning's frozen base, kept out of state_dict
         if adapter_file:
+            quantize_like(self.model, adapter_file)    # a QLoRA file: its base as it was
             self.adapters = load_adapter(self.model, adapter_file)
         else:
             self.adapt(self.model)
