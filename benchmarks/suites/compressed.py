@@ -283,13 +283,11 @@ CONTENDERS = [
 # --- sizes -------------------------------------------------------------------------------
 def base_bytes(model: torch.nn.Module, targets: list[str]) -> dict:
     """Bytes of every base weight as held, and bits per weight of the adapted matrices."""
-    from lorakit.layers import LoRALayer
     from lorakit.layers.quantized import QuantizedLinear
 
     total = adapted_bytes = adapted_numel = 0
     seen = set()
-    for module in model.modules():
-        base = module.base if isinstance(module, LoRALayer) else module
+    for base in model.modules():     # a LoRALayer's base is one of them: counted once
         if isinstance(base, QuantizedLinear):
             seen.update(id(t) for t in base.inner.parameters())
             seen.update(id(t) for t in base.inner.buffers())
@@ -537,7 +535,34 @@ def run(out_dir, threads: int = 1, quick: bool = False, budget: Budget | None = 
             rows.append(row)
     figures = goal_figures(rows)
     plot_quality_vs_memory(rows, out / "quality_vs_memory.png")
+    (out / "tables.md").write_text(tables(rows))
     return {"figures": figures, "rows": rows, "notes": notes(budget)}
+
+
+def tables(rows: list[dict]) -> str:
+    """One markdown table per task, a row per contender (what the results page shows)."""
+    out = []
+    for task in WORKERS:
+        mine = [r for r in rows if r["task"] == task]
+        if not mine:
+            continue
+        lm = task == "austen"
+        quality = ("val ppl | test ppl" if lm else "val acc % | test acc % | OOD acc %")
+        out += [f"### {'SmolLM2-135M, Austen' if lm else 'MiniLM, sentiment'}", "",
+                f"| contender | lr | base MB | adapted bits/weight | peak training MB | "
+                f"step s | {quality} |", "|---" * (8 if lm else 9) + "|"]
+        for r in mine:
+            if "error" in r:
+                out.append(f"| {r['contender']} | failed: {r['error'].splitlines()[-1][:80]} |")
+                continue
+            scores = (f"{r['val_ppl']:.1f} | {r['test_ppl']:.1f}" if lm else
+                      f"{100 * r['val_acc']:.1f} | {100 * r['test_acc']:.1f} | "
+                      f"{100 * r['ood_acc']:.1f}")
+            out.append(f"| {r['contender']} | {r['lr']:g} | {r['base_mb']:.1f} | "
+                       f"{r['adapted_bits']:.2f} | {r['peak_train_mb']:.0f} | "
+                       f"{r['step_s']:.2f} | {scores} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def _row(rows: list[dict], task: str, key: str) -> dict | None:

@@ -31,6 +31,11 @@ def test_base_bytes_counts_a_quantized_matrix_at_its_storage_and_the_rest_at_ful
     quantized = model[0].nbytes()
     assert mixed["base_mb"] * 2**20 == quantized + 128 * 4 + (128 * 64 + 64) * 4
     assert mixed["adapted_bits"] == pytest.approx(8 * (quantized + 128 * 64 * 4) / (2 * 64 * 128))
+    # adapters attached (as LoftQ and LQ-LoRA hand the model over): the same bytes, once
+    import lorakit
+
+    lorakit.attach(model, lorakit.LoRAConfig(rank=4, targets=["0", "1"]))
+    assert base_bytes(model, ["0", "1"]) == mixed
 
 
 def _row(task, key, quality, step_s=1.0):
