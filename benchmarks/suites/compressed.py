@@ -115,10 +115,17 @@ def quantize_targets(model, targets: list[str], scheme: str) -> dict:
     return lorakit.quantize(model, scheme, targets=targets).kept
 
 
-def qlora(scheme: str):
+def qlora(scheme: str, requantize: bool = False):
+    """QLoRA; `requantize`: evaluated merged into its base and quantized again (what a
+    QLoRA user deploys as one quantized model: L4Q's baseline)."""
     def prepare(base, targets, context) -> Setup:
         kept = quantize_targets(base, targets, scheme)
-        return Setup(base, lora_config(targets), info={"scheme": scheme, "kept": kept})
+
+        def merged(module):
+            module.adapters.merge(requantize=True)
+            return getattr(module, context["attr"])
+        return Setup(base, lora_config(targets), finish=merged if requantize else None,
+                     info={"scheme": scheme, "kept": kept})
     return prepare
 
 
@@ -260,6 +267,8 @@ CONTENDERS = [
     Contender("QLoRA nf4", "qlora_nf4", qlora("nf4")),
     Contender("QLoRA int4", "qlora_int4", qlora("int4")),
     Contender("QLoRA int3", "qlora_int3", qlora("int3")),
+    Contender("QLoRA int4, merged and re-quantized", "qlora_int4_requant",
+              qlora("int4", requantize=True)),
     Contender("LoftQ nf4", "loftq_nf4", loftq_start("nf4")),
     # budgets in true storage bits per weight (codes + HQQ's float32 scale and zero per
     # group: +1 bit at group 64, +0.5 at 128); 4.2 is nf4's own storage
