@@ -567,11 +567,33 @@ def tables(rows: list[dict]) -> str:
             scores = (f"{r['val_ppl']:.1f} | {r['test_ppl']:.1f}" if lm else
                       f"{100 * r['val_acc']:.1f} | {100 * r['test_acc']:.1f} | "
                       f"{100 * r['ood_acc']:.1f}")
-            out.append(f"| {r['contender']} | {r['lr']:g} | {r['base_mb']:.1f} | "
+            base = f"{r['base_mb']:.1f}" + (f" → {r['final_base_mb']:.1f}"
+                                              if "final_base_mb" in r else "")
+            out.append(f"| {r['contender']} | {r['lr']:g} | {base} | "
                        f"{r['adapted_bits']:.2f} | {r['peak_train_mb']:.0f} | "
                        f"{r['step_s']:.2f} | {scores} |")
         out.append("")
     return "\n".join(out)
+
+
+def combine(results: list[Path], out: Path) -> dict:
+    """The rows of several runs' results.json as one table: a later run's row replaces an
+    earlier one of the same task and contender (a re-run), the figures, tables.md and the
+    plot made again from them; `sources` says which file each row came from."""
+    rows: dict[tuple[str, str], dict] = {}
+    for path in results:
+        for row in json.loads(Path(path).read_text())["rows"]:
+            rows[(row["task"], row["key"])] = {**row, "source": str(path)}
+    order = {c.key: i for i, c in enumerate(CONTENDERS)}
+    merged = sorted(rows.values(), key=lambda r: (list(WORKERS).index(r["task"]),
+                                                  order.get(r["key"], len(order))))
+    out.mkdir(parents=True, exist_ok=True)
+    plot_quality_vs_memory(merged, out / "quality_vs_memory.png")
+    (out / "tables.md").write_text(tables(merged))
+    result = {"suite": SUITE, "figures": goal_figures(merged), "rows": merged,
+              "sources": [str(p) for p in results]}
+    (out / "combined.json").write_text(json.dumps(result, indent=1))
+    return result
 
 
 def _row(rows: list[dict], task: str, key: str) -> dict | None:
@@ -598,6 +620,15 @@ def goal_figures(rows: list[dict]) -> dict[str, float]:
     return figures
 
 
+def deployed_mb(row: dict) -> float:
+    """A contender's memory on the plot: the base it trains on (LoRAM's pruned one, though
+    it is evaluated on the full model), a pruned row's base at the end of training, L4Q's
+    exported int-k model."""
+    if "export_mb" in row:
+        return row["export_mb"]
+    return row.get("final_base_mb", row["base_mb"])
+
+
 def plot_quality_vs_memory(rows: list[dict], png: Path) -> None:
     import matplotlib
 
@@ -613,10 +644,12 @@ def plot_quality_vs_memory(rows: list[dict], png: Path) -> None:
         for r in rows:
             if r["task"] != task or "error" in r:
                 continue
-            ax.scatter(r["base_mb"], r[quality])
-            ax.annotate(r["contender"], (r["base_mb"], r[quality]), fontsize=7,
+            ax.scatter(deployed_mb(r), r[quality])
+            ax.annotate(r["contender"], (deployed_mb(r), r[quality]), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("base weights held (MB)")
+        ax.set_xlabel("base weights (MB; pruned: after, L4Q: its export, LoRAM: trained on)")
+        if task == "austen":
+            ax.set_yscale("log")
         ax.set_ylabel("Persuasion perplexity (lower is better)" if task == "austen"
                       else "movie test accuracy")
         ax.set_title("SmolLM2-135M, Austen" if task == "austen" else "MiniLM, sentiment")
@@ -645,9 +678,16 @@ def _options(parser) -> None:
     parser.add_argument("--worker", nargs=2, metavar=("TASK", "KEY"),
                         help="internal: one contender on one task in this process")
     parser.add_argument("--budget", type=Path, help="internal: the worker's budget (JSON)")
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="RESULTS_JSON",
+                        help="no run: the rows of these results.json files (a later one's "
+                             "row replaces an earlier one's) into --out/combined.json, "
+                             "tables.md and the plot")
 
 
 def _worker(args) -> bool:
+    if args.combine:
+        combine(args.combine, Path(args.out))
+        return True
     if not args.worker:
         return False
     task, key = args.worker

@@ -40,8 +40,9 @@ def test_base_bytes_counts_a_quantized_matrix_at_its_storage_and_the_rest_at_ful
 
 def _row(task, key, quality, step_s=1.0):
     metric = "test_ppl" if task == "austen" else "test_acc"
-    return {"task": task, "key": key, metric: quality, "base_mb": 10.0, "peak_train_mb": 5.0,
-            "step_s": step_s}
+    return {"task": task, "key": key, "contender": key, metric: quality, "base_mb": 10.0,
+            "peak_train_mb": 5.0, "step_s": step_s, "lr": 1e-3, "adapted_bits": 4.0,
+            "val_acc": quality, "ood_acc": quality, "val_ppl": quality}
 
 
 def test_goal_figures_set_each_row_against_qlora_nf4_and_skip_failed_rows():
@@ -68,3 +69,20 @@ def test_quick_compressed_suite_runs_a_quantized_a_pruned_and_an_exported_conten
     assert rows["loraprune_50"]["params_kept"] < 1
     assert rows["l4q_4"]["export_mb"] < rows["l4q_4"]["base_mb"]
     assert (tmp_path / "quality_vs_memory.png").exists()
+
+
+def test_combine_lets_a_rerun_replace_its_row_and_keeps_the_suite_order(tmp_path):
+    import json
+
+    from lorakit.benchmarks.suites.compressed import combine
+
+    first, rerun = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"rows": [_row("sentiment", "loftq_nf4", 0.70),
+                                          _row("sentiment", "qlora_nf4", 0.77)]}))
+    rerun.write_text(json.dumps({"rows": [_row("sentiment", "loftq_nf4", 0.78)]}))
+    result = combine([first, rerun], tmp_path / "out")
+    assert [(r["key"], r["test_acc"]) for r in result["rows"]] == [
+        ("qlora_nf4", 0.77), ("loftq_nf4", 0.78)]
+    assert result["rows"][1]["source"] == str(rerun)
+    assert "| 78.0 |" in (tmp_path / "out" / "tables.md").read_text()
+    assert (tmp_path / "out" / "quality_vs_memory.png").exists()
