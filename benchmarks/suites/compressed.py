@@ -95,6 +95,7 @@ class Contender:
     key: str
     prepare: Callable                    # prepare(base, targets, context) -> Setup
     tasks: tuple[str, ...] = ("austen", "sentiment")
+    trains: bool = True                  # False: the base evaluated as it is (a reference)
 
 
 def lora_config(targets: list[str], **fields):
@@ -263,6 +264,7 @@ def loram_start(ratio: float, align_steps: int = 0, quantize: str | None = None)
 
 LM_ONLY = ("austen",)
 CONTENDERS = [
+    Contender("SmolLM2 untuned (reference)", "untuned", fp32_lora, LM_ONLY, trains=False),
     Contender("LoRA (fp32 base)", "lora", fp32_lora),
     Contender("QLoRA nf4", "qlora_nf4", qlora("nf4")),
     Contender("QLoRA int4", "qlora_int4", qlora("int4")),
@@ -432,6 +434,12 @@ def austen_worker(contender: Contender, budget: Budget, out: Path) -> dict:
 
     _, tokenizer = smollm2()
     data = austen_data(budget, tokenizer)
+    if not contender.trains:
+        lm = fresh_smollm2()
+        val = perplexity(lm, data["val"])
+        return {"task": "austen", "contender": contender.name, "key": contender.key,
+                "trains": False, "val_ppl": val, "val_loss": math.log(val),
+                "test_ppl": perplexity(lm, data["test"]), **base_bytes(lm, LM_TARGETS)}
     sweep, models = {}, {}
     for lr in budget.lm_lrs:
         t0 = time.time()
@@ -564,6 +572,11 @@ def tables(rows: list[dict]) -> str:
             if "error" in r:
                 out.append(f"| {r['contender']} | failed: {r['error'].splitlines()[-1][:80]} |")
                 continue
+            if not r.get("trains", True):
+                out.append(f"| {r['contender']} | | {r['base_mb']:.1f} | "
+                           f"{r['adapted_bits']:.2f} | | | {r['val_ppl']:.1f} | "
+                           f"{r['test_ppl']:.1f} |")
+                continue
             scores = (f"{r['val_ppl']:.1f} | {r['test_ppl']:.1f}" if lm else
                       f"{100 * r['val_acc']:.1f} | {100 * r['test_acc']:.1f} | "
                       f"{100 * r['ood_acc']:.1f}")
@@ -610,6 +623,8 @@ def goal_figures(rows: list[dict]) -> dict[str, float]:
         quality = "test_ppl" if r["task"] == "austen" else "test_acc"
         prefix = f"{r['task']}_{r['key']}"
         figures[f"{prefix}_{quality}"] = r[quality]
+        if not r.get("trains", True):
+            continue
         figures[f"{prefix}_base_mb"] = r["base_mb"]
         figures[f"{prefix}_peak_train_mb"] = r["peak_train_mb"]
         figures[f"{prefix}_step_s"] = r["step_s"]

@@ -12,6 +12,7 @@ from lorakit.benchmarks.suites.compressed import CONTENDERS, base_bytes, goal_fi
 def test_every_family_of_the_issue_has_its_contenders_and_keys_are_unique():
     keys = [c.key for c in CONTENDERS]
     assert len(keys) == len(set(keys))
+    assert [c.key for c in CONTENDERS if not c.trains] == ["untuned"]
     assert {"lora", "qlora_nf4", "qlora_int4", "loftq_nf4", "l4q_4", "l4q_3", "loraprune_20",
             "loraprune_50", "taylor_50", "magnitude_50", "loram_50", "loram_50_align",
             "qloram_50_align"} <= set(keys)
