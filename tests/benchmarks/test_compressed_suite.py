@@ -19,6 +19,16 @@ def test_every_family_of_the_issue_has_its_contenders_and_keys_are_unique():
     assert sum(k.startswith("lq_lora_") for k in keys) == 4
 
 
+def test_the_default_run_takes_smollm2s_hour_sized_rows_and_only_names_the_rest():
+    from lorakit.benchmarks.suites.compressed import selected
+
+    lm = [c.key for c in selected("austen", None)]
+    assert "lq_lora_3" not in lm and "qlora_int4" not in lm and "loram_50" in lm
+    assert [c.key for c in selected("austen", ["lq_lora_3"])] == ["lq_lora_3"]
+    cls = [c.key for c in selected("sentiment", None)]
+    assert "lq_lora_3" in cls and "untuned" not in cls and "loram_50" not in cls
+
+
 def test_base_bytes_counts_a_quantized_matrix_at_its_storage_and_the_rest_at_full_size():
     from lorakit.layers.quantized import QuantizedLinear
 
