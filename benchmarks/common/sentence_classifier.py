@@ -130,15 +130,16 @@ def loader(items: list[dict], batch_size: int, seed: int | None = None) -> DataL
 
 
 def fit_recorded(module: RecordingModule, train: DataLoader, val: DataLoader, steps: int,
-                 val_every: int, run_dir) -> RecordingModule:
-    """`Trainer.fit` for `steps` steps, validating every `val_every` and at the last step."""
+                 val_every: int, run_dir, callbacks=()) -> RecordingModule:
+    """`Trainer.fit` for `steps` steps, validating every `val_every` and at the last step;
+    `callbacks`: Lightning callbacks of the run (a pruning schedule)."""
     import lightning.pytorch as pl
 
     trainer = pl.Trainer(
         max_steps=steps, val_check_interval=val_every, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
         enable_checkpointing=False, enable_model_summary=False, accelerator="cpu",
-        devices=1, default_root_dir=str(run_dir))
+        devices=1, default_root_dir=str(run_dir), callbacks=list(callbacks))
     trainer.fit(module, train, val)
     if not module.val_curve or module.val_curve[-1][0] != module.global_step:
         trainer.validate(module, val, verbose=False)

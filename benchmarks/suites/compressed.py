@@ -313,21 +313,22 @@ def base_bytes(model: torch.nn.Module, targets: list[str]) -> dict:
             continue
         nbytes = tensor.numel() * tensor.element_size()
         total += nbytes
-        if isinstance_target(name, targets):
+        if is_target_weight(name, targets):
             adapted_bytes += nbytes
             adapted_numel += tensor.numel()
     return {"base_mb": total / 2**20,
             "adapted_bits": 8 * adapted_bytes / adapted_numel if adapted_numel else math.nan}
 
 
-def isinstance_target(name: str, targets: list[str]) -> bool:
-    """A parameter name `<module>.weight` (or `<module>.base.weight`) of an adapted module."""
-    from fnmatch import fnmatchcase
+def is_target_weight(name: str, targets: list[str]) -> bool:
+    """A parameter name `<module>.weight` (or `<module>.base.weight`) of an adapted module,
+    matched as `attach` matches targets."""
+    from lorakit.adapters.targets import matches
 
     if not name.endswith(".weight"):
         return False
     module = name[:-len(".weight")].removesuffix(".base")
-    return any(fnmatchcase(module, t) for t in targets)
+    return any(matches(module, t) for t in targets)
 
 
 # --- the language-model task --------------------------------------------------------------
@@ -375,20 +376,13 @@ def austen_data(budget: Budget, tokenizer) -> dict:
 
 
 def fit(module: RecordingModule, train, val, steps: int, callbacks: list, run_dir: Path) -> dict:
-    """`Trainer.fit` for `steps` steps, validating at the end; peak RSS during fit."""
-    import lightning.pytorch as pl
+    """`fit_recorded` for `steps` steps, validating at the end; the peak RSS during it."""
+    from ..common.sentence_classifier import fit_recorded
 
-    trainer = pl.Trainer(max_steps=steps, val_check_interval=steps, check_val_every_n_epoch=None,
-                         num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
-                         enable_checkpointing=False, enable_model_summary=False,
-                         accelerator="cpu", devices=1, default_root_dir=str(run_dir),
-                         callbacks=callbacks)
     before = rss_mb("VmRSS")
     reset_peak_rss()
-    trainer.fit(module, train, val)
+    fit_recorded(module, train, val, steps, steps, run_dir, callbacks)
     peak = rss_mb() - before
-    if not module.val_curve or module.val_curve[-1][0] != module.global_step:
-        trainer.validate(module, val, verbose=False)
     times = sorted(module.step_times[2:] or module.step_times)
     step, loss, acc = module.val_curve[-1]
     return {"val_loss": loss, "val_acc": acc, "steps": step, "peak_train_mb": peak,
