@@ -162,3 +162,16 @@ def test_a_merged_adapter_is_saved_unmerged_and_stays_merged(tmp_path):
 def test_saving_without_a_trainer_or_output_dir_says_what_to_pass():
     with pytest.raises(lorakit.LoraKitError, match="pass output_dir"):
         Reporting().save_adapter()
+
+
+def test_attach_adapters_adopts_a_handle_already_on_the_model_and_refuses_another_models():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    handle = lorakit.attach(net, lorakit.LoRAConfig(rank=2, targets=["0"]))
+    module = AdapterModule()
+    assert module.attach_adapters(net, handle) is handle
+    assert module.adapters is handle
+    assert {id(p) for p in module.param_groups()[0]["params"]} <= {
+        id(p) for p in handle.parameters()}
+    other = torch.nn.Sequential(torch.nn.Linear(4, 8))
+    with pytest.raises(lorakit.LoraKitError, match="the adapters given sit on another model"):
+        AdapterModule().attach_adapters(other, handle)

@@ -398,3 +398,20 @@ def test_a_failed_attach_puts_the_full_precision_modules_back(monkeypatch):
         lorakit.attach(model, lorakit.LoRAConfig(targets=["0", "2"], base_quantization="nf4"))
     assert model[0] is originals[0] and model[2] is originals[1]
     assert lorakit.adapters_of(model) is None
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("nf5", "write a scheme and an optional group size"),
+    ("int4-g48", "use a power of two"),
+])
+def test_a_quantization_spec_that_cannot_be_read_is_refused_with_what_to_write(text, message):
+    with pytest.raises(lorakit.LoraKitError, match=message):
+        lorakit.QuantSpec.parse(text)
+    with pytest.raises(lorakit.LoraKitError, match="lorakit knows nf4, fp4"):
+        lorakit.QuantSpec("int5")
+
+
+def test_a_linear_whose_inputs_the_group_does_not_divide_is_refused_by_its_width():
+    with pytest.raises(lorakit.LoraKitError, match="in_features=96 cannot be quantized in "
+                                                   "groups of 64"):
+        lorakit.QuantizedLinear.from_linear(nn.Linear(96, 8), "int4")
